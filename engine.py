@@ -1,0 +1,278 @@
+"""The one training loop: `train_one_epoch`, `evaluate`, and `fit` (epochs, checkpoints, early stopping).
+
+Every script uses it; what differs between plain training and distillation is only the loss function.
+Inside a step nothing is copied to the host: losses and counts accumulate on the device and are read
+only every `log_every` steps (for the progress bar and the divergence check) and at the epoch's end.
+"""
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from tqdm import tqdm
+
+from checkpoint import FORMAT, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from tracking import write_jsonl
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"          # adam / adamw / sgd (momentum, Nesterov)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "none"          # none / cosine / step / onecycle
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    early_stopping: int = 0          # patience in epochs on validation accuracy; 0 = off
+    device: str = "cpu"              # resolved: cpu / cuda / mps
+    amp: str = "off"                 # resolved: off / bf16 / fp16
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 25              # steps between progress-bar updates (each one reads the device)
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: last.pt holds the last finished epoch; `resume_arg` is what --resume takes."""
+
+    def __init__(self, message, resume_arg):
+        super().__init__(message)
+        self.resume_arg = resume_arg
+
+
+def make_autocast(cfg):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    return partial(torch.autocast, device_type=device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def make_optimizer(params, cfg):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step, total, warmup, kind):
+    """Multiplier of the base learning rate at optimizer step `step` (of `total`), after `warmup` linear steps.
+
+    cosine: to 0; step: x0.1 at 50% and 75% of training (He et al.'s 91/136 of 182 epochs);
+    onecycle: up from 1/25 over the first 30% (or the warm-up), then cosine down to 1/2500.
+    """
+    if kind == "onecycle":
+        up = warmup or int(0.3 * total)
+        if step < up:
+            return 0.04 + 0.96 * step / up
+        p = (step - up) / max(1, total - up)
+        return 4e-4 + (1 - 4e-4) * 0.5 * (1 + math.cos(math.pi * p))
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    if kind == "step":
+        return 0.1 ** ((p >= 0.5) + (p >= 0.75))
+    return 1.0
+
+
+def make_scheduler(optimizer, cfg, steps_per_epoch):
+    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, total=total, warmup=warmup,
+                                                                kind=cfg.scheduler))
+
+
+def weight_layers(model):
+    """(name, parameter) of every weight matrix / conv kernel: the layers whose gradients are tracked."""
+    return [(n.removesuffix(".weight"), p) for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autocast, epoch, log_every=25,
+                    desc="train"):
+    """One pass over `loader`. Returns loss, acc, extra loss parts, and per-layer gradient statistics."""
+    model.train()
+    layers = weight_layers(model)
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    grad_sum = torch.zeros(len(layers), device=device)
+    parts_sum, seen, step = {}, 0, 0
+    bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True, mininterval=0.5)
+    for step, batch in enumerate(bar, start=1):
+        with autocast():
+            logits = model(batch.x)                              # (B, classes)
+            loss, parts = loss_fn(logits, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)                               # true gradients for the norms below
+        grads = [p.grad for _, p in layers]
+        grad_sum += torch.stack(torch._foreach_norm(grads)).float()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = len(batch.y)
+        seen += n
+        loss_sum += loss.detach() * n
+        correct += (logits.argmax(1) == batch.y).sum()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0) + v * n
+        if step % log_every == 0:
+            running = loss_sum.item() / seen                     # one device read per log_every steps
+            if not math.isfinite(running):
+                raise Diverged(f"loss became {running} in epoch {epoch + 1}, step {step}")
+            bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+    bar.close()
+    total_loss = loss_sum.item() / seen
+    if not math.isfinite(total_loss):
+        raise Diverged(f"loss became {total_loss} in epoch {epoch + 1}, step {step}")
+    first, last = grads[0], grads[-1]
+    # Median |grad| of the first and last weight layer, from the epoch's last step.
+    return {"train_loss": total_loss, "train_acc": correct.item() / seen,
+            **{f"train_{k}": (v / seen).item() for k, v in parts_sum.items()},
+            "grad_norm": dict(zip([n for n, _ in layers], (grad_sum / step).tolist())),
+            "grad_median_first": first.abs().median().item(), "grad_median_last": last.abs().median().item()}
+
+
+@torch.no_grad()
+def evaluate(model, loader, autocast, return_preds=False):
+    """Loss and accuracy over `loader` (eval mode); optionally the predicted classes (N,)."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    preds, n = [], 0
+    for batch in loader:
+        with autocast():
+            logits = model(batch.x)
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), batch.y, reduction="sum")
+        p = logits.argmax(1)
+        correct += (p == batch.y).sum()
+        n += len(batch.y)
+        if return_preds:
+            preds.append(p)
+    out = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    if return_preds:
+        out["preds"] = torch.cat(preds).cpu()
+    return out
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM behaves like Ctrl-C, so both end in the same tidy exit."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, desc="train", quiet=False):
+    """Train with checkpoints in run_dir; return the summary after testing the best-on-validation weights.
+
+    meta: what every checkpoint records besides the training state (arch, config). resume: a loaded
+    last.pt whose state continues here. The test set is evaluated once, at the end.
+    """
+    device = torch.device(cfg.device)
+    model.to(device)
+    if cfg.device.startswith("cuda") and meta["arch"]["is_cnn"]:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(loaders.train))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    autocast = make_autocast(cfg)
+    step_model = torch.compile(model) if cfg.compile else model
+    state = {"epoch": 0, "best_val_acc": -1.0, "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0, "history": []}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        state = {k: resume[k] for k in state}
+        set_rng_state(resume["rng"])
+    write_jsonl(run_dir / "metrics.jsonl", state["history"])  # the checkpoint's history is the truth
+
+    def checkpoint():
+        return {"format": FORMAT, **meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(), **state}
+
+    print_line = (lambda *a: None) if quiet else print
+    try:
+        with _sigterm_as_interrupt():
+            for epoch in range(state["epoch"], cfg.epochs):
+                t0 = time.perf_counter()
+                loaders.train.set_epoch(epoch)
+                loss_fn.set_epoch(epoch, cfg.epochs)
+                lr = optimizer.param_groups[0]["lr"]
+                rec = train_one_epoch(step_model, loaders.train, optimizer, scheduler, scaler, loss_fn, autocast,
+                                      epoch, cfg.log_every, desc)
+                val = evaluate(step_model, loaders.val, autocast) if loaders.val is not None else None
+                dt = time.perf_counter() - t0
+                rec = {"epoch": epoch + 1, **{k: rec[k] for k in ("train_loss", "train_acc")},
+                       "val_loss": val["loss"] if val else None, "val_acc": val["acc"] if val else None,
+                       "lr": lr, "epoch_time_s": dt, **rec}
+                improved = val is None or val["acc"] > state["best_val_acc"]
+                state["elapsed"] += dt
+                state["epoch"] = epoch + 1
+                state["history"].append(rec)
+                if improved:
+                    state.update(best_val_acc=val["acc"] if val else -1.0, best_epoch=epoch + 1, bad_epochs=0)
+                else:
+                    state["bad_epochs"] += 1
+                ckpt = checkpoint()
+                save_checkpoint(run_dir / "last.pt", ckpt)
+                if improved:
+                    save_checkpoint(run_dir / "best.pt", ckpt)
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if logger is not None:
+                    logger.log(_wandb_record(rec), step=epoch + 1)
+                val_txt = f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | " if val else ""
+                print_line(f"{desc} epoch {epoch + 1:3d}/{cfg.epochs} | train loss {rec['train_loss']:.4f} "
+                           f"acc {rec['train_acc']:.4f} | {val_txt}lr {lr:.2e} | {dt:.1f}s", flush=True)
+                if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
+                    print_line(f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
+                               f"restoring epoch {state['best_epoch']}", flush=True)
+                    break
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted in epoch {state['epoch'] + 1}; {run_dir / 'last.pt'} holds epoch "
+                          f"{state['epoch']}", run_dir / "last.pt") from None
+    except Diverged as e:
+        raise Diverged(f"{e}; {run_dir / 'best.pt'} is intact. Try a lower --lr, --amp off, or --norm") from None
+
+    best = load_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").exists() else checkpoint()
+    load_weights(model, best)
+    test = evaluate(model, loaders.test, autocast, return_preds=True)
+    return {"test_acc": test["acc"], "test_loss": test["loss"],
+            "best_val_acc": state["best_val_acc"] if loaders.val is not None else None,
+            "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_time_s": state["elapsed"],
+            "history": state["history"], "test_preds": test["preds"]}
+
+
+def _wandb_record(rec):
+    """metrics.jsonl record -> namespaced W&B keys (train/loss, val/acc, lr, grad/<layer>)."""
+    out = {"lr": rec["lr"], "epoch_time_s": rec["epoch_time_s"]}
+    for k, v in rec.items():
+        if v is None or k in ("epoch", "lr", "epoch_time_s"):
+            continue
+        if k == "grad_norm":
+            out.update({f"grad/{layer}": g for layer, g in v.items()})
+        elif k.startswith(("train_", "val_")):
+            split, name = k.split("_", 1)
+            out[f"{split}/{name}"] = v
+        else:
+            out[f"grad/{k}"] = v
+    return out
