@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -162,11 +163,14 @@ def _download(tv_name, root, error):
 
 
 def _decode(path):
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """An image file -> uint8 (3, H, W)."""
+    from PIL import Image, UnidentifiedImageError
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"corrupt image {path}: {str(e).splitlines()[0]}") from None
+        with Image.open(path) as im:
+            arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"corrupt image {path}: {e}") from None
+    return arr.permute(2, 0, 1)
 
 
 def _scan_split(split_dir):
@@ -254,13 +258,19 @@ def _by_class(y, seed):
 
 
 def stratified_split(y, fraction, seed):
-    """-> (train_idx, val_idx), each class split in the same proportion; seeded."""
-    train, val = [], []
-    for idx in _by_class(y, seed):
-        n_val = int(round(fraction * len(idx)))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
+    """-> (train_idx, val_idx): round(fraction * N) validation examples, each class in proportion; seeded.
+
+    Each class gets floor(fraction * n_c); the examples left over go to the classes with the largest remainders.
+    """
+    groups = _by_class(y, seed)
+    exact = [fraction * len(idx) for idx in groups]
+    quota = [int(e) for e in exact]
+    leftover = int(round(fraction * len(y))) - sum(quota)
+    for i in sorted(range(len(groups)), key=lambda i: quota[i] - exact[i])[:max(0, leftover)]:
+        quota[i] += 1
+    val = torch.cat([idx[:q] for idx, q in zip(groups, quota)])
+    train = torch.cat([idx[q:] for idx, q in zip(groups, quota)])
+    return train.sort().values, val.sort().values
 
 
 def stratified_kfold(y, k, seed):

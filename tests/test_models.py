@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from models import PRESETS, BasicBlock, Bottleneck, FlexibleCNN, FlexibleMLP, ModelConfig, build_model, count_params
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_output_shape(name):
+    model = build_model(ModelConfig(name=name), (3, 32, 32), 10).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,millions", [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66),
+                                           ("resnet56", 0.85), ("resnet110", 1.7)])
+def test_he_et_al_parameter_counts(name, millions):
+    n = count_params(build_model(ModelConfig(name=name), (3, 32, 32), 10))
+    assert round(n / 1e6, 2 if millions < 1 else 1) == millions
+    # Option-A shortcuts have no parameters: the plain net has exactly as many.
+    plain = build_model(ModelConfig(name=name.replace("resnet", "plain")), (3, 32, 32), 10)
+    assert count_params(plain) == n
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(), ModelConfig(depth=6, residual=True, norm="batch"), ModelConfig(hidden_sizes=(64, 32, 32), norm="layer",
+                                                                                  activation="gelu", dropout=0.2),
+    ModelConfig(hidden_sizes=(16, 16, 8), skips=((1, 0), (3, 0)), activation="tanh"),
+    ModelConfig(name="FlexibleCNN", layers=(1, 1), width=8), ModelConfig(name="FlexibleCNN", layers=(1, 2, 1),
+                                                                         block="bottleneck", width=4, residual=True,
+                                                                         norm="batch")])
+@pytest.mark.parametrize("in_shape", [(1, 28, 28), (3, 32, 32)])
+def test_flexible_models_output_shape(cfg, in_shape):
+    model = build_model(cfg, in_shape, 7).train()
+    assert model(torch.randn(3, *in_shape)).shape == (3, 7)
+
+
+def test_mlp_depth_and_width():
+    model = build_model(ModelConfig(depth=5, hidden_size=33), (1, 28, 28), 10)
+    assert [b.fc.out_features for b in model.blocks] == [33] * 5
+    assert model.blocks[0].fc.in_features == 784
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_residual_block_with_zeroed_branch_is_identity(block):
+    planes = 8
+    b = block(planes * block.expansion, planes, stride=1, residual=True, norm=True).eval()
+    torch.nn.init.zeros_(b.branch[-1].weight)  # last norm's scale: the branch now outputs 0
+    torch.nn.init.zeros_(b.branch[-1].bias)
+    x = torch.rand(2, planes * block.expansion, 6, 6)  # non-negative, as after a ReLU
+    assert torch.allclose(b(x), x)
+
+
+def test_plain_net_is_the_residual_net_minus_shortcuts():
+    res = FlexibleCNN(3, 10, (2, 2), width=8, residual=True, norm=True)
+    plain = FlexibleCNN(3, 10, (2, 2), width=8, residual=False, norm=True)
+    res_names = {n for n, _ in res.named_parameters()}
+    plain_names = {n for n, _ in plain.named_parameters()}
+    assert plain_names < res_names
+    assert all(".shortcut." in n for n in res_names - plain_names)
+    assert all(b.shortcut is None for stage in plain.stages for b in stage)
+
+
+def test_mlp_residual_is_the_every_block_skip_case():
+    torch.manual_seed(0)
+    a = FlexibleMLP(12, 3, [8, 8, 8], residual=True)
+    torch.manual_seed(0)
+    b = FlexibleMLP(12, 3, [8, 8, 8], skips=[(1, 0), (2, 1), (3, 2)])
+    assert a.skips == b.skips == [(1, 0), (2, 1), (3, 2)]
+    x = torch.randn(4, 12)
+    assert torch.allclose(a(x), b(x))
+
+
+def test_skips_mapping_wiring():
+    """x_t = block_t(x_{t-1}) + P(x_s): checked against a manual forward pass."""
+    m = FlexibleMLP(6, 2, [4, 4, 5], skips=[(2, 0), (3, 1)]).eval()
+    assert set(m.proj) == {"2_0", "3_1"}  # widths differ on both: learned projections
+    x = torch.randn(3, 6)
+    x1 = m.blocks[0](x)
+    x2 = m.blocks[1](x1) + m.proj["2_0"](x)
+    x3 = m.blocks[2](x2) + m.proj["3_1"](x1)
+    assert torch.allclose(m(x), m.head(x3))
+    # Same widths: an identity skip, no projection.
+    m2 = FlexibleMLP(6, 2, [4, 4], skips=[(2, 1)])
+    assert len(m2.proj) == 0
+
+
+def test_bad_skips_rejected():
+    with pytest.raises(ValueError):
+        FlexibleMLP(6, 2, [4, 4], skips=[(3, 0)])
+
+
+def test_flexible_cnn_stage_widths_and_downsampling():
+    m = FlexibleCNN(3, 10, (1, 1, 1, 1), width=4, residual=True, norm=True)
+    x = torch.randn(1, 3, 32, 32)
+    shapes = []
+    h = m.stem(x)
+    for stage in m.stages:
+        h = stage(h)
+        shapes.append(tuple(h.shape[1:]))
+    assert shapes == [(4, 32, 32), (8, 16, 16), (16, 8, 8), (32, 4, 4)]
