@@ -54,9 +54,9 @@ def skip_pair(text):
     return target, source
 
 
-def add_model_args(group, prefix="", who=""):
+def add_model_args(group, prefix="", who="", defaults=ModelConfig(), norm_default="none"):
     """Architecture flags; exercise2 adds them twice, as --t_* (teacher) and --s_* (student)."""
-    d = ModelConfig()
+    d = defaults
     a = partial_add(group, prefix)
     a("hidden_size", type=pos_int, default=d.hidden_size, help=f"{who}FlexibleMLP: width of every hidden layer")
     a("depth", type=pos_int, default=d.depth, help=f"{who}FlexibleMLP: number of hidden layers")
@@ -72,7 +72,7 @@ def add_model_args(group, prefix="", who=""):
     a("width", type=pos_int, default=d.width, help=f"{who}FlexibleCNN: channels of the first stage (doubled per stage)")
     a("residual", action="store_true", help=f"{who}FlexibleMLP/FlexibleCNN: identity skips around every block")
     a("norm", nargs="?", const="batch", default=None, choices=NORMS,
-      help=f"{who}normalisation; bare --{prefix}norm = batch (default: none, presets use batch)")
+      help=f"{who}normalisation; bare --{prefix}norm = batch (default: {norm_default}; presets always use batch)")
 
 
 def partial_add(group, prefix):
@@ -81,9 +81,10 @@ def partial_add(group, prefix):
     return add
 
 
-def model_config(args, name, prefix=""):
+def model_config(args, name, prefix="", flexible_norm="none"):
+    """flexible_norm: the norm of FlexibleMLP/FlexibleCNN when --norm is not given (presets always use batch)."""
     g = lambda k: getattr(args, f"{prefix}{k}")  # noqa: E731
-    norm = g("norm") or ("batch" if name not in ("FlexibleMLP", "FlexibleCNN") else "none")
+    norm = g("norm") or ("batch" if name not in ("FlexibleMLP", "FlexibleCNN") else flexible_norm)
     if is_cnn(name) and norm == "layer":
         raise UsageError(f"--{prefix}norm layer is for FlexibleMLP; CNNs take none or batch")
     return ModelConfig(name=name, hidden_size=g("hidden_size"), depth=g("depth"),
@@ -175,14 +176,13 @@ def train_config(args, early_stopping=None):
                        device=device, amp=resolve_amp(args.amp, device), compile=args.compile, seed=args.seed)
 
 
-def add_output_args(parser, project_help):
+def add_output_args(parser, project_help, resume_help="continue an interrupted run from its last.pt (settings come "
+                    "from the checkpoint; only --epochs may be raised beside it)"):
     g = parser.add_argument_group("Output")
     g.add_argument("--save_dir", default="runs", help="parent folder of run folders (default: runs)")
     g.add_argument("--run_name", default=None, help="run folder name (default: key flags + time stamp)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
-    g.add_argument("--resume", default=None, metavar="PATH",
-                   help="continue an interrupted run from its last.pt (settings come from the checkpoint; "
-                        "only --epochs may be raised beside it)")
+    g.add_argument("--resume", default=None, metavar="PATH", help=resume_help)
     g.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"), default="auto",
                    help="W&B logging; auto = online with credentials, else offline (default: auto)")
     g.add_argument("--wandb_project", default=None, help=f"W&B project (default: {project_help})")

@@ -1,0 +1,162 @@
+"""Distillation: the loss itself, the teacher cache, and exercise2.py through its command line."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli, write_cifar
+from losses import DistillLoss, distillation_loss
+
+TINY = ["--epochs", "1", "--t_layers", "1", "1", "--t_width", "8", "--s_layers", "1", "--s_width", "4",
+        "--wandb", "disabled"]
+
+
+def test_loss_matches_reference():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    T, a = 3.0, 0.3
+    p_t = torch.softmax(t / T, 1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
+    ref = (1 - a) * F.cross_entropy(s, y) + a * T * T * kl
+    loss, hard, soft = distillation_loss(s, t, y, T, a)
+    assert torch.allclose(loss, ref, atol=1e-6) and torch.allclose(soft, T * T * kl, atol=1e-6)
+
+
+def test_alpha_zero_is_cross_entropy():
+    s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
+    loss, _, _ = distillation_loss(s, t, y, 5.0, 0.0)
+    assert torch.allclose(loss, F.cross_entropy(s, y))
+
+
+def test_identical_logits_give_zero_soft_term():
+    s = torch.randn(6, 4)
+    _, _, soft = distillation_loss(s, s.clone(), torch.zeros(6, dtype=torch.long), 7.0, 0.5)
+    assert soft.abs() < 1e-6
+
+
+def test_t_squared_keeps_soft_gradient_scale_constant():
+    torch.manual_seed(0)
+    t = torch.randn(16, 10) * 0.5
+    s0 = torch.randn(16, 10) * 0.5
+    norms = []
+    for T in (4.0, 16.0):
+        s = s0.clone().requires_grad_(True)
+        _, _, soft = distillation_loss(s, t, torch.zeros(16, dtype=torch.long), T, 1.0)
+        soft.backward()
+        norms.append(s.grad.norm().item())
+    assert abs(norms[0] / norms[1] - 1) < 0.1  # without T^2 the ratio would be about 16
+
+
+def test_annealing_moves_alpha_and_t_linearly():
+    loss = DistillLoss(temperature=10, alpha=0.9, temperature_end=2, alpha_end=0.1)
+    loss.set_epoch(0, 5)
+    assert (loss.temperature, loss.alpha) == (10, 0.9)
+    loss.set_epoch(2, 5)
+    assert loss.temperature == pytest.approx(6) and loss.alpha == pytest.approx(0.5)
+    loss.set_epoch(4, 5)
+    assert loss.temperature == pytest.approx(2) and loss.alpha == pytest.approx(0.1)
+
+
+def test_cached_logits_equal_on_the_fly(cifar_root, tmp_path):
+    from dataloader import load_dataset, make_loaders
+    from exercise2 import build_config, get_args_parser, teacher_logits
+    from models import ModelConfig, build_model
+    args = get_args_parser().parse_args(["--data_root", str(cifar_root), "--device", "cpu", "--cache_teacher"])
+    cfg = build_config(args)
+    ds = load_dataset("cifar10", cifar_root)
+    teacher = build_model(ModelConfig(name="FlexibleCNN", layers=(1,), width=4, norm="batch"), ds.in_shape, 10).eval()
+    cached = teacher_logits(teacher, ds, cfg, tmp_path)
+    loaders = make_loaders(ds, cfg.data.__class__(**{**cfg.data.__dict__, "augment": False}), 0, "cpu")
+    loss = DistillLoss(4.0, 0.5, teacher=teacher, autocast=_null)
+    for batch in loaders.train:
+        assert torch.allclose(cached[batch.idx], loss.teacher_logits(batch), atol=1e-5)
+    assert (tmp_path / "teacher_logits.pt").exists()
+
+
+def _null():
+    return torch.autocast("cpu", enabled=False)
+
+
+def test_pipeline_leaves_every_file(cifar_root, tmp_path):
+    p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--use_skip",
+                "--temperature", "3.0", "--alpha", "0.5", "--run_name", "kd")
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "kd"
+    assert Path(p.stdout.strip().splitlines()[-1]) == run
+    for f in ("teacher.pth", "student_baseline.pth", "student_distill.pth", "summary.json", "results.md",
+              "comparison.png", "curves.png", "config.json", "command.txt"):
+        assert (run / f).stat().st_size > 0, f
+    for phase in ("teacher", "student_baseline", "student_distill"):
+        assert (run / phase / "metrics.jsonl").exists() and (run / phase / "curves.png").exists()
+    s = json.loads((run / "summary.json").read_text())
+    for phase in ("teacher", "student_baseline", "student_distill"):
+        assert {"test_acc", "test_loss", "params", "train_time_s"} <= set(s[phase])
+    assert 0 <= s["student_distill"]["agreement_with_teacher"] <= 1
+    assert s["teacher"]["params"] > s["student_distill"]["params"] == s["student_baseline"]["params"]
+    distill_metrics = json.loads((run / "student_distill" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_hard_loss", "train_soft_loss"} <= set(distill_metrics)
+    assert "| Model | Params | Test acc" in (run / "results.md").read_text()
+    ckpt = torch.load(run / "teacher.pth", weights_only=False)
+    assert ckpt["arch"]["model"]["residual"] is True and ckpt["config"]
+
+
+def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
+    first = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "a",
+                    "--cache_teacher")
+    assert first.returncode == 0, first.stderr
+    assert "teacher logits: computed once" in first.stdout
+    p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "b",
+                "--teacher_ckpt", tmp_path / "a" / "teacher.pth", "--cache_teacher", "--teacher_logits",
+                tmp_path / "a" / "teacher_logits.pt")
+    assert p.returncode == 0, p.stderr
+    assert "== teacher" not in p.stdout and "teacher: finished earlier" in p.stdout
+    assert "teacher logits: reusing" in p.stdout
+    assert not (tmp_path / "b" / "teacher" / "metrics.jsonl").exists()
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())["teacher"]
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())["teacher"]
+    assert a["test_acc"] == b["test_acc"] and a["params"] == b["params"]
+    # A cache of another teacher is refused.
+    other = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "c",
+                    "--teacher_ckpt", tmp_path / "a" / "student_distill.pth", "--cache_teacher", "--teacher_logits",
+                    tmp_path / "a" / "teacher_logits.pt")
+    assert other.returncode == 2 and "another teacher" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_hinton_mnist_command(mnist_root, tmp_path):
+    p = run_cli("exercise2.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--dataset", "mnist",
+                "--teacher", "FlexibleMLP", "--t_hidden_sizes", "1200", "1200", "--t_dropout", "0.5", "--student",
+                "FlexibleMLP", "--s_hidden_sizes", "800", "800", "--temperature", "20", "--epochs", "1",
+                "--wandb", "disabled")
+    assert p.returncode == 0, p.stderr
+    s = json.loads((Path(p.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
+    assert s["teacher"]["params"] == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--alpha", "1.5"], "--alpha"),
+    (["--temperature", "0"], "--temperature"),
+    (["--temperature", "-2"], "--temperature"),
+    (["--teacher_ckpt", "/nonexistent.pth"], "does not exist"),
+    (["--teacher_logits", "x.pt"], "needs --cache_teacher"),
+])
+def test_errors(cifar_root, tmp_path, extra, message):
+    p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path / "r", *TINY, *extra)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_teacher_of_another_class_count_or_corrupt(tmp_path):
+    c10 = write_cifar(tmp_path / "c10")
+    c20 = write_cifar(tmp_path / "c20", classes=20)
+    p = run_cli("exercise1.py", "--model", "FlexibleCNN", "--layers", "1", "--width", "4", "--dataset", "cifar100",
+                "--data_root", c20, "--save_dir", tmp_path, "--run_name", "t20", "--epochs", "1", "--wandb", "disabled")
+    assert p.returncode == 0, p.stderr
+    p = run_cli("exercise2.py", "--data_root", c10, "--save_dir", tmp_path / "r", *TINY, "--teacher_ckpt",
+                tmp_path / "t20" / "best.pt")
+    assert p.returncode == 2 and "20 classes" in p.stderr and not (tmp_path / "r").exists()
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00" * 100)
+    p = run_cli("exercise2.py", "--data_root", c10, "--save_dir", tmp_path / "r", *TINY, "--teacher_ckpt", bad)
+    assert p.returncode == 2 and "corrupt" in p.stderr
