@@ -295,29 +295,33 @@ def stratified_subset(y, n, seed):
 # ---------------------------------------------------------------- batched augmentation
 
 def random_crop_flip(x, g, pad=4):
-    """x (B, C, H, W) float -> same shape: random crop of the zero-padded image, then a random h-flip."""
+    """x (B, C, H, W) float -> same shape: random crop of the zero-padded image, then a random h-flip.
+
+    g is a generator on x's device, so no random numbers cross from the host inside the step.
+    """
     B, C, H, W = x.shape
+    dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (B, 1), generator=g)
-    dx = torch.randint(0, 2 * pad + 1, (B, 1), generator=g)
-    flip = torch.rand(B, 1, generator=g) < 0.5
-    rows = dy + torch.arange(H)                                          # (B, H)
-    cols = dx + torch.arange(W)                                          # (B, W)
-    cols = torch.where(flip, cols.flip(1), cols).to(x.device)
-    rows = rows.to(x.device)
-    b = torch.arange(B, device=x.device)[:, None, None, None]
-    c = torch.arange(C, device=x.device)[None, :, None, None]
+    dy = torch.randint(0, 2 * pad + 1, (B, 1), generator=g, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (B, 1), generator=g, device=dev)
+    flip = torch.rand(B, 1, generator=g, device=dev) < 0.5
+    rows = dy + torch.arange(H, device=dev)                                          # (B, H)
+    cols = dx + torch.arange(W, device=dev)                                          # (B, W)
+    cols = torch.where(flip, cols.flip(1), cols)
+    b = torch.arange(B, device=dev)[:, None, None, None]
+    c = torch.arange(C, device=dev)[None, :, None, None]
     return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_affine(x, g, degrees=10.0, shift=2.0):
     """x (B, C, H, W) float -> same shape: rotation within +-degrees, shift within +-shift pixels."""
     B, _, H, W = x.shape
-    angle = (torch.rand(B, generator=g) * 2 - 1) * degrees * torch.pi / 180
-    t = (torch.rand(B, 2, generator=g) * 2 - 1) * shift * 2 / torch.tensor([W, H])  # pixels -> [-1, 1] units
+    dev = x.device
+    angle = (torch.rand(B, generator=g, device=dev) * 2 - 1) * degrees * torch.pi / 180
+    t = (torch.rand(B, 2, generator=g, device=dev) * 2 - 1) * shift * 2 / torch.tensor([W, H], device=dev)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
 
 
@@ -358,9 +362,10 @@ class TensorLoader:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator(device=self.x.device).manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.y)
-        order = (torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)).to(self.x.device)
+        order = (torch.randperm(n, generator=g, device=self.x.device) if self.shuffle
+                 else torch.arange(n, device=self.x.device))
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size]
             x = self.x[idx].float()                         # (B, C, H, W) in 0..255

@@ -168,7 +168,6 @@ BAD = [
     (["--early_stopping", "2", "--val_split", "0"], "--early_stopping"),
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16"),
     (["--run_name", "a/b"], "--run_name"),
-    (["--resume", "/nonexistent/last.pt"], "does not exist"),
 ]
 
 
@@ -182,7 +181,9 @@ def test_bad_input_one_line_exit_2(mnist_root, tmp_path, extra, message):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_resume_of_corrupt_or_foreign_checkpoint(mnist_root, tmp_path):
+def test_resume_of_missing_corrupt_or_foreign_checkpoint(mnist_root, tmp_path):
+    p = run_cli("exercise1.py", "--resume", tmp_path / "nonexistent" / "last.pt")
+    assert p.returncode == 2 and "does not exist" in p.stderr and len(p.stderr.splitlines()) == 1
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     p = run_cli("exercise1.py", "--resume", bad)
@@ -233,6 +234,6 @@ def test_help_documents_every_flag():
 
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST").exists(), reason="../shared/data not present")
 def test_real_mnist_one_epoch_reaches_95(tmp_path):
-    p = run_cli("exercise1.py", "--data_root", SHARED_DATA, "--save_dir", tmp_path, "--epochs", "1", *QUIET)
+    p = run_cli("exercise1.py", "--data_root", SHARED_DATA, "--save_dir", tmp_path, "--epochs", "1", "--norm", *QUIET)
     assert p.returncode == 0, p.stderr
     assert read_metrics(last_line(p))[0]["val_acc"] >= 0.95

@@ -1,0 +1,96 @@
+"""Training-epoch time: exercise1's device-resident tensor loader against the standard DataLoader pipeline.
+
+    python bench/epoch_speed.py --dataset mnist --data_root ../shared/data --model FlexibleMLP
+    python bench/epoch_speed.py --dataset folder --data_root ../shared/data/cifar10-jpeg --model resnet20 --subset 5000
+
+Both pipelines train the same model on the same data with the same augmentation through the same
+train_one_epoch; only the loader differs. Prints a Markdown table of medians over --repeats epochs
+(the first epoch of each is a warm-up and is not counted), measured side by side in one process.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
+from engine import TrainConfig, make_autocast, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
+from losses import CrossEntropy  # noqa: E402
+from models import ModelConfig, build_model, is_cnn  # noqa: E402
+
+
+def time_epochs(loader_kind, ds, args, device, amp):
+    data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
+                      loader=loader_kind, num_workers=args.num_workers, val_split=0.0)
+    cnn = is_cnn(args.model)
+    loaders = make_loaders(ds, data, 0, device, channels_last=cnn and device.startswith("cuda"))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds.in_shape,
+                        ds.num_classes).to(device)
+    if cnn and device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    cfg = TrainConfig(device=device, amp=amp, epochs=args.repeats + 1)
+    opt = make_optimizer(model.parameters(), cfg)
+    sched = make_scheduler(opt, cfg, len(loaders.train))
+    scaler = torch.amp.GradScaler(enabled=False)
+    step_model = torch.compile(model) if args.compile else model
+    times = []
+    for epoch in range(args.repeats + 1):
+        loaders.train.set_epoch(epoch)
+        sync(device)
+        t0 = time.perf_counter()
+        rec = train_one_epoch(step_model, loaders.train, opt, sched, scaler, CrossEntropy(), make_autocast(cfg),
+                              epoch, log_every=10 ** 9, desc=loader_kind)
+        sync(device)
+        if epoch:
+            times.append(time.perf_counter() - t0)
+    return times, len(loaders.train_y), rec["train_acc"]
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data_root", default="./data")
+    p.add_argument("--model", default="FlexibleMLP")
+    p.add_argument("--hidden_size", type=int, default=512)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--subset", type=int, default=0)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--loaders", nargs="+", default=["tensor", "standard"])
+    args = p.parse_args()
+    ds = load_dataset(args.dataset, args.data_root)
+    rows = {}
+    for kind in args.loaders:
+        times, n, acc = time_epochs(kind, ds, args, args.device, args.amp)
+        rows[kind] = (statistics.median(times), n, acc)
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} " \
+                                                                              f"({os.cpu_count()} cores)"
+    print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {args.amp}, "
+          f"compile {args.compile}, device {dev}, torch {torch.__version__}, median of {args.repeats} epochs\n")
+    print("| Loader | Epoch time (s) | Images/s | Speed-up vs standard |")
+    print("|---|---|---|---|")
+    base = rows.get("standard", (None,))[0]
+    for kind, (t, n, _) in rows.items():
+        print(f"| {kind} | {t:.2f} | {n / t:,.0f} | {base / t:.2f}x |" if base else f"| {kind} | {t:.2f} | "
+              f"{n / t:,.0f} | - |")
+
+
+if __name__ == "__main__":
+    main()
