@@ -58,19 +58,21 @@ def add_model_args(group, prefix="", who="", defaults=ModelConfig(), norm_defaul
     """Architecture flags; exercise2 adds them twice, as --t_* (teacher) and --s_* (student)."""
     d = defaults
     a = partial_add(group, prefix)
-    a("hidden_size", type=pos_int, default=d.hidden_size, help=f"{who}FlexibleMLP: width of every hidden layer")
-    a("depth", type=pos_int, default=d.depth, help=f"{who}FlexibleMLP: number of hidden layers")
+    a("hidden_size", type=pos_int, default=d.hidden_size, help=f"{who}FlexibleMLP: width of every hidden layer (default: {d.hidden_size})")
+    a("depth", type=pos_int, default=d.depth, help=f"{who}FlexibleMLP: number of hidden layers (default: {d.depth})")
     a("hidden_sizes", type=pos_int, nargs="+", default=None,
-      help=f"{who}FlexibleMLP: explicit hidden widths, e.g. 1200 1200 (overrides --{prefix}depth/--{prefix}hidden_size)")
+      help=f"{who}FlexibleMLP: explicit hidden widths, e.g. 1200 1200 (overrides --{prefix}depth and "
+        f"--{prefix}hidden_size; default: unset)")
     a("skips", type=skip_pair, nargs="+", default=None,
-      help=f"{who}FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0")
-    a("activation", choices=sorted(ACTIVATIONS), default=d.activation, help=f"{who}FlexibleMLP activation")
-    a("dropout", type=unit, default=d.dropout, help=f"{who}FlexibleMLP dropout probability")
+      help=f"{who}FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0 (default: none)")
+    a("activation", choices=sorted(ACTIVATIONS), default=d.activation, help=f"{who}FlexibleMLP activation (default: {d.activation})")
+    a("dropout", type=unit, default=d.dropout, help=f"{who}FlexibleMLP dropout probability (default: {d.dropout})")
     a("layers", type=pos_int, nargs="+", default=list(d.layers),
-      help=f"{who}FlexibleCNN: blocks per stage, any number of stages (e.g. 3 4 6 3, or 3 3 3)")
-    a("block", choices=sorted(BLOCKS), default=d.block, help=f"{who}FlexibleCNN block type")
-    a("width", type=pos_int, default=d.width, help=f"{who}FlexibleCNN: channels of the first stage (doubled per stage)")
-    a("residual", action="store_true", help=f"{who}FlexibleMLP/FlexibleCNN: identity skips around every block")
+      help=f"{who}FlexibleCNN: blocks per stage, any number of stages, e.g. 3 4 6 3 or 3 3 3 "
+        f"(default: {' '.join(map(str, d.layers))})")
+    a("block", choices=sorted(BLOCKS), default=d.block, help=f"{who}FlexibleCNN block type (default: {d.block})")
+    a("width", type=pos_int, default=d.width, help=f"{who}FlexibleCNN: channels of the first stage, doubled per stage (default: {d.width})")
+    a("residual", action="store_true", help=f"{who}FlexibleMLP/FlexibleCNN: identity skips around every block (default: off)")
     a("norm", nargs="?", const="batch", default=None, choices=NORMS,
       help=f"{who}normalisation; bare --{prefix}norm = batch (default: {norm_default}; presets always use batch)")
 

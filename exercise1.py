@@ -25,7 +25,7 @@ from checkpoint import CheckpointError, load_checkpoint, load_weights
 from cli import (Parser, add_data_args, add_model_args, add_optim_args, add_output_args, config_dict, data_config,
                  explicit_dests, from_dict, model_config, pos_int, run_main, timestamp, train_config)
 from dataloader import DataConfig, load_dataset, make_loaders, stratified_kfold, stratified_subset
-from engine import TrainConfig, fit
+from engine import Diverged, TrainConfig, fit
 from losses import CrossEntropy
 from models import MODEL_NAMES, ModelConfig, build_model, count_params, is_cnn, summary
 from plots import plot_curves, plot_grads
@@ -193,6 +193,10 @@ def main(argv=None):
                   f"{result['train_time_s']:.1f}s)")
             logger.log_images([run_dir / "curves.png", run_dir / "grads.png"])
         logger.finish({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+    except Diverged as e:
+        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+        logger.finish()
+        raise
     except BaseException:
         logger.finish()
         raise
