@@ -76,6 +76,28 @@ def plot_overlay(curves, path, metric="val_acc"):
     _save(fig, path)
 
 
+def plot_confusion(cm, classes, path):
+    """cm (K, K) counts, rows = true class, columns = predicted; each row normalised to 1."""
+    import numpy as np
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * k + 2), max(3.5, 0.45 * k + 1.5)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
 def _read_history(run):
     path = Path(run) / "metrics.jsonl"
     if not path.exists():

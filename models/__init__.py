@@ -1,7 +1,7 @@
 """Model registry: `build_model(ModelConfig, in_shape, num_classes)` is what the scripts call.
 
 Presets are one-liners over FlexibleCNN: the He et al. 2016 CIFAR family (3 stages of n blocks, widths
-16/32/64, parameter-free shortcut A; depth = 6n + 2) and ResNet-18/34/50 in their CIFAR form (3x3 stem).
+16/32/64, parameter-free shortcut A; depth = 6n + 2: 8, 14 for quick studies, then 20/32/44/56/110) and ResNet-18/34/50 in their CIFAR form (3x3 stem).
 """
 from dataclasses import dataclass
 from functools import partial
@@ -41,8 +41,8 @@ def _resnet(layers, block):
 
 
 PRESETS = {
-    **{f"resnet{6 * n + 2}": _he_cifar(n, True) for n in (3, 5, 7, 9, 18)},
-    **{f"plain{6 * n + 2}": _he_cifar(n, False) for n in (3, 5, 7, 9, 18)},
+    **{f"resnet{6 * n + 2}": _he_cifar(n, True) for n in (1, 2, 3, 5, 7, 9, 18)},
+    **{f"plain{6 * n + 2}": _he_cifar(n, False) for n in (1, 2, 3, 5, 7, 9, 18)},
     "resnet18": _resnet((2, 2, 2, 2), "basic"),
     "resnet34": _resnet((3, 4, 6, 3), "basic"),
     "resnet50": _resnet((3, 4, 6, 3), "bottleneck"),
