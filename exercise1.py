@@ -204,6 +204,14 @@ def run_single(cfg: RunConfig, ds, run_dir, model=None, ckpt=None, group=None):
     return result
 
 
+def _identity(plan):
+    """What makes two studies the same: everything but where files live and how results are reported."""
+    base = plan["base"]
+    return {**plan, "base": {**base, "data": {k: v for k, v in base["data"].items() if k not in ("data_root", "num_workers")},
+                             "output": {k: v for k, v in base["output"].items() if k not in (
+                                 "save_dir", "wandb", "notify", "wandb_project")}}}
+
+
 def run_multi(args, cfg: RunConfig, ds):
     """A study (--study) or one configuration over several --seeds, in one folder that a re-run continues."""
     seeds = args.seeds or [cfg.train.seed]
@@ -213,7 +221,7 @@ def run_multi(args, cfg: RunConfig, ds):
     study_dir = Path(cfg.output.save_dir) / name
     plan = {"study": args.study, "depths": list(depths), "seeds": list(seeds), "base": cfg.to_dict()}
     if (study_dir / "config.json").exists():
-        if json.loads((study_dir / "config.json").read_text()) != json.loads(json.dumps(plan)):
+        if _identity(json.loads((study_dir / "config.json").read_text())) != _identity(json.loads(json.dumps(plan))):
             raise UsageError(f"{study_dir} holds another study or configuration; pass another --run_name "
                              "(or --overwrite to start it again)")
         print(f"continuing {study_dir}")
