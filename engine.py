@@ -182,17 +182,19 @@ def _sigterm_as_interrupt():
             signal.signal(signal.SIGTERM, old)
 
 
-def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, desc="train", quiet=False):
+def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, desc="train", quiet=False,
+        param_groups=None):
     """Train with checkpoints in run_dir; return the summary after testing the best-on-validation weights.
 
     meta: what every checkpoint records besides the training state (arch, config). resume: a loaded
-    last.pt whose state continues here. The test set is evaluated once, at the end.
+    last.pt whose state continues here. param_groups: optimizer groups (e.g. a lower backbone lr) instead of
+    all parameters. The test set is evaluated once, at the end.
     """
     device = torch.device(cfg.device)
     model.to(device)
     if cfg.device.startswith("cuda") and meta["arch"]["is_cnn"]:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = make_optimizer(param_groups or model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, len(loaders.train))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     autocast = make_autocast(cfg)

@@ -141,14 +141,14 @@ def model_from_arch(arch):
 
 
 def train_model(model, ds, cfg: RunConfig, run_dir, loss_fn=None, logger=None, resume=None, desc="train",
-                fold=None, quiet=False):
+                fold=None, quiet=False, param_groups=None):
     """Train `model` with the one loop, test its best weights, and write summary.json and the plots."""
     loaders = make_loaders(ds, cfg.data, cfg.train.seed, cfg.train.device, fold,
                            channels_last=cfg.train.device.startswith("cuda") and is_cnn(cfg.model.name))
     meta = {"arch": arch_of(cfg.model, ds, cfg.data.dataset), "config": cfg.to_dict(),
             "wandb_id": logger.id if logger else None}
     result = fit(model, loaders, cfg.train, Path(run_dir), loss_fn or CrossEntropy(cfg.train.label_smoothing), meta,
-                 logger, resume, desc, quiet)
+                 logger, resume, desc, quiet, param_groups)
     history = result.pop("history")
     preds = result.pop("test_preds")
     k = ds.num_classes

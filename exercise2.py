@@ -7,6 +7,7 @@
     python exercise2.py --teacher resnet56 --student resnet20 --dataset folder --data_root ../shared/data/cifar10-jpeg
     python exercise2.py --teacher_ckpt runs/<run>/best.pt --student resnet20 --cache_teacher
     python exercise2.py --resume distill_runs/<run>                              # skips finished phases
+    python exercise2.py --task finetune --pretrained runs/<run>/best.pt --dataset cifar100 --mode all
 
 Phases run in order, each in its own sub-folder with exercise1's files: teacher, student_baseline (hard
 labels only) and student_distill, whose loss is
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+import transfer
 from cli import (Parser, add_data_args, add_model_args, add_optim_args, add_output_args, data_config, explicit_dests,
-                 from_dict, model_config, pos_float, run_main, timestamp, train_config, unit)
+                 from_dict, model_config, nonneg_int, pos_float, run_main, timestamp, train_config, unit)
 from dataloader import DataConfig, load_dataset, make_loaders
 from engine import Interrupted, TrainConfig, evaluate, make_autocast
 from exercise1 import OutputConfig, RunConfig, model_from_arch, new_model, train_model
@@ -76,6 +78,8 @@ class ExperimentConfig:
 def get_args_parser():
     p = Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("distill", "finetune"), default="distill",
+                   help="distill: teacher -> student; finetune: transfer a pretrained CNN to --dataset (default: distill)")
     g = p.add_argument_group("Model", "teacher flags start with --t_, student flags with --s_")
     g.add_argument("--teacher", choices=MODEL_NAMES, default="FlexibleCNN", metavar="NAME",
                    help=f"teacher model, one of {', '.join(MODEL_NAMES)} (default: FlexibleCNN)")
@@ -101,7 +105,16 @@ def get_args_parser():
     d.add_argument("--teacher_logits", default=None, metavar="PATH",
                    help="with --cache_teacher: reuse teacher_logits.pt of an earlier run (refused if it is of "
                         "another teacher or data set)")
-    add_data_args(p, "cifar10")
+    t = p.add_argument_group("Transfer (--task finetune)")
+    t.add_argument("--pretrained", default=None, metavar="PATH", help="a CNN checkpoint of exercise1 (best.pt)")
+    t.add_argument("--mode", choices=(*transfer.MODES, "all"), default="all",
+                   help="linear (logistic regression on frozen features), svm (linear SVM on them), finetune (end "
+                        "to end, new head), scratch (same network, random init), or all (default: all)")
+    t.add_argument("--backbone_lr_scale", type=pos_float, default=0.1,
+                   help="finetune: backbone learning rate = --lr x this (default: 0.1)")
+    t.add_argument("--freeze_stages", type=nonneg_int, default=0,
+                   help="finetune: keep the stem and the first N stages frozen (default: 0)")
+    add_data_args(p, "cifar10 for distill, cifar100 for finetune")
     add_optim_args(p)
     add_output_args(p, "distillation_<dataset>", resume_help="continue an interrupted run from its folder: "
                     "finished phases are skipped, an interrupted phase continues from its last.pt; only --epochs "
@@ -113,6 +126,8 @@ def build_config(args):
     if args.teacher_logits and not args.cache_teacher:
         raise UsageError("--teacher_logits needs --cache_teacher")
     dataset = args.dataset or "cifar10"
+    if args.pretrained:
+        raise UsageError("--pretrained belongs to --task finetune")
 
     def arch(name, prefix):
         cfg = model_config(args, name, prefix, flexible_norm="batch" if is_cnn(name) else "none")
@@ -234,9 +249,68 @@ def finished_phase(name, model, ds, cfg: RunConfig, run_dir, loaders, autocast):
             "history": read_jsonl(run_dir / name / "metrics.jsonl"), "test_preds": test["preds"]}
 
 
+def run_finetune(args):
+    """--task finetune: linear / svm / finetune / scratch on --dataset, from --pretrained; see transfer.py."""
+    if not args.pretrained:
+        raise UsageError("--task finetune needs --pretrained PATH (an exercise1 best.pt)")
+    if args.resume:
+        raise UsageError("--resume applies to --task distill; run the finetune command again instead")
+    pretrained, arch = transfer.load_pretrained(args.pretrained)
+    dataset = args.dataset or "cifar100"
+    data, train = data_config(args, dataset), train_config(args)
+    ds = load_dataset(dataset, data.data_root)
+    ds, changes = transfer.adapt_inputs(ds, tuple(arch["in_shape"]))
+    if changes:
+        print(f"adapting inputs to the pretrained network: {', '.join(changes)}")
+    modes = transfer.MODES if args.mode == "all" else (args.mode,)
+    mcfg = from_dict(ModelConfig, arch["model"])
+    if "finetune" in modes:
+        transfer.prepare_finetune(model_from_arch(arch), ds.num_classes, 1.0, 1.0, args.freeze_stages)  # validate
+    name = args.run_name or f"finetune_{dataset}_{mcfg.name}_{args.mode}_{timestamp()}"
+    run_dir = create_run_dir(args.save_dir, name, args.overwrite, auto_named=not args.run_name)
+    out = OutputConfig(save_dir=args.save_dir, run_name=run_dir.name, wandb=args.wandb,
+                       wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}")
+    write_run_files(run_dir, {"task": "finetune", "pretrained": str(args.pretrained), "modes": list(modes),
+                              "backbone_lr_scale": args.backbone_lr_scale, "freeze_stages": args.freeze_stages,
+                              "input_changes": changes, "model": asdict(mcfg), "data": asdict(data),
+                              "train": asdict(train), "output": asdict(out)})
+    print(f"pretrained {summary(mcfg.name, pretrained)} from {args.pretrained}")
+    results = {}
+    splits = None
+    for mode in modes:
+        if mode in ("linear", "svm"):
+            splits = splits or transfer.cached_features(pretrained, ds, data, train, run_dir, args.pretrained)
+            acc, seconds = transfer.classical(mode, splits, train.seed)
+            print(f"{mode}: test acc {acc:.4f} ({seconds:.1f}s)")
+            results[mode] = {"test_acc": acc, "train_time_s": seconds}
+            continue
+        groups = None
+        if mode == "finetune":
+            model = transfer.load_pretrained(args.pretrained)[0]
+            groups = transfer.prepare_finetune(model, ds.num_classes, train.lr, args.backbone_lr_scale,
+                                               args.freeze_stages)
+        else:
+            model = new_model(mcfg, ds, train.seed)
+        (run_dir / mode).mkdir()
+        logger = WandbLogger(out.wandb, out.wandb_project, f"{run_dir.name}-{mode}", {"mode": mode},
+                             group=run_dir.name)
+        try:
+            r = train_model(model, ds, RunConfig(mcfg, data, train, out), run_dir / mode, logger=logger, desc=mode,
+                            param_groups=groups)
+        finally:
+            logger.finish()
+        print(f"{mode}: test acc {r['test_acc']:.4f} ({r['train_time_s']:.1f}s)")
+        results[mode] = {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}
+    transfer.report(results, run_dir)
+    print(run_dir)
+    return 0
+
+
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    if args.task == "finetune":
+        return run_finetune(args)
     if args.resume:
         cfg, run_dir = resume_config(parser, args, argv)
     else:

@@ -1,0 +1,149 @@
+"""Transfer learning: reuse a CNN trained by exercise1 on a new data set, four ways, side by side.
+
+    python exercise2.py --task finetune --pretrained runs/<run>/best.pt --dataset cifar100 --mode all
+
+linear:   the frozen network's penultimate features -> standardised logistic regression (scikit-learn)
+svm:      the same features -> standardised linear SVM (scikit-learn)
+finetune: end to end with a new head; the backbone at lr * --backbone_lr_scale; --freeze_stages N keeps
+          the stem and the first N stages fixed
+scratch:  the same architecture from random weights with the same budget: what pretraining bought
+"""
+import hashlib
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from dataloader import DataSet, make_loaders
+from engine import make_autocast
+from tracking import UsageError, write_json
+
+MODES = ("linear", "svm", "finetune", "scratch")
+
+
+def load_pretrained(path):
+    """(model, arch) of a CNN checkpoint; one-line errors for anything else."""
+    ckpt = load_checkpoint(path)
+    arch = ckpt.get("arch") or {}
+    if not arch.get("is_cnn"):
+        raise CheckpointError(f"{path} is not a CNN checkpoint (it holds {arch.get('model', {}).get('name', '?')}); "
+                              "--task finetune needs a residual CNN trained by exercise1")
+    from exercise1 import model_from_arch
+    model = model_from_arch(arch)
+    load_weights(model, ckpt, path)
+    return model, arch
+
+
+def adapt_inputs(ds, in_shape):
+    """Make ds's images fit a network trained on in_shape = (C, H, W): grey -> 3 channels, resize.
+
+    Returns (DataSet, list of what was changed); works on the uint8 arrays once, before training.
+    """
+    c, h, w = in_shape
+    changes = []
+    have = ds.in_shape
+
+    def convert(x):
+        if x is None:
+            return None
+        if x.shape[1] != c:
+            if x.shape[1] == 1 and c == 3:
+                x = x.expand(-1, 3, -1, -1)
+            else:
+                raise UsageError(f"cannot adapt {x.shape[1]}-channel images to a network trained on {c} channels")
+        if tuple(x.shape[2:]) != (h, w):
+            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False).round().clamp(0, 255)
+        return x.to(torch.uint8).contiguous()
+
+    if have[0] != c:
+        changes.append(f"grey -> {c} channels" if have[0] == 1 else f"{have[0]} -> {c} channels")
+    if have[1:] != (h, w):
+        changes.append(f"resized {have[1]}x{have[2]} -> {h}x{w}")
+    if not changes:
+        return ds, changes
+    return DataSet(convert(ds.train_x), ds.train_y, convert(ds.test_x), ds.test_y, ds.classes,
+                   convert(ds.val_x), ds.val_y), changes
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, autocast):
+    """Penultimate features of every example in `loader`, in index order: (N, D) float32, and labels (N,)."""
+    model.eval().to(device)
+    feats, labels = None, None
+    for batch in loader:
+        with autocast():
+            f = model.features(batch.x).float()
+        if feats is None:
+            n = len(loader.y) if hasattr(loader, "y") else len(loader.loader.dataset)
+            feats = torch.empty(n, f.shape[1], device=device)
+            labels = torch.empty(n, dtype=torch.long, device=device)
+        feats[batch.idx] = f
+        labels[batch.idx] = batch.y
+    return feats.cpu(), labels.cpu()
+
+
+def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
+    """Features of the train / val / test splits, extracted once and kept in run_dir/features.pt."""
+    path = Path(run_dir) / "features.pt"
+    key = hashlib.sha256(f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}|"
+                         f"{data_cfg}".encode()).hexdigest()[:16]
+    if path.exists():
+        cache = torch.load(path, weights_only=True)
+        if cache.get("key") == key:
+            print(f"features: reusing {path}")
+            return cache["splits"]
+    loaders = make_loaders(ds, replace(data_cfg, augment=False), train_cfg.seed, train_cfg.device)
+    autocast = make_autocast(train_cfg)
+    splits = {name: extract_features(model, loader, train_cfg.device, autocast)
+              for name, loader in (("train", loaders.train), ("val", loaders.val), ("test", loaders.test))
+              if loader is not None}
+    save_checkpoint(path, {"key": key, "splits": splits})
+    print(f"features: extracted {tuple(splits['train'][0].shape)} training features once, cached in {path}")
+    return splits
+
+
+def classical(mode, splits, seed):
+    """Logistic regression or a linear SVM on standardised features; returns (test_acc, train_time_s)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+    clf = LogisticRegression(max_iter=1000) if mode == "linear" else LinearSVC(dual="auto", random_state=seed)
+    pipe = make_pipeline(StandardScaler(), clf)
+    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
+    t0 = time.perf_counter()
+    pipe.fit(xtr.numpy(), ytr.numpy())
+    elapsed = time.perf_counter() - t0
+    return float((pipe.predict(xte.numpy()) == yte.numpy()).mean()), elapsed
+
+
+def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
+    """New head; frozen stem + first `freeze_stages` stages; optimizer groups (head first: its lr is logged)."""
+    model.head = nn.Linear(model.head.in_features, num_classes)
+    n_stages = len(model.stages)
+    if freeze_stages > n_stages:
+        raise UsageError(f"--freeze_stages {freeze_stages}: the network has {n_stages} stages")
+    frozen = [model.stem, *model.stages[:freeze_stages]] if freeze_stages else []
+    for module in frozen:
+        module.requires_grad_(False)
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.0  # running statistics stay as pretrained too
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    return [{"params": list(model.head.parameters()), "lr": lr},
+            {"params": backbone, "lr": lr * backbone_lr_scale}]
+
+
+def report(results, run_dir):
+    from plots import plot_bars
+    write_json(Path(run_dir) / "summary.json", results)
+    lines = ["| Mode | Test acc | Train time (s) |", "|---|---|---|"]
+    lines += [f"| {m} | {r['test_acc']:.4f} | {r['train_time_s']:.1f} |" for m, r in results.items()]
+    (Path(run_dir) / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot_bars(list(results), [r["test_acc"] for r in results.values()],
+              [f"{r['train_time_s']:.0f}s" for r in results.values()], Path(run_dir) / "comparison.png")
