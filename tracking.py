@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def check_save_dir(save_dir, run_name):
     probe = Path(save_dir)
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    # The mode bits are checked too: root passes os.access on a folder marked read-only.
+    if not probe.is_dir() or not os.access(probe, os.W_OK) or not probe.stat().st_mode & stat.S_IWUSR:
         raise UsageError(f"--save_dir {save_dir}: {probe} is not a writable folder")
 
 
