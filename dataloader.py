@@ -346,7 +346,8 @@ class TensorLoader:
     """
 
     def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
-                 channels_last=False):
+                 channels_last=False, shard=(0, 1)):
+        self.rank, self.world = shard   # (rank, world size): this process's slice of every global batch
         self.x = x.to(device, non_blocking=True)
         self.y = y.to(device, non_blocking=True)
         self.batch_size, self.augment, self.shuffle, self.seed = batch_size, augment, shuffle, seed
@@ -359,15 +360,21 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self):
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
+        full, rest = divmod(len(self.y), self.batch_size)
+        return full + (rest >= self.world)  # under DDP a last batch too small for every rank is dropped
 
     def __iter__(self):
+        # The order is the same on every rank; the augmentation stream differs per rank.
         g = torch.Generator(device=self.x.device).manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.y)
         order = (torch.randperm(n, generator=g, device=self.x.device) if self.shuffle
                  else torch.arange(n, device=self.x.device))
-        for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size]
+        if self.rank:
+            g.manual_seed(self.seed * 100_003 + self.epoch + 7_919 * self.rank)
+        for step in range(len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
             x = self.x[idx].float()                         # (B, C, H, W) in 0..255
             if self.augment is not None:
                 x = self.augment(x, g)
@@ -430,7 +437,7 @@ class Loaders:
     train_y: torch.Tensor   # labels of the training arrays, in loader index order (for teacher caches)
 
 
-def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False):
+def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False, shard=(0, 1)):
     """Training / validation / test loaders.
 
     Validation: the data set's own val/ split if it has one, else a stratified seeded `val_split` of the
@@ -454,10 +461,14 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
     Loader = TensorLoader if cfg.loader == "tensor" else StandardLoader
     extra = {"num_workers": cfg.num_workers} if cfg.loader == "standard" else {}
 
+    if shard[1] > 1 and cfg.loader != "tensor":
+        raise DataError("under torchrun only --loader tensor shards the data")
+
     def make(xs, ys, train):
         augment = augmentation_for(ds.in_shape) if train and cfg.augment else None
+        kw = {**extra, "shard": shard} if train and shard[1] > 1 else extra
         return Loader(xs, ys, cfg.batch_size if train else max(cfg.batch_size, 1024), mean, std, device,
-                      augment=augment, shuffle=train, seed=seed, channels_last=channels_last, **extra)
+                      augment=augment, shuffle=train, seed=seed, channels_last=channels_last, **kw)
 
     return Loaders(make(x, y, True), make(xv, yv, False) if xv is not None else None,
                    make(ds.test_x, ds.test_y, False), y)

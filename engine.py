@@ -15,7 +15,9 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
-from checkpoint import FORMAT, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+import distributed
+
+from checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tracking import write_jsonl
 
 
@@ -93,8 +95,15 @@ def make_scheduler(optimizer, cfg, steps_per_epoch):
 
 
 def weight_layers(model):
-    """(name, parameter) of every weight matrix / conv kernel: the layers whose gradients are tracked."""
-    return [(n.removesuffix(".weight"), p) for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+    """(name, parameter) of every weight matrix / conv kernel: the layers whose gradients are tracked.
+
+    Names are those of the bare model, also through DDP ("module.") or torch.compile ("_orig_mod.").
+    """
+    def bare(n):
+        for prefix in ("_orig_mod.", "module."):
+            n = n.removeprefix(prefix)
+        return n.removesuffix(".weight")
+    return [(bare(n), p) for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autocast, epoch, log_every=25,
@@ -107,7 +116,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autoca
     correct = torch.zeros((), device=device, dtype=torch.long)
     grad_sum = torch.zeros(len(layers), device=device)
     parts_sum, seen, step = {}, 0, 0
-    bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True, mininterval=0.5,
+               disable=not distributed.is_main())
     for step, batch in enumerate(bar, start=1):
         with autocast():
             logits = model(batch.x)                              # (B, classes)
@@ -132,6 +142,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autoca
                 raise Diverged(f"loss became {running} in epoch {epoch + 1}, step {step}")
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
     bar.close()
+    # Under DDP: sums over all ranks (the running figures above were this rank's alone).
+    seen_t = torch.tensor(float(seen), device=device)
+    parts_t = [parts_sum[k] for k in sorted(parts_sum)]
+    distributed.all_reduce_sum(loss_sum, correct, seen_t, grad_sum, *parts_t)
+    parts_sum = dict(zip(sorted(parts_sum), parts_t))
+    seen, grad_sum = seen_t.item(), grad_sum / distributed.world()
     total_loss = loss_sum.item() / seen
     if not math.isfinite(total_loss):
         raise Diverged(f"loss became {total_loss} in epoch {epoch + 1}, step {step}")
@@ -198,7 +214,9 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
     scheduler = make_scheduler(optimizer, cfg, len(loaders.train))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     autocast = make_autocast(cfg)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = distributed.wrap(model)
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    main = distributed.is_main()  # only rank 0 writes files and prints
     state = {"epoch": 0, "best_val_acc": -1.0, "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0, "history": []}
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -207,13 +225,17 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
         scaler.load_state_dict(resume["scaler"])
         state = {k: resume[k] for k in state}
         set_rng_state(resume["rng"])
-    write_jsonl(run_dir / "metrics.jsonl", state["history"])  # the checkpoint's history is the truth
+    best_weights = None
+    if resume is not None and (run_dir / "best.pt").exists():
+        best_weights = load_checkpoint(run_dir / "best.pt")["model"]
+    if main:
+        write_jsonl(run_dir / "metrics.jsonl", state["history"])  # the checkpoint's history is the truth
 
     def checkpoint():
         return {"format": FORMAT, **meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(), **state}
 
-    print_line = (lambda *a: None) if quiet else print
+    print_line = (lambda *a, **k: None) if quiet or not main else print
     try:
         with _sigterm_as_interrupt():
             for epoch in range(state["epoch"], cfg.epochs):
@@ -236,14 +258,17 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
                     state.update(best_val_acc=val["acc"] if val else -1.0, best_epoch=epoch + 1, bad_epochs=0)
                 else:
                     state["bad_epochs"] += 1
-                ckpt = checkpoint()
-                save_checkpoint(run_dir / "last.pt", ckpt)
-                if improved:
-                    save_checkpoint(run_dir / "best.pt", ckpt)
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if logger is not None:
-                    logger.log(_wandb_record(rec), step=epoch + 1)
+                if improved:  # every rank keeps the best weights (identical across ranks under DDP)
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if main:
+                    ckpt = checkpoint()
+                    save_checkpoint(run_dir / "last.pt", ckpt)
+                    if improved:
+                        save_checkpoint(run_dir / "best.pt", ckpt)
+                    with open(run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    if logger is not None:
+                        logger.log(_wandb_record(rec), step=epoch + 1)
                 val_txt = f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | " if val else ""
                 print_line(f"{desc} epoch {epoch + 1:3d}/{cfg.epochs} | train loss {rec['train_loss']:.4f} "
                            f"acc {rec['train_acc']:.4f} | {val_txt}lr {lr:.2e} | {dt:.1f}s", flush=True)
@@ -257,8 +282,8 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
     except Diverged as e:
         raise Diverged(f"{e}; {run_dir / 'best.pt'} is intact. Try a lower --lr, --amp off, or --norm") from None
 
-    best = load_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").exists() else checkpoint()
-    load_weights(model, best)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
     test = evaluate(model, loaders.test, autocast, return_preds=True)
     return {"test_acc": test["acc"], "test_loss": test["loss"],
             "best_val_acc": state["best_val_acc"] if loaders.val is not None else None,

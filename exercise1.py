@@ -10,6 +10,7 @@
     python exercise1.py --resume runs/<run>/last.pt        # continue an interrupted run
     python exercise1.py --study mlp_depth --seeds 0 1 2    # plain vs residual MLPs over depth, mean ± std
     python exercise1.py --study cnn_depth --dataset folder --data_root ../shared/data/cifar10-jpeg
+    torchrun --nproc_per_node 2 exercise1.py --model resnet20 --dataset cifar10   # data-parallel (DDP)
 
 A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, best.pt, last.pt,
 summary.json, curves.png and grads.png; its path is the last line printed.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import distributed
 import study
 from checkpoint import CheckpointError, load_checkpoint, load_weights
 from cli import (Parser, add_data_args, add_model_args, add_optim_args, add_output_args, config_dict, data_config,
@@ -144,7 +146,8 @@ def train_model(model, ds, cfg: RunConfig, run_dir, loss_fn=None, logger=None, r
                 fold=None, quiet=False, param_groups=None):
     """Train `model` with the one loop, test its best weights, and write summary.json and the plots."""
     loaders = make_loaders(ds, cfg.data, cfg.train.seed, cfg.train.device, fold,
-                           channels_last=cfg.train.device.startswith("cuda") and is_cnn(cfg.model.name))
+                           channels_last=cfg.train.device.startswith("cuda") and is_cnn(cfg.model.name),
+                           shard=(distributed.rank(), distributed.world()))
     meta = {"arch": arch_of(cfg.model, ds, cfg.data.dataset), "config": cfg.to_dict(),
             "wandb_id": logger.id if logger else None}
     result = fit(model, loaders, cfg.train, Path(run_dir), loss_fn or CrossEntropy(cfg.train.label_smoothing), meta,
@@ -156,10 +159,11 @@ def train_model(model, ds, cfg: RunConfig, run_dir, loss_fn=None, logger=None, r
     per_class = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
     result = {"status": "finished", "model": cfg.model.name, "params": count_params(model), **result,
               "per_class_acc": dict(zip(ds.classes, per_class)), "confusion": cm.tolist()}
-    write_json(Path(run_dir) / "summary.json", result)
-    plot_curves(history, Path(run_dir) / "curves.png")
-    plot_grads(history, Path(run_dir) / "grads.png")
-    plot_confusion(cm, ds.classes, Path(run_dir) / "confusion.png")
+    if distributed.is_main():
+        write_json(Path(run_dir) / "summary.json", result)
+        plot_curves(history, Path(run_dir) / "curves.png")
+        plot_grads(history, Path(run_dir) / "grads.png")
+        plot_confusion(cm, ds.classes, Path(run_dir) / "confusion.png")
     return {**result, "history": history, "test_preds": preds}
 
 
@@ -188,12 +192,12 @@ def run_single(cfg: RunConfig, ds, run_dir, model=None, ckpt=None, group=None):
         load_weights(model, ckpt, run_dir / "last.pt")
     model = model or new_model(cfg.model, ds, cfg.train.seed)
     print(summary(cfg.model.name, model))
-    logger = WandbLogger(cfg.output.wandb, cfg.output.wandb_project, run_dir.name, cfg.to_dict(), group=group,
-                         resume_id=ckpt.get("wandb_id") if ckpt else None)
+    logger = WandbLogger(cfg.output.wandb if distributed.is_main() else "disabled", cfg.output.wandb_project,
+                         run_dir.name, cfg.to_dict(), group=group, resume_id=ckpt.get("wandb_id") if ckpt else None)
     try:
         result = train_model(model, ds, cfg, run_dir, logger=logger, resume=ckpt)
     except BaseException as e:
-        if isinstance(e, Diverged):
+        if isinstance(e, Diverged) and distributed.is_main():
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
         logger.finish()
         raise
@@ -244,6 +248,10 @@ def run_multi(args, cfg: RunConfig, ds):
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    distributed.setup()
+    if distributed.world() > 1 and (args.study or args.seeds or args.k_folds):
+        raise UsageError("under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
+                         "without it")
     if args.resume:
         cfg, ckpt = resume_config(parser, args, argv)
         run_dir = Path(args.resume).parent
@@ -266,10 +274,13 @@ def main(argv=None):
                 print(f"resuming {run_dir} from epoch {ckpt['epoch']} of {cfg.train.epochs}")
             else:
                 model = new_model(cfg.model, ds, cfg.train.seed)  # a bad architecture fails before the folder exists
-                run_dir = create_run_dir(cfg.output.save_dir, cfg.output.run_name or default_run_name(
-                    cfg.model, cfg.data, cfg.train), args.overwrite, auto_named=not cfg.output.run_name)
+                run_dir = None
+                if distributed.is_main():
+                    run_dir = create_run_dir(cfg.output.save_dir, cfg.output.run_name or default_run_name(
+                        cfg.model, cfg.data, cfg.train), args.overwrite, auto_named=not cfg.output.run_name)
+                    write_run_files(run_dir, replace(cfg, output=replace(cfg.output, run_name=run_dir.name)).to_dict())
+                run_dir = distributed.broadcast(run_dir)
                 cfg = replace(cfg, output=replace(cfg.output, run_name=run_dir.name))
-                write_run_files(run_dir, cfg.to_dict())
             if cfg.output.k_folds:
                 result = cross_validate(ds, cfg, run_dir)
                 message = f"{cfg.output.k_folds}-fold val acc {result['val_acc_mean']:.4f}"
@@ -279,12 +290,13 @@ def main(argv=None):
     except (UsageError, DataError, CheckpointError):
         raise
     except BaseException as e:
-        if cfg.output.notify:
+        if cfg.output.notify and distributed.is_main():
             notify(cfg.output.notify, f"lab1 {label} failed: {type(e).__name__}: {e}")
         raise
-    if cfg.output.notify:
+    if cfg.output.notify and distributed.is_main():
         notify(cfg.output.notify, f"lab1 {label} finished: {message} ({run_dir})")
     print(run_dir)
+    distributed.teardown()
     return 0
 
 
