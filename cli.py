@@ -145,6 +145,7 @@ def add_optim_args(parser, epochs=10, lr=1e-3):
                    help="mixed precision: autocast in bf16, or fp16 with a GradScaler; auto = bf16 (fp16 where "
                         "bf16 is unsupported) on CUDA, off elsewhere (default: auto)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    return g
 
 
 def resolve_device(request):

@@ -73,10 +73,9 @@ def get_args_parser():
                    help=f"one of {', '.join(MODEL_NAMES)} (default: FlexibleMLP)")
     add_model_args(g)
     add_data_args(p)
-    add_optim_args(p)
-    p._action_groups[-1].add_argument("--k_folds", type=pos_int, default=0, metavar="K",
-                                      help="stratified K-fold cross-validation on the training set instead of one "
-                                           "run (K >= 2; default: off)")
+    add_optim_args(p).add_argument("--k_folds", type=pos_int, default=0, metavar="K",
+                                   help="stratified K-fold cross-validation on the training set instead of one "
+                                        "run (K >= 2; default: off)")
     add_output_args(p, "Lab1_DLA_MLP for MLPs, Lab1_DLA_CNN for CNNs")
     g = p.add_argument_group("Studies", "many runs from one command; re-running the same command continues it")
     g.add_argument("--study", choices=study.STUDIES, default=None,

@@ -1,15 +1,19 @@
-"""Training-epoch time: exercise1's device-resident tensor loader against the standard DataLoader pipeline.
+"""Training-epoch time: exercise1's device-resident tensor loader against the standard DataLoader pipeline
+and against a bare loop (the model's forward/backward/step over batches prepared in advance: no slicing,
+augmentation, metrics or gradient tracking), whose time is the model's own share of a step.
 
     python bench/epoch_speed.py --dataset mnist --data_root ../shared/data --model FlexibleMLP
     python bench/epoch_speed.py --dataset folder --data_root ../shared/data/cifar10-jpeg --model resnet20 --subset 5000
 
-Both pipelines train the same model on the same data with the same augmentation through the same
+tensor and standard train the same model on the same data with the same augmentation through the same
 train_one_epoch; only the loader differs. Prints a Markdown table of medians over --repeats epochs
-(the first epoch of each is a warm-up and is not counted), measured side by side in one process.
+(the first epoch of each is a warm-up and is not counted), measured side by side in one process, with the
+share of the tensor loader's step spent outside the model (1 - bare / tensor) and peak memory.
 """
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -53,6 +57,36 @@ def time_epochs(loader_kind, ds, args, device, amp):
     return times, len(loaders.train_y), rec["train_acc"]
 
 
+def time_bare(ds, args, device, amp):
+    """The model alone: forward, loss, backward and step over batches sliced and normalised in advance."""
+    data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
+                      val_split=0.0)
+    cnn = is_cnn(args.model)
+    loaders = make_loaders(ds, data, 0, device, channels_last=cnn and device.startswith("cuda"))
+    batches = [(b.x, b.y) for b in loaders.train]  # prepared once, outside the timing
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds.in_shape,
+                        ds.num_classes).to(device)
+    if cnn and device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    cfg = TrainConfig(device=device, amp=amp)
+    opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
+    times = []
+    for epoch in range(args.repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        for x, y in batches:
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync(device)
+        if epoch:
+            times.append(time.perf_counter() - t0)
+    return times, len(loaders.train_y), None
+
+
 def sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -73,23 +107,35 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--loaders", nargs="+", default=["tensor", "standard"])
+    p.add_argument("--loaders", nargs="+", default=["tensor", "standard", "bare"],
+                   help="which to time: tensor, standard, bare (default: all three)")
     args = p.parse_args()
     ds = load_dataset(args.dataset, args.data_root)
     rows = {}
+    peak_cuda = {}
     for kind in args.loaders:
-        times, n, acc = time_epochs(kind, ds, args, args.device, args.amp)
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times, n, acc = (time_bare(ds, args, args.device, args.amp) if kind == "bare"
+                         else time_epochs(kind, ds, args, args.device, args.amp))
         rows[kind] = (statistics.median(times), n, acc)
+        if args.device.startswith("cuda"):
+            peak_cuda[kind] = torch.cuda.max_memory_allocated() / 2 ** 20
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} " \
                                                                               f"({os.cpu_count()} cores)"
     print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {args.amp}, "
           f"compile {args.compile}, device {dev}, torch {torch.__version__}, median of {args.repeats} epochs\n")
-    print("| Loader | Epoch time (s) | Images/s | Speed-up vs standard |")
-    print("|---|---|---|---|")
+    print("| Loader | Epoch time (s) | Images/s | Speed-up vs standard | CUDA max allocated (MiB) |")
+    print("|---|---|---|---|---|")
     base = rows.get("standard", (None,))[0]
     for kind, (t, n, _) in rows.items():
-        print(f"| {kind} | {t:.2f} | {n / t:,.0f} | {base / t:.2f}x |" if base else f"| {kind} | {t:.2f} | "
-              f"{n / t:,.0f} | - |")
+        speed = f"{base / t:.2f}x" if base else "-"
+        mem = f"{peak_cuda[kind]:,.0f}" if kind in peak_cuda else "-"
+        print(f"| {kind} | {t:.2f} | {n / t:,.0f} | {speed} | {mem} |")
+    if "bare" in rows and "tensor" in rows:
+        t, b = rows["tensor"][0], rows["bare"][0]
+        print(f"\ntensor loader / bare loop: {t / b:.3f}x; share of the step outside the model: {1 - b / t:.1%}")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
 
 
 if __name__ == "__main__":

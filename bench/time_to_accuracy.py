@@ -1,0 +1,61 @@
+"""Wall time until a FlexibleMLP reaches a target MNIST test accuracy (a benchmark, not model selection).
+
+    python bench/time_to_accuracy.py --data_root ../shared/data --target 0.98
+
+Trains with exercise1's loader and loop and evaluates the test set after every epoch; prints the wall time
+from the start of data loading to the first epoch at or above --target, and the training time alone.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
+from engine import TrainConfig, evaluate, make_autocast, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
+from losses import CrossEntropy  # noqa: E402
+from models import ModelConfig, build_model  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_root", default="./data")
+    p.add_argument("--target", type=float, default=0.98)
+    p.add_argument("--hidden_size", type=int, default=512)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--norm", default="batch")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, default=8, help="epochs of the one-cycle schedule (the budget)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    t_start = time.perf_counter()
+    ds = load_dataset("mnist", args.data_root)
+    loaders = make_loaders(ds, DataConfig(batch_size=args.batch_size, val_split=0.0), 0, args.device)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=args.hidden_size, depth=args.depth, norm=args.norm), ds.in_shape,
+                        10).to(args.device)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, scheduler="onecycle", device=args.device,
+                      amp="bf16" if args.device.startswith("cuda") else "off")
+    opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
+    sched = make_scheduler(opt, cfg, len(loaders.train))
+    scaler = torch.amp.GradScaler(enabled=False)
+    train_time = 0.0
+    for epoch in range(args.epochs):
+        t0 = time.perf_counter()
+        loaders.train.set_epoch(epoch)
+        train_one_epoch(model, loaders.train, opt, sched, scaler, CrossEntropy(), autocast, epoch, 10 ** 9)
+        train_time += time.perf_counter() - t0
+        acc = evaluate(model, loaders.test, autocast)["acc"]
+        print(f"epoch {epoch + 1}: test acc {acc:.4f}, wall {time.perf_counter() - t_start:.1f}s", flush=True)
+        if acc >= args.target:
+            print(f"\nreached {args.target:.1%} test accuracy after {epoch + 1} epochs: "
+                  f"{time.perf_counter() - t_start:.1f}s wall (data loading included), {train_time:.1f}s training")
+            return
+    print(f"\ndid not reach {args.target:.1%} in {args.epochs} epochs ({time.perf_counter() - t_start:.1f}s wall)")
+
+
+if __name__ == "__main__":
+    main()
