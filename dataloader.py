@@ -354,10 +354,18 @@ class TensorLoader:
         self.scale = (1 / (255 * std)).to(device).view(1, -1, 1, 1)
         self.shift = (-mean / std).to(device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.epoch = 0
+        self.epoch, self._next_step, self._g, self._seek = 0, 0, None, None
 
     def set_epoch(self, epoch):
         self.epoch = epoch
+
+    def position(self):
+        """Where this epoch's iteration stands: the next step and the generator state (for a mid-epoch save)."""
+        return {"epoch": self.epoch, "step": self._next_step, "generator": self._g.get_state()}
+
+    def seek(self, position):
+        """Make the next iteration start where `position` (from position()) left off."""
+        self.epoch, self._seek = position["epoch"], position
 
     def __len__(self):
         full, rest = divmod(len(self.y), self.batch_size)
@@ -371,7 +379,13 @@ class TensorLoader:
                  else torch.arange(n, device=self.x.device))
         if self.rank:
             g.manual_seed(self.seed * 100_003 + self.epoch + 7_919 * self.rank)
-        for step in range(len(self)):
+        start, self._g = 0, g
+        if self._seek is not None:
+            start = self._seek["step"]
+            g.set_state(self._seek["generator"])
+            self._seek = None
+        for step in range(start, len(self)):
+            self._next_step = step + 1
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]

@@ -107,8 +107,11 @@ def weight_layers(model):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autocast, epoch, log_every=25,
-                    desc="train"):
-    """One pass over `loader`. Returns loss, acc, extra loss parts, and per-layer gradient statistics."""
+                    desc="train", partial=None):
+    """One pass over `loader`. Returns loss, acc, extra loss parts, and per-layer gradient statistics.
+
+    partial: the accumulators of an epoch stopped part-way (StopRequested.partial), to finish it exactly.
+    """
     model.train()
     layers = weight_layers(model)
     device = next(model.parameters()).device
@@ -116,9 +119,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autoca
     correct = torch.zeros((), device=device, dtype=torch.long)
     grad_sum = torch.zeros(len(layers), device=device)
     parts_sum, seen, step = {}, 0, 0
+    if partial is not None:
+        loss_sum, correct, grad_sum = (partial[k].to(device) for k in ("loss_sum", "correct", "grad_sum"))
+        parts_sum = {k: v.to(device) for k, v in partial["parts_sum"].items()}
+        seen, step = partial["seen"], partial["step"]
     bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True, mininterval=0.5,
-               disable=not distributed.is_main())
-    for step, batch in enumerate(bar, start=1):
+               disable=not distributed.is_main(), initial=step, total=len(loader))
+    for step, batch in enumerate(bar, start=step + 1):
         with autocast():
             logits = model(batch.x)                              # (B, classes)
             loss, parts = loss_fn(logits, batch)
@@ -141,6 +148,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, autoca
             if not math.isfinite(running):
                 raise Diverged(f"loss became {running} in epoch {epoch + 1}, step {step}")
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+        if _stop["requested"] and step < len(loader):
+            bar.close()
+            raise StopRequested({"loss_sum": loss_sum, "correct": correct, "grad_sum": grad_sum,
+                                 "parts_sum": parts_sum, "seen": seen, "step": step})
     bar.close()
     # Under DDP: sums over all ranks (the running figures above were this rank's alone).
     seen_t = torch.tensor(float(seen), device=device)
@@ -182,20 +193,42 @@ def evaluate(model, loader, autocast, return_preds=False):
     return out
 
 
+class StopRequested(Exception):
+    """Raised between two steps after Ctrl-C / SIGTERM; carries the unfinished epoch's accumulators."""
+
+    def __init__(self, partial):
+        super().__init__("stop requested")
+        self.partial = partial
+
+
+_stop = {"requested": False}
+
+
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM behaves like Ctrl-C, so both end in the same tidy exit."""
-    def handler(signum, frame):
+def _stop_on_signals():
+    """Ctrl-C and SIGTERM ask the loop to stop after the step in progress; a second Ctrl-C stops at once.
+
+    Under DDP the ranks could stop at different steps, so there both signals interrupt at once.
+    """
+    def request_stop(signum, frame):
+        if _stop["requested"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _stop["requested"] = True
+
+    def interrupt(signum, frame):
         raise KeyboardInterrupt
+
+    handler = request_stop if distributed.world() == 1 else interrupt
+    _stop["requested"] = False
     try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        old = None
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave the signals alone
+        old = {}
     try:
         yield
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, desc="train", quiet=False,
@@ -236,15 +269,22 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(), **state}
 
     print_line = (lambda *a, **k: None) if quiet or not main else print
+    partial = resume.get("partial") if resume is not None else None  # an epoch stopped part-way
+    if partial is not None:
+        loaders.train.seek(partial["loader"])
     try:
-        with _sigterm_as_interrupt():
+        with _stop_on_signals():
             for epoch in range(state["epoch"], cfg.epochs):
-                t0 = time.perf_counter()
-                loaders.train.set_epoch(epoch)
+                if _stop["requested"]:  # asked during validation or a checkpoint: last.pt holds this epoch
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter() - (partial["elapsed"] if partial else 0.0)
+                if partial is None:
+                    loaders.train.set_epoch(epoch)
                 loss_fn.set_epoch(epoch, cfg.epochs)
-                lr = optimizer.param_groups[0]["lr"]
+                lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
                 rec = train_one_epoch(step_model, loaders.train, optimizer, scheduler, scaler, loss_fn, autocast,
-                                      epoch, cfg.log_every, desc)
+                                      epoch, cfg.log_every, desc, partial["accum"] if partial else None)
+                partial = None
                 val = evaluate(step_model, loaders.val, autocast) if loaders.val is not None else None
                 dt = time.perf_counter() - t0
                 rec = {"epoch": epoch + 1, **{k: rec[k] for k in ("train_loss", "train_acc")},
@@ -276,6 +316,16 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
                     print_line(f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
                                f"restoring epoch {state['best_epoch']}", flush=True)
                     break
+    except StopRequested as stop:
+        if main and hasattr(loaders.train, "position"):
+            partial = {"accum": stop.partial, "loader": loaders.train.position(), "lr": lr,
+                       "elapsed": time.perf_counter() - t0}
+            save_checkpoint(run_dir / "last.pt", {**checkpoint(), "partial": partial})
+            where = f"epoch {state['epoch'] + 1}, step {stop.partial['step']} of {len(loaders.train)}"
+        else:
+            where = f"epoch {state['epoch']} (the last finished one)"
+        raise Interrupted(f"stopped in epoch {state['epoch'] + 1}; {run_dir / 'last.pt'} holds {where}",
+                          run_dir / "last.pt") from None
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted in epoch {state['epoch'] + 1}; {run_dir / 'last.pt'} holds epoch "
                           f"{state['epoch']}", run_dir / "last.pt") from None

@@ -30,3 +30,34 @@ def test_sigterm_stops_tidily_and_says_how_to_resume(mnist_root, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert f"--resume {run / 'last.pt'}" in err and "Traceback" not in err
+
+
+def test_ctrl_c_mid_epoch_saves_at_once_and_resumes_exactly(mnist_root, tmp_path):
+    """SIGINT in the middle of an epoch: last.pt holds that very step, and the resumed run ends exactly like
+    an uninterrupted one."""
+    args = ["--data_root", mnist_root, "--epochs", "3", "--scheduler", "--dropout", "0.2", "--augment",
+            "--batch_size", "4", "--hidden_size", "1024", "--wandb", "disabled"]
+    full = run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r")
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "b" / "r"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "exercise1.py"), *map(str, args), "--save_dir",
+                             str(tmp_path / "b"), "--run_name", "r"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last.pt").exists():  # epoch 1 done: now inside epoch 2
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "step" in err and f"--resume {run / 'last.pt'}" in err
+    import torch
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["accum"]["step"] > 0
+    resumed = run_cli("exercise1.py", "--resume", run / "last.pt")
+    assert resumed.returncode == 0, resumed.stderr
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}  # noqa: E731
+                       for line in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(run) == strip(tmp_path / "a" / "r")
+    a, b = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "a" / "r", run))
+    assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
