@@ -232,6 +232,6 @@ def run_main(main, argv=None):
         print(f"error: diverged: {e}", file=sys.stderr)
         code = 3
     except Interrupted as e:
-        print(f"{e}; resume with: python {sys.argv[0]} --resume {e.resume_arg}", file=sys.stderr)
+        print(f"{e}; {e.hint or f'resume with: python {sys.argv[0]} --resume {e.resume_arg}'}", file=sys.stderr)
         code = 130
     sys.exit(code or 0)

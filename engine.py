@@ -44,11 +44,11 @@ class Diverged(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: last.pt holds the last finished epoch; `resume_arg` is what --resume takes."""
+    """Ctrl-C or SIGTERM, after last.pt was saved; `hint` says how to continue (default: --resume resume_arg)."""
 
-    def __init__(self, message, resume_arg):
+    def __init__(self, message, resume_arg=None, hint=None):
         super().__init__(message)
-        self.resume_arg = resume_arg
+        self.resume_arg, self.hint = resume_arg, hint
 
 
 def make_autocast(cfg):

@@ -31,7 +31,7 @@ from checkpoint import CheckpointError, load_checkpoint, load_weights
 from cli import (Parser, add_data_args, add_model_args, add_optim_args, add_output_args, config_dict, data_config,
                  explicit_dests, from_dict, model_config, nonneg_int, pos_int, run_main, timestamp, train_config)
 from dataloader import DataConfig, DataError, load_dataset, make_loaders, stratified_kfold, stratified_subset
-from engine import Diverged, TrainConfig, fit
+from engine import Diverged, Interrupted, TrainConfig, fit
 from losses import CrossEntropy
 from models import MODEL_NAMES, ModelConfig, build_model, count_params, is_cnn, summary
 from notify import notify
@@ -239,7 +239,10 @@ def run_multi(args, cfg: RunConfig, ds):
         result = run_single(child_cfg, ds, run_dir, ckpt=resume, group=study_dir.name)
         return {k: v for k, v in result.items() if k not in ("history", "test_preds")}
 
-    results = study.run_study(kids, study_dir, train_child)
+    try:
+        results = study.run_study(kids, study_dir, train_child)
+    except Interrupted as e:
+        raise Interrupted(str(e), hint="run the same command again to continue the study") from None
     rows = study.report(study_dir, args.study or name, kids, results)
     return study_dir, rows
 

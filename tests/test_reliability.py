@@ -61,3 +61,33 @@ def test_ctrl_c_mid_epoch_saves_at_once_and_resumes_exactly(mnist_root, tmp_path
     assert strip(run) == strip(tmp_path / "a" / "r")
     a, b = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "a" / "r", run))
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+
+
+def test_checkpoint_write_failing_halfway_leaves_the_old_one(tmp_path):
+    import pytest
+    import torch
+    from checkpoint import atomic_write, load_checkpoint, save_checkpoint
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": "lab1-checkpoint-v1", "model": {"w": torch.ones(3)}})
+
+    def dies_halfway(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, dies_halfway)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_sigterm_in_a_study_says_to_rerun_the_command(mnist_root, tmp_path):
+    cmd = [sys.executable, str(ROOT / "exercise1.py"), "--study", "mlp_depth", "--depths", "2", "--epochs", "200",
+           "--batch_size", "8", "--data_root", str(mnist_root), "--save_dir", str(tmp_path), "--wandb", "disabled"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "mlp_depth" / "plain2_seed0" / "last.pt").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again" in err, err
