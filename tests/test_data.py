@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from conftest import SHARED_DATA, write_cifar, write_folder, write_mnist
+from conftest import SHARED_DATA, run_cli, write_cifar, write_folder, write_mnist
 from dataloader import (DataConfig, DataError, load_dataset, make_loaders, random_affine, random_crop_flip,
                         stratified_kfold, stratified_split, stratified_subset)
 
@@ -40,6 +40,16 @@ def test_image_folder_and_cache(tmp_path):
     assert list(root.glob(".lab1_cache_*.pt"))  # cached beside the data (writable folder)
     again = load_dataset("folder", root)
     assert torch.equal(again.train_x, ds.train_x) and torch.equal(again.val_y, ds.val_y)
+
+
+def test_pack_cifar_keeps_the_folder_pixels(tmp_path):
+    """bench/pack_cifar.py turns a CIFAR-like folder into CIFAR-10 pickles holding the same images."""
+    root = write_folder(tmp_path / "f", classes=10, n_train=50, n_test=20, size=32)
+    r = run_cli("bench/pack_cifar.py", root, tmp_path / "packed")
+    assert r.returncode == 0, r.stderr
+    folder, packed = load_dataset("folder", root), load_dataset("cifar10", tmp_path / "packed")
+    assert torch.equal(packed.train_x, folder.train_x) and torch.equal(packed.train_y, folder.train_y)
+    assert torch.equal(packed.test_x, folder.test_x) and packed.classes == folder.classes
 
 
 def test_folder_cache_goes_to_user_cache_when_read_only(tmp_path, monkeypatch):
