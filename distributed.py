@@ -12,9 +12,14 @@ import torch
 import torch.distributed as dist
 
 
+def launched_by_torchrun():
+    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def setup():
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); silence stdout on other ranks."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Join the process group when started by torchrun with several processes; silence stdout on other ranks."""
+    if not launched_by_torchrun() or dist.is_initialized():
         return
     cuda = torch.cuda.is_available()
     if cuda:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+import distributed
 import transfer
 from cli import (Parser, add_data_args, add_model_args, add_optim_args, add_output_args, data_config, explicit_dests,
                  from_dict, model_config, nonneg_int, pos_float, run_main, timestamp, train_config, unit)
@@ -309,6 +310,9 @@ def run_finetune(args):
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    if distributed.launched_by_torchrun():
+        # Its phases and teacher caches are single-process; DDP is exercise1.py's (one training per command).
+        raise UsageError("exercise2.py runs in one process; for data-parallel training use torchrun with exercise1.py")
     if args.task == "finetune":
         return run_finetune(args)
     if args.resume:

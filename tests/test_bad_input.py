@@ -146,3 +146,9 @@ def test_distillation_killed_in_a_phase_resumes_and_skips_finished_phases(cifar_
     s = json.loads((run / "summary.json").read_text())
     assert set(s) >= {"teacher", "student_baseline", "student_distill"}
     assert len((run / "student_baseline" / "metrics.jsonl").read_text().splitlines()) == 40
+
+
+def test_exercise2_under_torchrun_is_refused(tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    p = run_cli("exercise2.py", "--data_root", tmp_path / "nodata", "--save_dir", tmp_path / "runs", *QUIET, env=env)
+    assert_one_line_exit_2(p, "runs in one process", tmp_path / "runs")
