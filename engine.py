@@ -51,6 +51,19 @@ class Interrupted(Exception):
         self.resume_arg, self.hint = resume_arg, hint
 
 
+def channels_last_for(device, cnn):
+    """CNNs on CUDA run in channels_last (NHWC) memory, the layout cuDNN's tensor-core convolutions prefer."""
+    return str(device).startswith("cuda") and cnn
+
+
+def place(model, device, cnn):
+    """Move `model` to `device`, in channels_last memory where channels_last_for says so; returns it."""
+    model.to(device)
+    if channels_last_for(device, cnn):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def make_autocast(cfg):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
@@ -240,9 +253,7 @@ def fit(model, loaders, cfg, run_dir, loss_fn, meta, logger=None, resume=None, d
     all parameters. The test set is evaluated once, at the end.
     """
     device = torch.device(cfg.device)
-    model.to(device)
-    if cfg.device.startswith("cuda") and meta["arch"]["is_cnn"]:
-        model.to(memory_format=torch.channels_last)
+    place(model, device, meta["arch"]["is_cnn"])
     optimizer = make_optimizer(param_groups or model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, len(loaders.train))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")

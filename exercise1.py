@@ -31,7 +31,7 @@ from checkpoint import CheckpointError, load_checkpoint, load_weights
 from cli import (Parser, add_data_args, add_model_args, add_optim_args, add_output_args, config_dict, data_config,
                  explicit_dests, from_dict, model_config, nonneg_int, pos_int, run_main, timestamp, train_config)
 from dataloader import DataConfig, DataError, load_dataset, make_loaders, stratified_kfold, stratified_subset
-from engine import Diverged, Interrupted, TrainConfig, fit
+from engine import Diverged, Interrupted, TrainConfig, channels_last_for, fit
 from losses import CrossEntropy
 from models import MODEL_NAMES, ModelConfig, build_model, count_params, is_cnn, summary
 from notify import notify
@@ -145,7 +145,7 @@ def train_model(model, ds, cfg: RunConfig, run_dir, loss_fn=None, logger=None, r
                 fold=None, quiet=False, param_groups=None):
     """Train `model` with the one loop, test its best weights, and write summary.json and the plots."""
     loaders = make_loaders(ds, cfg.data, cfg.train.seed, cfg.train.device, fold,
-                           channels_last=cfg.train.device.startswith("cuda") and is_cnn(cfg.model.name),
+                           channels_last=channels_last_for(cfg.train.device, is_cnn(cfg.model.name)),
                            shard=(distributed.rank(), distributed.world()))
     meta = {"arch": arch_of(cfg.model, ds, cfg.data.dataset), "config": cfg.to_dict(),
             "wandb_id": logger.id if logger else None}

@@ -24,21 +24,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
-from engine import TrainConfig, make_autocast, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
+from engine import (TrainConfig, channels_last_for, make_autocast, make_optimizer, make_scheduler,  # noqa: E402
+                    place, train_one_epoch)
 from losses import CrossEntropy  # noqa: E402
 from models import ModelConfig, build_model, is_cnn  # noqa: E402
+
+
+def setup(ds, data, args, device):
+    """The loaders and the seeded model, placed as exercise1 places them (channels_last for CNNs on CUDA)."""
+    cnn = is_cnn(args.model)
+    loaders = make_loaders(ds, data, 0, device, channels_last=channels_last_for(device, cnn))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds.in_shape,
+                        ds.num_classes)
+    return loaders, place(model, device, cnn)
 
 
 def time_epochs(loader_kind, ds, args, device, amp):
     data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
                       loader=loader_kind, num_workers=args.num_workers, val_split=0.0)
-    cnn = is_cnn(args.model)
-    loaders = make_loaders(ds, data, 0, device, channels_last=cnn and device.startswith("cuda"))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds.in_shape,
-                        ds.num_classes).to(device)
-    if cnn and device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
+    loaders, model = setup(ds, data, args, device)
     cfg = TrainConfig(device=device, amp=amp, epochs=args.repeats + 1)
     opt = make_optimizer(model.parameters(), cfg)
     sched = make_scheduler(opt, cfg, len(loaders.train))
@@ -61,23 +66,18 @@ def time_bare(ds, args, device, amp):
     """The model alone: forward, loss, backward and step over batches sliced and normalised in advance."""
     data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
                       val_split=0.0)
-    cnn = is_cnn(args.model)
-    loaders = make_loaders(ds, data, 0, device, channels_last=cnn and device.startswith("cuda"))
+    loaders, model = setup(ds, data, args, device)
     batches = [(b.x, b.y) for b in loaders.train]  # prepared once, outside the timing
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds.in_shape,
-                        ds.num_classes).to(device)
-    if cnn and device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
     cfg = TrainConfig(device=device, amp=amp)
     opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
+    step_model = torch.compile(model) if args.compile else model
     times = []
     for epoch in range(args.repeats + 1):
         sync(device)
         t0 = time.perf_counter()
         for x, y in batches:
             with autocast():
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+                loss = torch.nn.functional.cross_entropy(step_model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,7 +106,7 @@ def main():
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (every loop, bare too)")
     p.add_argument("--loaders", nargs="+", default=["tensor", "standard", "bare"],
                    help="which to time: tensor, standard, bare (default: all three)")
     args = p.parse_args()

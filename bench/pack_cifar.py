@@ -15,25 +15,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cli import Parser  # noqa: E402
 from dataloader import DataError, load_dataset  # noqa: E402
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="ImageFolder tree ROOT/{train,test}/<class>/* of 32x32 colour images")
     p.add_argument("out", help="folder to write cifar-10-batches-py/ into")
     args = p.parse_args()
     try:
         ds = load_dataset("folder", args.root)
     except DataError as e:
-        fail(str(e))
+        p.error(str(e))
     if tuple(ds.train_x.shape[1:]) != (3, 32, 32) or len(ds.classes) != 10:
-        fail(f"{args.root} is not a 10-class data set of 32x32 colour images")
+        p.error(f"{args.root} is not a 10-class data set of 32x32 colour images")
     base = Path(args.out) / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
 

@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
-from engine import TrainConfig, evaluate, make_autocast, make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
+from engine import (TrainConfig, channels_last_for, evaluate, make_autocast, make_optimizer,  # noqa: E402
+                    make_scheduler, place, train_one_epoch)
 from losses import CrossEntropy  # noqa: E402
 from models import ModelConfig, build_model, is_cnn  # noqa: E402
 
@@ -42,16 +43,14 @@ def main():
     args = p.parse_args()
     t_start = time.perf_counter()
     ds = load_dataset(args.dataset, args.data_root)
-    cuda, cnn = args.device.startswith("cuda"), is_cnn(args.model)
+    cnn = is_cnn(args.model)
     data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, val_split=0.0, augment=args.augment)
-    loaders = make_loaders(ds, data, 0, args.device, channels_last=cuda and cnn)
+    loaders = make_loaders(ds, data, 0, args.device, channels_last=channels_last_for(args.device, cnn))
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth,
-                                    norm=args.norm), ds.in_shape, ds.num_classes).to(args.device)
-    if cuda and cnn:
-        model = model.to(memory_format=torch.channels_last)
+    model = place(build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth,
+                                          norm=args.norm), ds.in_shape, ds.num_classes), args.device, cnn)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                      scheduler="onecycle", device=args.device, amp="bf16" if cuda else "off")
+                      scheduler="onecycle", device=args.device, amp="bf16" if args.device.startswith("cuda") else "off")
     opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
     sched = make_scheduler(opt, cfg, len(loaders.train))
     scaler = torch.amp.GradScaler(enabled=False)
