@@ -160,10 +160,10 @@ def resolve_device(request):
     return request
 
 
-def resolve_amp(request, device):
+def resolve_amp(request, device, flag="--amp"):
     if not device.startswith("cuda"):
         if request == "fp16":
-            raise UsageError("--amp fp16 needs a CUDA device; use bf16 or off here")
+            raise UsageError(f"{flag} fp16 needs a CUDA device; use bf16 or off here")
         return "off" if request == "auto" else request
     if request == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

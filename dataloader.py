@@ -42,6 +42,7 @@ class DataConfig:
     batch_size: int = 128
     loader: str = "tensor"        # "tensor" (device-resident) or "standard" (DataLoader + transforms)
     num_workers: int = 2          # standard loader only
+    norm: tuple = ()              # (mean, std) per channel, in [0, 1] units; () = from the training split
 
 
 @dataclass
@@ -449,6 +450,7 @@ class Loaders:
     val: Optional[object]
     test: object
     train_y: torch.Tensor   # labels of the training arrays, in loader index order (for teacher caches)
+    norm: tuple             # ((mean per channel), (std per channel)) that every loader normalises with
 
 
 def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False, shard=(0, 1)):
@@ -456,6 +458,7 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
 
     Validation: the data set's own val/ split if it has one, else a stratified seeded `val_split` of the
     training set (or `fold` = (train_idx, val_idx) for cross-validation). `subset` keeps n training examples.
+    Inputs are normalised with cfg.norm if given, else with the per-channel statistics of the training split.
     """
     x, y = ds.train_x, ds.train_y
     if cfg.subset:
@@ -471,7 +474,7 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
         (xv, yv), (x, y) = (x[va], y[va]), (x[tr], y[tr])
     else:
         xv = yv = None
-    mean, std = channel_stats(x)
+    mean, std = (torch.tensor(v) for v in cfg.norm) if cfg.norm else channel_stats(x)
     Loader = TensorLoader if cfg.loader == "tensor" else StandardLoader
     extra = {"num_workers": cfg.num_workers} if cfg.loader == "standard" else {}
 
@@ -485,4 +488,4 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
                       augment=augment, shuffle=train, seed=seed, channels_last=channels_last, **kw)
 
     return Loaders(make(x, y, True), make(xv, yv, False) if xv is not None else None,
-                   make(ds.test_x, ds.test_y, False), y)
+                   make(ds.test_x, ds.test_y, False), y, (tuple(mean.tolist()), tuple(std.tolist())))

@@ -132,9 +132,10 @@ def new_model(cfg: ModelConfig, ds, seed):
         raise UsageError(str(e)) from None
 
 
-def arch_of(cfg: ModelConfig, ds, dataset):
+def arch_of(cfg: ModelConfig, ds, dataset, norm):
+    """What a checkpoint needs to rebuild the model and feed it: also the input normalisation it was trained with."""
     return {"model": asdict(cfg), "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
-            "classes": list(ds.classes), "dataset": dataset, "is_cnn": is_cnn(cfg.name)}
+            "classes": list(ds.classes), "dataset": dataset, "is_cnn": is_cnn(cfg.name), "input_norm": norm}
 
 
 def model_from_arch(arch):
@@ -147,7 +148,7 @@ def train_model(model, ds, cfg: RunConfig, run_dir, loss_fn=None, logger=None, r
     loaders = make_loaders(ds, cfg.data, cfg.train.seed, cfg.train.device, fold,
                            channels_last=channels_last_for(cfg.train.device, is_cnn(cfg.model.name)),
                            shard=(distributed.rank(), distributed.world()))
-    meta = {"arch": arch_of(cfg.model, ds, cfg.data.dataset), "config": cfg.to_dict(),
+    meta = {"arch": arch_of(cfg.model, ds, cfg.data.dataset, loaders.norm), "config": cfg.to_dict(),
             "wandb_id": logger.id if logger else None}
     result = fit(model, loaders, cfg.train, Path(run_dir), loss_fn or CrossEntropy(cfg.train.label_smoothing), meta,
                  logger, resume, desc, quiet, param_groups)

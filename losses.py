@@ -3,6 +3,8 @@
 `parts` holds extra per-batch scalars (tensors, kept on the device) that the loop averages and logs.
 Distillation is one of these losses, not a second training loop.
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,15 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature, alpha
     soft = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
                     log_target=True, reduction="batchmean") * temperature ** 2
     return (1 - alpha) * hard + alpha * soft, hard, soft
+
+
+def held_in_bf16(teacher):
+    """A bf16 copy of a frozen teacher, for running it under bf16 autocast at every step.
+
+    Autocast keeps no casts between steps: with fp32 weights it would convert all of them to bf16 in every
+    step, which on the CPU costs most of what the bf16 forward saves (bench/distill_overhead.py).
+    """
+    return copy.deepcopy(teacher).to(torch.bfloat16).eval().requires_grad_(False)
 
 
 class DistillLoss:

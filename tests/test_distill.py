@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli, write_cifar
-from losses import DistillLoss, distillation_loss
+from losses import DistillLoss, distillation_loss, held_in_bf16
 
 TINY = ["--epochs", "1", "--t_layers", "1", "1", "--t_width", "8", "--s_layers", "1", "--s_width", "4",
         "--wandb", "disabled"]
@@ -79,9 +79,29 @@ def _null():
     return torch.autocast("cpu", enabled=False)
 
 
+@pytest.mark.parametrize("flag,dtype", [("auto", torch.float32), ("off", torch.float32), ("bf16", torch.bfloat16)])
+def test_teacher_amp_sets_the_soft_targets_precision(cifar_root, flag, dtype):
+    from dataloader import load_dataset, make_loaders
+    from exercise2 import build_config, get_args_parser
+    from models import ModelConfig, build_model
+    cfg = build_config(get_args_parser().parse_args(["--data_root", str(cifar_root), "--device", "cpu",
+                                                     "--teacher_amp", flag]))
+    assert cfg.distill.teacher_amp == ("" if flag == "auto" else flag)
+    ds = load_dataset("cifar10", cifar_root)
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(name="FlexibleCNN", layers=(1,), width=8, norm="batch"), ds.in_shape, 10).eval()
+    batch = next(iter(make_loaders(ds, cfg.data, 0, "cpu").train))
+    held = held_in_bf16(teacher) if flag == "bf16" else teacher  # as exercise2.py holds it
+    logits = DistillLoss(4.0, 0.5, teacher=held, autocast=cfg.teacher_autocast()).teacher_logits(batch)
+    assert logits.dtype == dtype
+    exact = DistillLoss(4.0, 0.5, teacher=teacher, autocast=_null).teacher_logits(batch)
+    # bf16 keeps 8 bits of mantissa: the soft targets move by well under a percentage point.
+    assert (torch.softmax(logits.float() / 4, 1) - torch.softmax(exact / 4, 1)).abs().max() < 0.01
+
+
 def test_pipeline_leaves_every_file(cifar_root, tmp_path):
     p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--use_skip",
-                "--temperature", "3.0", "--alpha", "0.5", "--run_name", "kd")
+                "--temperature", "3.0", "--alpha", "0.5", "--run_name", "kd", "--teacher_amp", "bf16")
     assert p.returncode == 0, p.stderr
     run = tmp_path / "kd"
     assert Path(p.stdout.strip().splitlines()[-1]) == run
@@ -98,6 +118,7 @@ def test_pipeline_leaves_every_file(cifar_root, tmp_path):
     distill_metrics = json.loads((run / "student_distill" / "metrics.jsonl").read_text().splitlines()[0])
     assert {"train_hard_loss", "train_soft_loss"} <= set(distill_metrics)
     assert "| Model | Params | Test acc" in (run / "results.md").read_text()
+    assert json.loads((run / "config.json").read_text())["distill"]["teacher_amp"] == "bf16"
     ckpt = torch.load(run / "teacher.pth", weights_only=False)
     assert ckpt["arch"]["model"]["residual"] is True and ckpt["config"]
 
@@ -124,6 +145,21 @@ def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
     assert other.returncode == 2 and "another teacher" in other.stderr and "Traceback" not in other.stderr
 
 
+def test_reused_teacher_sees_its_own_input_normalisation(cifar_root, tmp_path):
+    """Under another seed the training split, and so its pixel statistics, differ; the teacher must not notice."""
+    for name, extra in (("a", []), ("b", ["--teacher_ckpt", tmp_path / "a" / "teacher.pth", "--seed", "1"])):
+        p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", name,
+                    *extra)
+        assert p.returncode == 0, p.stderr
+    norm = torch.load(tmp_path / "a" / "teacher.pth", weights_only=False)["arch"]["input_norm"]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["norm"] == [list(v) for v in norm]
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text())["teacher"] for r in "ab")
+    assert a["test_loss"] == b["test_loss"]
+    # The students of seed 1 were trained on a split whose own statistics differ from the teacher's.
+    students = torch.load(tmp_path / "b" / "student_baseline.pth", weights_only=False)["arch"]["input_norm"]
+    assert students == norm
+
+
 def test_hinton_mnist_command(mnist_root, tmp_path):
     p = run_cli("exercise2.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--dataset", "mnist",
                 "--teacher", "FlexibleMLP", "--t_hidden_sizes", "1200", "1200", "--t_dropout", "0.5", "--student",
@@ -140,6 +176,7 @@ def test_hinton_mnist_command(mnist_root, tmp_path):
     (["--temperature", "-2"], "--temperature"),
     (["--teacher_ckpt", "/nonexistent.pth"], "does not exist"),
     (["--teacher_logits", "x.pt"], "needs --cache_teacher"),
+    (["--teacher_amp", "fp16", "--device", "cpu"], "--teacher_amp fp16 needs a CUDA device"),
 ])
 def test_errors(cifar_root, tmp_path, extra, message):
     p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path / "r", *TINY, *extra)
