@@ -94,18 +94,20 @@ def sync(device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--data_root", default="./data")
-    p.add_argument("--model", default="FlexibleMLP")
-    p.add_argument("--hidden_size", type=int, default=512)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--subset", type=int, default=0)
-    p.add_argument("--augment", action="store_true")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off")
+    p.add_argument("--dataset", default="mnist", help="data set (default: mnist)")
+    p.add_argument("--data_root", default="./data", help="data folder (default: ./data)")
+    p.add_argument("--model", default="FlexibleMLP", help="model name (default: FlexibleMLP)")
+    p.add_argument("--hidden_size", type=int, default=512, help="FlexibleMLP width (default: 512)")
+    p.add_argument("--depth", type=int, default=2, help="FlexibleMLP hidden layers (default: 2)")
+    p.add_argument("--batch_size", type=int, default=128, help="batch size (default: 128)")
+    p.add_argument("--subset", type=int, default=0, help="training examples, 0 = all (default: 0)")
+    p.add_argument("--augment", action="store_true", help="the data set's augmentation (crop/flip, or affine)")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs after one warm-up epoch (default: 3)")
+    p.add_argument("--num_workers", type=int, default=2, help="standard DataLoader's workers (default: 2)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device (default: cuda if available)")
+    p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off",
+                   help="autocast: bf16 / fp16 / off (default: bf16 on CUDA, off elsewhere)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (every loop, bare too)")
     p.add_argument("--loaders", nargs="+", default=["tensor", "standard", "bare"],
                    help="which to time: tensor, standard, bare (default: all three)")
