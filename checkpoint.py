@@ -1,7 +1,8 @@
 """Checkpoints: written atomically (temporary file, fsync, rename), checked when read.
 
 A checkpoint is a dict with "format": FORMAT, "model" (state_dict), "arch" (model config, input shape,
-classes, data set, input normalisation) and, for training checkpoints, optimizer / scheduler / scaler / RNG states and history.
+classes, data set, input normalisation) and, for training checkpoints, optimizer / scheduler / scaler / RNG
+states and history.
 """
 import os
 import random

@@ -213,6 +213,17 @@ def teacher_logits(teacher, ds, cfg: ExperimentConfig, run_dir):
     return logits
 
 
+def distill_loss(cfg: ExperimentConfig, teacher, cached=None):
+    """The distilled student's loss: soft targets from `cached` logits, else from the teacher on each batch.
+
+    With --teacher_amp bf16 the teacher runs as a bf16 copy (see losses.held_in_bf16).
+    """
+    d = cfg.distill
+    return DistillLoss(d.temperature, d.alpha, d.temperature_end or None, None if d.alpha_end < 0 else d.alpha_end,
+                       cfg.train.label_smoothing, cached_logits=cached, autocast=cfg.teacher_autocast(),
+                       teacher=held_in_bf16(teacher) if d.teacher_amp == "bf16" else teacher)
+
+
 def resume_config(parser, args, argv):
     given = explicit_dests(parser, sys.argv[1:] if argv is None else argv)
     if given - {"resume", "epochs"}:
@@ -362,15 +373,11 @@ def main(argv=None):
             model = teacher if name == "teacher" else new_model(cfg.student, ds, seed)  # same init for both students
             phase_cfg, loss_fn = cfg.phase(cfg.teacher if name == "teacher" else cfg.student), None
             if name == "student_distill":
-                d = cfg.distill
                 teacher.to(cfg.train.device).eval().requires_grad_(False)
-                cached = teacher_logits(teacher, ds, cfg, run_dir) if d.cache_teacher else None
+                cached = teacher_logits(teacher, ds, cfg, run_dir) if cfg.distill.cache_teacher else None
                 if cached is not None:
                     phase_cfg = cfg.phase(cfg.student, replace(cfg.data, augment=False))
-                loss_fn = DistillLoss(d.temperature, d.alpha, d.temperature_end or None,
-                                      None if d.alpha_end < 0 else d.alpha_end, cfg.train.label_smoothing,
-                                      teacher=held_in_bf16(teacher) if d.teacher_amp == "bf16" else teacher,
-                                      cached_logits=cached, autocast=cfg.teacher_autocast())
+                loss_fn = distill_loss(cfg, teacher, cached)
             if (run_dir / f"{name}.pth").exists():
                 results[name] = finished_phase(name, model, ds, phase_cfg, run_dir, loaders, autocast)
             else:

@@ -12,8 +12,6 @@ slow spell of a shared machine hits all of them; the table gives each row's medi
 rounds of its epoch over the student-alone epoch of the same round.
 """
 import argparse
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -22,15 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import machine, peak_rss_mib, sync  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
 from engine import TrainConfig, make_autocast, make_optimizer, make_scheduler, place, train_one_epoch  # noqa: E402
 from losses import CrossEntropy, DistillLoss, held_in_bf16  # noqa: E402
 from models import ModelConfig, build_model, is_cnn  # noqa: E402
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main():
@@ -69,15 +63,13 @@ def main():
                 cached[b.idx] = teacher(b.x).float()
     losses = {"student alone": CrossEntropy(),
               f"distilled, on the fly ({cfg.amp if cuda else 'fp32'} teacher)":
-                  DistillLoss(4.0, 0.5, teacher=teacher, autocast=autocast),
-              "distilled, on the fly (bf16 autocast, fp32 teacher weights)":
-                  DistillLoss(4.0, 0.5, teacher=teacher, autocast=bf16),
-              "distilled, on the fly (bf16 teacher)": DistillLoss(4.0, 0.5, teacher=held_in_bf16(teacher),
-                                                                  autocast=bf16),
-              "distilled, cached": DistillLoss(4.0, 0.5, cached_logits=cached)}
-    if cuda:  # the student's precision is bf16 there already
-        losses.pop("distilled, on the fly (bf16 autocast, fp32 teacher weights)")
-        losses.pop("distilled, on the fly (bf16 teacher)")
+                  DistillLoss(4.0, 0.5, teacher=teacher, autocast=autocast)}
+    if not cuda:  # on CUDA the student, and so the teacher, already run in bf16
+        losses["distilled, on the fly (bf16 autocast, fp32 teacher weights)"] = \
+            DistillLoss(4.0, 0.5, teacher=teacher, autocast=bf16)
+        losses["distilled, on the fly (bf16 teacher)"] = DistillLoss(4.0, 0.5, teacher=held_in_bf16(teacher),
+                                                                     autocast=bf16)
+    losses["distilled, cached"] = DistillLoss(4.0, 0.5, cached_logits=cached)
     runs = {}
     for name in losses:  # one student, optimizer and schedule per row, all from the same initial weights
         student = model(args.student, args.s_hidden_sizes)
@@ -96,17 +88,15 @@ def main():
             if epoch:  # the first round warms up allocators and kernels
                 times[name].append(time.perf_counter() - t0)
     base = times["student alone"]
-    cpu = platform.processor() or platform.machine()
-    where = torch.cuda.get_device_name() if cuda else f"{cpu}, {torch.get_num_threads()} threads"
     print(f"\nteacher {args.teacher} {args.t_hidden_sizes if args.teacher == 'FlexibleMLP' else ''}, student "
           f"{args.student} {args.s_hidden_sizes if args.student == 'FlexibleMLP' else ''}, {args.dataset}, "
-          f"batch {args.batch_size}, {where}, torch {torch.__version__}, {args.repeats} rounds\n")
+          f"batch {args.batch_size}, {machine(args.device)}, torch {torch.__version__}, {args.repeats} rounds\n")
     print("| Student epoch | Median time (s) | Over student alone (median of rounds) |")
     print("|---|---|---|")
     for name, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(t, base))
         print(f"| {name} | {statistics.median(t):.2f} | {ratio:.2f}x |")
-    print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
+    print(f"\npeak RSS of this process: {peak_rss_mib():,.0f} MiB"
           + (f"; CUDA max allocated {torch.cuda.max_memory_allocated() / 2 ** 20:,.0f} MiB" if cuda else ""))
 
 

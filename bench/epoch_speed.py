@@ -11,18 +11,15 @@ train_one_epoch; only the loader differs. Prints a Markdown table of medians ove
 share of the tensor loader's step spent outside the model (1 - bare / tensor) and peak memory.
 """
 import argparse
-import os
-import platform
-import resource
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import machine, peak_rss_mib, sync  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
 from engine import (TrainConfig, channels_last_for, make_autocast, make_optimizer, make_scheduler,  # noqa: E402
                     place, train_one_epoch)
@@ -87,11 +84,6 @@ def time_bare(ds, args, device, amp):
     return times, len(loaders.train_y), None
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", help="data set (default: mnist)")
@@ -123,10 +115,8 @@ def main():
         rows[kind] = (statistics.median(times), n, acc)
         if args.device.startswith("cuda"):
             peak_cuda[kind] = torch.cuda.max_memory_allocated() / 2 ** 20
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} " \
-                                                                              f"({os.cpu_count()} cores)"
     print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {args.amp}, "
-          f"compile {args.compile}, device {dev}, torch {torch.__version__}, median of {args.repeats} epochs\n")
+          f"compile {args.compile}, device {machine(args.device)}, torch {torch.__version__}, median of {args.repeats} epochs\n")
     print("| Loader | Epoch time (s) | Images/s | Speed-up vs standard | CUDA max allocated (MiB) |")
     print("|---|---|---|---|---|")
     base = rows.get("standard", (None,))[0]
@@ -137,7 +127,7 @@ def main():
     if "bare" in rows and "tensor" in rows:
         t, b = rows["tensor"][0], rows["bare"][0]
         print(f"\ntensor loader / bare loop: {t / b:.3f}x; share of the step outside the model: {1 - b / t:.1%}")
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli, write_cifar
-from losses import DistillLoss, distillation_loss, held_in_bf16
+from losses import DistillLoss, distillation_loss
 
 TINY = ["--epochs", "1", "--t_layers", "1", "1", "--t_width", "8", "--s_layers", "1", "--s_width", "4",
         "--wandb", "disabled"]
@@ -82,7 +82,7 @@ def _null():
 @pytest.mark.parametrize("flag,dtype", [("auto", torch.float32), ("off", torch.float32), ("bf16", torch.bfloat16)])
 def test_teacher_amp_sets_the_soft_targets_precision(cifar_root, flag, dtype):
     from dataloader import load_dataset, make_loaders
-    from exercise2 import build_config, get_args_parser
+    from exercise2 import build_config, distill_loss, get_args_parser
     from models import ModelConfig, build_model
     cfg = build_config(get_args_parser().parse_args(["--data_root", str(cifar_root), "--device", "cpu",
                                                      "--teacher_amp", flag]))
@@ -91,8 +91,7 @@ def test_teacher_amp_sets_the_soft_targets_precision(cifar_root, flag, dtype):
     torch.manual_seed(0)
     teacher = build_model(ModelConfig(name="FlexibleCNN", layers=(1,), width=8, norm="batch"), ds.in_shape, 10).eval()
     batch = next(iter(make_loaders(ds, cfg.data, 0, "cpu").train))
-    held = held_in_bf16(teacher) if flag == "bf16" else teacher  # as exercise2.py holds it
-    logits = DistillLoss(4.0, 0.5, teacher=held, autocast=cfg.teacher_autocast()).teacher_logits(batch)
+    logits = distill_loss(cfg, teacher).teacher_logits(batch)
     assert logits.dtype == dtype
     exact = DistillLoss(4.0, 0.5, teacher=teacher, autocast=_null).teacher_logits(batch)
     # bf16 keeps 8 bits of mantissa: the soft targets move by well under a percentage point.
