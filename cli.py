@@ -143,7 +143,8 @@ def add_optim_args(parser, epochs=10, lr=1e-3):
                    help="auto = cuda, then mps, then cpu (default: auto)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="mixed precision: autocast in bf16, or fp16 with a GradScaler; auto = bf16 (fp16 where "
-                        "bf16 is unsupported) on CUDA, off elsewhere (default: auto)")
+                        "bf16 is unsupported) on CUDA, off elsewhere. On a CPU bf16 can be much slower: it made a "
+                        "ResNet-20 training step about 10x slower on this project's machine (default: auto)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     return g
 

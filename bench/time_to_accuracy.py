@@ -6,7 +6,8 @@
 
 Trains on the whole training set with exercise1's loader and loop, a one-cycle schedule over --epochs (the
 budget), and evaluates the test set after every epoch; prints the wall time from the start of data loading
-to the first epoch at or above --target, and the training time alone.
+to the first epoch at or above --target, and the training time alone, then a Markdown table of every epoch's
+test accuracy and times, and the peak memory.
 """
 import argparse
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import machine, peak_rss_mib  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
 from engine import (TrainConfig, channels_last_for, evaluate, make_autocast, make_optimizer,  # noqa: E402
                     make_scheduler, place, train_one_epoch)
@@ -54,7 +56,7 @@ def main():
     opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
     sched = make_scheduler(opt, cfg, len(loaders.train))
     scaler = torch.amp.GradScaler(enabled=False)
-    train_time = 0.0
+    train_time, rows = 0.0, []
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         loaders.train.set_epoch(epoch)
@@ -62,12 +64,21 @@ def main():
                         epoch, 10 ** 9)
         train_time += time.perf_counter() - t0
         acc = evaluate(model, loaders.test, autocast)["acc"]
-        print(f"epoch {epoch + 1}: test acc {acc:.4f}, wall {time.perf_counter() - t_start:.1f}s", flush=True)
+        rows.append((epoch + 1, acc, time.perf_counter() - t_start, train_time))
+        print(f"epoch {epoch + 1}: test acc {acc:.4f}, wall {rows[-1][2]:.1f}s", flush=True)
         if acc >= args.target:
-            print(f"\nreached {args.target:.1%} test accuracy after {epoch + 1} epochs: "
-                  f"{time.perf_counter() - t_start:.1f}s wall (data loading included), {train_time:.1f}s training")
-            return
-    print(f"\ndid not reach {args.target:.1%} in {args.epochs} epochs ({time.perf_counter() - t_start:.1f}s wall)")
+            break
+    print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, {args.epochs}-epoch one-cycle budget, "
+          f"device {machine(args.device)}, torch {torch.__version__}\n")
+    print("| Epoch | Test acc | Wall (s), data loading included | Training (s) |\n|---|---|---|---|")
+    for epoch, acc, wall, train in rows:
+        print(f"| {epoch} | {acc:.4f} | {wall:.1f} | {train:.1f} |")
+    epoch, acc, wall, train = rows[-1]
+    print(f"\nreached {args.target:.1%} test accuracy after {epoch} epochs: {wall:.1f}s wall, {train:.1f}s training"
+          if acc >= args.target else
+          f"\ndid not reach {args.target:.1%} in {args.epochs} epochs ({wall:.1f}s wall); best test acc "
+          f"{max(r[1] for r in rows):.4f}")
+    print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""The bench scripts run and print what the README shows (their timings are not tested: see bench/)."""
+from conftest import run_cli
+
+
+def table_rows(out):
+    return [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| Epoch")]
+
+
+def test_time_to_accuracy_stops_at_the_target_and_prints_its_table(mnist_root):
+    r = run_cli("bench/time_to_accuracy.py", "--data_root", mnist_root, "--target", "0.0", "--epochs", "3")
+    assert r.returncode == 0, r.stderr
+    assert "reached 0.0% test accuracy after 1 epochs" in r.stdout and len(table_rows(r.stdout)) == 1
+    assert "peak RSS" in r.stdout
+
+
+def test_time_to_accuracy_says_when_the_budget_ran_out(mnist_root):
+    r = run_cli("bench/time_to_accuracy.py", "--data_root", mnist_root, "--target", "1.01", "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "did not reach 101.0% in 2 epochs" in r.stdout and "best test acc" in r.stdout
+    assert [row.split("|")[1].strip() for row in table_rows(r.stdout)] == ["1", "2"]
