@@ -114,8 +114,8 @@ def get_args_parser():
                         "another teacher or data set)")
     d.add_argument("--teacher_amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="precision of the frozen teacher's forward that makes the soft targets; bf16 (a bf16 copy of "
-                        "the teacher) about halves that forward's cost on CPUs with native bf16 (AVX512-BF16, "
-                        "AMX); auto = as --amp (default: auto)")
+                        "the teacher) about halved that forward's cost on this project's AVX512-BF16 CPU (README); "
+                        "auto = as --amp (default: auto)")
     t = p.add_argument_group("Transfer (--task finetune)")
     t.add_argument("--pretrained", default=None, metavar="PATH", help="a CNN checkpoint of exercise1 (best.pt)")
     t.add_argument("--mode", choices=(*transfer.MODES, "all"), default="all",
@@ -216,12 +216,17 @@ def teacher_logits(teacher, ds, cfg: ExperimentConfig, run_dir):
 def distill_loss(cfg: ExperimentConfig, teacher, cached=None):
     """The distilled student's loss: soft targets from `cached` logits, else from the teacher on each batch.
 
-    With --teacher_amp bf16 the teacher runs as a bf16 copy (see losses.held_in_bf16).
+    With --teacher_amp bf16 the teacher runs as a bf16 copy (see losses.held_in_bf16); with cached logits it does
+    not run at all, so no copy is made.
     """
     d = cfg.distill
+    if cached is not None:
+        teacher = None
+    elif d.teacher_amp == "bf16":
+        teacher = held_in_bf16(teacher)
     return DistillLoss(d.temperature, d.alpha, d.temperature_end or None, None if d.alpha_end < 0 else d.alpha_end,
-                       cfg.train.label_smoothing, cached_logits=cached, autocast=cfg.teacher_autocast(),
-                       teacher=held_in_bf16(teacher) if d.teacher_amp == "bf16" else teacher)
+                       cfg.train.label_smoothing, teacher=teacher, cached_logits=cached,
+                       autocast=cfg.teacher_autocast())
 
 
 def resume_config(parser, args, argv):
