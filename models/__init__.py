@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
+from .constraints import max_norm_
 from .mlp import ACTIVATIONS, NORMS, FlexibleMLP
 
 
@@ -20,6 +21,7 @@ class ModelConfig:
     skips: tuple = ()                 # ((target, source), ...), 0 = the input
     activation: str = "relu"
     dropout: float = 0.0
+    input_dropout: float = 0.0        # on the flattened input; CNNs ignore it
     # FlexibleCNN
     layers: tuple = (2, 2, 2, 2)
     block: str = "basic"
@@ -59,7 +61,7 @@ def build_model(cfg: ModelConfig, in_shape, num_classes):
     if cfg.name == "FlexibleMLP":
         n_in = in_shape[0] * in_shape[1] * in_shape[2]
         return FlexibleMLP(n_in, num_classes, cfg.mlp_hidden_sizes(), cfg.skips, cfg.residual,
-                           cfg.norm, cfg.activation, cfg.dropout)
+                           cfg.norm, cfg.activation, cfg.dropout, cfg.input_dropout)
     if cfg.name == "FlexibleCNN":
         return FlexibleCNN(in_shape[0], num_classes, cfg.layers, cfg.block, cfg.width, cfg.residual,
                            cfg.norm != "none")
@@ -79,4 +81,4 @@ def summary(name, model):
 
 
 __all__ = ["ModelConfig", "build_model", "summary", "count_params", "is_cnn", "PRESETS", "MODEL_NAMES",
-           "FlexibleMLP", "FlexibleCNN", "BasicBlock", "Bottleneck", "BLOCKS", "ACTIVATIONS", "NORMS"]
+           "max_norm_", "FlexibleMLP", "FlexibleCNN", "BasicBlock", "Bottleneck", "BLOCKS", "ACTIVATIONS", "NORMS"]

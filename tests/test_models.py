@@ -97,3 +97,72 @@ def test_flexible_cnn_stage_widths_and_downsampling():
         h = stage(h)
         shapes.append(tuple(h.shape[1:]))
     assert shapes == [(4, 32, 32), (8, 16, 16), (16, 8, 8), (32, 4, 4)]
+
+
+def test_input_dropout_zero_is_todays_model():
+    """Input dropout adds no state_dict keys at any rate (old checkpoints load) and, off, changes nothing."""
+    from dataclasses import asdict
+    keys = ["blocks.0.fc.weight", "blocks.0.fc.bias", "blocks.1.fc.weight", "blocks.1.fc.bias",
+            "head.weight", "head.bias"]
+    x = torch.randn(4, 1, 6, 6)
+    outs = []
+    for p in (0.0, 0.2):
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(hidden_sizes=(8, 8), input_dropout=p), (1, 6, 6), 3)
+        assert list(m.state_dict()) == keys
+        outs.append(m.eval()(x))
+    torch.manual_seed(0)
+    today = FlexibleMLP(36, 3, [8, 8]).train()  # no input_dropout argument: the default
+    assert torch.equal(today(x), outs[0]) and torch.equal(outs[0], outs[1])
+    old = {k: v for k, v in asdict(ModelConfig()).items() if k != "input_dropout"}
+    assert ModelConfig(**old).input_dropout == 0.0  # a checkpoint's config without the key rebuilds
+
+
+def test_input_dropout_active_in_train_only():
+    m = FlexibleMLP(400, 3, [8], input_dropout=0.5, skips=[(1, 0)])
+    seen = []
+    m.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x = torch.rand(2, 400) + 1  # no zeros of its own
+    m.train()(x)
+    zeroed = seen[-1] == 0
+    assert 0.3 < zeroed.float().mean() < 0.7
+    assert torch.allclose(seen[-1][~zeroed], 2 * x[~zeroed])  # survivors scaled by 1 / (1 - p)
+    m.eval()(x)
+    assert torch.equal(seen[-1], x)
+
+
+def _rows(w):
+    return torch.linalg.vector_norm(w.flatten(1), dim=1)
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Linear(5, 4), torch.nn.Conv2d(2, 4, 3)])
+def test_max_norm_rescales_only_rows_above_c(layer):
+    from models import max_norm_
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight / _rows(layer.weight).view(-1, *[1] * (layer.weight.dim() - 1)))
+        layer.weight[0] *= 0.5  # norm 0.5: untouched by c
+        layer.weight[1] = 0  # zero row: no NaN
+        layer.weight[2:] *= 3.0  # norm 3: rescaled to c
+    c, before, bias = 0.577777, layer.weight.clone(), layer.bias.clone()
+    max_norm_(layer, c)
+    assert torch.equal(layer.weight[:2], before[:2]) and torch.equal(layer.bias, bias)
+    assert torch.allclose(_rows(layer.weight[2:]), torch.full((2,), c))
+    assert torch.allclose(layer.weight[2:], before[2:] * c / 3)  # direction kept
+    with pytest.raises(ValueError):
+        max_norm_(layer, 0.0)
+
+
+def test_max_norm_covers_head_and_projections_skips_norms_and_sees_through_wrappers():
+    from models import max_norm_
+    m = FlexibleMLP(6, 3, [4, 5], skips=[(2, 0)], norm="batch")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(10.0)
+    wrapped = torch.nn.Module()
+    wrapped.module = m  # as DistributedDataParallel holds it
+    max_norm_(wrapped, 1.0, exclude=("head",))
+    for name in ("blocks.0.fc", "blocks.1.fc", "proj.2_0"):
+        assert torch.allclose(_rows(m.get_submodule(name).weight), torch.ones(1))
+    assert (m.head.weight == 10).all() and (m.blocks[0].norm.weight == 10).all() and (m.head.bias == 10).all()
+    max_norm_(m, 1.0)
+    assert torch.allclose(_rows(m.head.weight), torch.ones(1))
