@@ -1,11 +1,19 @@
-"""Checkpoints: written atomically (temporary file, fsync, rename), checked when read.
+"""Files a run writes and reads: atomic writes, the one safe checkpoint loader, run-folder locks.
 
-A checkpoint is a dict with "format": FORMAT, "model" (state_dict), "arch" (model config, input shape,
-classes, data set, input normalisation) and, for training checkpoints, optimizer / scheduler / scaler / RNG
-states and history.
+A checkpoint is a dict with "format": FORMAT, "model" (state_dict) and "arch" (model config, input shape,
+classes, data set, input normalisation). Published models (best.pt, teacher.pth, ...) hold only that;
+last.pt adds the whole training state (optimizer, scheduler, scaler, RNG, progress, and the best weights
+when they are not the current ones), so that one file always says which weights are best.
+Loading never runs code from a file: everything goes through torch.load(weights_only=True).
 """
+import errno
+import fcntl
+import json
 import os
-import random
+import pickle
+import re
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,11 +22,18 @@ FORMAT = "lab1-checkpoint-v1"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, corrupt, or does not fit; one-line message."""
+    """A checkpoint that is missing, corrupt, unsafe, or does not fit; one-line message."""
 
 
-def atomic_write(path, write):
-    """Call write(tmp_path), fsync it, then rename over `path`: readers never see a partial file."""
+class DiskFull(Exception):
+    """No space left while writing a run's file; one-line message naming the path and the space needed."""
+
+
+def atomic_write(path, write, needed=0):
+    """Call write(tmp_path), fsync it, then rename over `path`: readers never see a partial file.
+
+    needed: the bytes the write is expected to take, for the message when the disk is full.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -26,6 +41,13 @@ def atomic_write(path, write):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if isinstance(e, OSError) and e.errno != errno.ENOSPC and "No space left" not in str(e) or \
+                isinstance(e, RuntimeError) and "No space left" not in str(e) and "file write failed" not in str(e):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise DiskFull(f"no space left on device writing {path}: {free / 2**20:.0f} MiB free, about "
+                       f"{max(needed, 1) / 2**20:.0f} MiB needed; the files written before are intact") from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -35,39 +57,133 @@ def atomic_write(path, write):
         os.close(dir_fd)
 
 
+def remove_stale_tmp(folder):
+    """Delete `.NAME.tmpPID` files (and folders) left by writers that were killed (their PID is gone)."""
+    for p in Path(folder).glob(".*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _nbytes(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    return sum(_nbytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
+
+
 def save_checkpoint(path, ckpt):
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp), needed=_nbytes(ckpt))
 
 
-def load_checkpoint(path):
+def load_file(path, what="checkpoint"):
+    """torch.load with weights_only=True: tensors and plain data only; anything else is refused, not run."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, text file: all "not a readable checkpoint"
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        culprit = re.search(r"GLOBAL (\S+)", str(e))
+        if not culprit:
+            raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint (not loadable as weights)") from None
+        raise CheckpointError(f"{what} {path} holds Python objects that could run code ({culprit[1]}); lab1 loads "
+                              "only tensors and plain data and refuses it (an old lab1 checkpoint of this kind cannot "
+                              "be read safely: retrain it)") from None
+    except Exception as e:  # truncated zip, garbage, a text file: all "not a readable checkpoint"
+        raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+
+
+def load_checkpoint(path, need=("model", "arch")):
+    """A lab1 checkpoint, checked for the format tag and the keys `need`."""
+    ckpt = load_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lab1 checkpoint")
+    missing = [k for k in need if k not in ckpt]
+    arch = ckpt.get("arch")
+    if not missing and not (isinstance(arch, dict) and isinstance(arch.get("model"), dict)
+                            and isinstance(arch.get("in_shape"), (list, tuple)) and len(arch["in_shape"]) == 3
+                            and isinstance(arch.get("num_classes"), int) and arch["num_classes"] >= 2):
+        missing = ["a valid arch"]
+    if missing:
+        raise CheckpointError(f"{path} is a damaged lab1 checkpoint (missing {', '.join(missing)})")
     return ckpt
 
 
-def load_weights(model, ckpt, path="checkpoint"):
-    """Load ckpt["model"] into model, or say in one line why it does not fit."""
+def load_weights(model, state, path="checkpoint"):
+    """Load a state_dict into model, or say in one line why it does not fit."""
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CheckpointError(f"{path} holds another architecture: {first}") from None
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        lines = str(e).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(e)
+        raise CheckpointError(f"{path} holds weights of another architecture: {first[:200]}") from None
 
 
-def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+class RunLock:
+    """An exclusive lock on a run folder, held while a process trains in it; the OS releases it on death.
+
+    POSIX record locks (fcntl.lockf) also work on NFS where the server supports locking (NFSv4, or lockd).
+    """
+
+    def __init__(self, folder):
+        self.fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+
+    @property
+    def held(self):
+        return self.fd is not None
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def write_json(path, obj):
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), needed=len(text))
+
+
+def read_json(path, what="file"):
+    """A JSON file of a run folder, or a one-line CheckpointError saying it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{what} {path} is unreadable or damaged ({type(e).__name__})") from None
+
+
+def read_jsonl(path):
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_jsonl(path, records):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), needed=len(text))
+
+
+def append_jsonl(path, record):
+    """One line at the end of `path`. A kill part-way can leave a torn last line: resume rewrites the file from
+    the checkpoint's history, which is the truth."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

@@ -1,6 +1,7 @@
 """Data sets as uint8 tensors on the training device, sliced, augmented and normalised a batch at a time.
 
     ds = load_dataset("mnist", "./data")            # DataSet of uint8 (N, C, H, W) tensors
+    sizes = check_sizes(ds, DataConfig(), seed=0)    # {"train": n, "val": n, "test": n}, or a DataError
     loaders = make_loaders(ds, DataConfig(), seed=0, device="cpu")
     for batch in loaders.train: ...                  # Batch(x float (B, C, H, W), y (B,), idx (B,))
 
@@ -15,6 +16,8 @@ import os
 import pickle
 import stat
 import struct
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,24 +27,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cli import flag, fraction, nonneg_int, pos_int
+
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DataError(Exception):
-    """Missing, corrupt or unusable data; the message is one line meant for the user."""
+    """Missing, corrupt or unusable data; the message is one line meant for the user (newlines are folded)."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "mnist"
-    data_root: str = "./data"
-    val_split: float = 0.1
-    subset: int = 0               # 0 = the whole training set
-    augment: bool = False
-    batch_size: int = 128
-    loader: str = "tensor"        # "tensor" (device-resident) or "standard" (DataLoader + transforms)
-    num_workers: int = 2          # standard loader only
+    dataset: str = flag("mnist", "data set; 'folder' = an ImageFolder tree DATA_ROOT/{train,test[,val]}/<class>/*",
+                        choices=DATASETS)
+    data_root: str = flag("./data", "where the data set lives or is downloaded to")
+    val_split: float = flag(0.1, "stratified validation fraction of the training set; 0 = none", type=fraction)
+    subset: int = flag(0, "use only N training examples, stratified; 0 = all", type=nonneg_int)
+    augment: bool = flag(False, "augment training batches (crop+flip for colour, small affine for grey images)",
+                         action="store_true")
+    batch_size: int = flag(128, "training batch size", type=pos_int)
+    loader: str = flag("tensor", "tensor: data resident on the device, batched augmentation (fast); standard: "
+                       "torch DataLoader + torchvision transforms", choices=("tensor", "standard"))
+    num_workers: int = flag(2, "DataLoader workers for --loader standard", type=nonneg_int)
+    k_folds: int = flag(0, "stratified K-fold cross-validation on the training set instead of one split (K >= 2); "
+                        "0 = off", type=nonneg_int, metavar="K")
+    fold: int = 0                 # which fold (1..k_folds) a k-fold child trains on
     norm: tuple = ()              # (mean, std) per channel, in [0, 1] units; () = from the training split
 
 
@@ -91,7 +105,7 @@ def _read_idx(path):
         data = raw[4 + 4 * ndim:]
         if len(data) != torch.Size(shape).numel():
             raise ValueError(f"{len(data)} bytes of data for shape {shape}")
-    except (OSError, EOFError, ValueError, struct.error) as e:
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"corrupt data file {path}: {e}") from None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(shape)
 
@@ -108,19 +122,37 @@ def _load_mnist(name, root):
         _download(tv_name, root, _missing(name, root, f"{folder}/raw/{{{','.join(s + '.gz' for s in stems)}}}",
                                           "pass --data_root to a folder holding the original archives"))
     xtr, ytr, xte, yte = (_read_idx(find(s)) for s in stems)
-    if len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise DataError(f"{name}: image and label counts differ in {raw}")
+    if (xtr.ndim, ytr.ndim, xte.ndim, yte.ndim) != (3, 1, 3, 1):
+        raise DataError(f"{name}: the files in {raw} are not (N, H, W) images and (N,) labels")
     import torchvision
     classes = getattr(torchvision.datasets, tv_name).classes
     return DataSet(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long(), list(classes))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what the CIFAR python archives hold: numpy arrays and plain data. Any other global a pickle
+    names would be called while loading, i.e. it would run code (os.system, exec...)."""
+    SAFE = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes under protocol 2
+    SAFE |= {(f"numpy.{core}.{mod}", fn) for core in ("core", "_core")
+             for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))}  # _frombuffer: protocol 5
+    SAFE |= {(b, t) for b in ("builtins", "__builtin__") for t in ("bytes", "bytearray", "set", "frozenset", "complex")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        raise DataError(f"lab1 refuses to load {self.path} (it would run code: {module}.{name})")
+
+
 def _unpickle(path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
-        raise DataError(f"corrupt data file {path}: {e}") from None
+            u = _CifarUnpickler(f, encoding="bytes")
+            u.path = path
+            return u.load()
+    except DataError:
+        raise
+    except Exception as e:  # a garbled pickle fails in many ways: UnpicklingError, EOFError, KeyError, MemoryError...
+        raise DataError(f"corrupt data file {path}: {type(e).__name__}: {e}") from None
 
 
 def _load_cifar(name, root):
@@ -140,15 +172,23 @@ def _load_cifar(name, root):
         xs, ys = [], []
         for f in files:
             d = _unpickle(base / f)
-            try:
-                xs.append(torch.as_tensor(d[b"data"]).reshape(-1, 3, 32, 32))
-                ys.append(torch.as_tensor(d[label_key], dtype=torch.long))
-            except (KeyError, RuntimeError, TypeError, ValueError) as e:
-                raise DataError(f"corrupt data file {base / f}: {e}") from None
+            x, y = (d.get(b"data"), d.get(label_key)) if isinstance(d, dict) else (None, None)
+            y = np.asarray(y if isinstance(y, np.ndarray) or isinstance(y, list) and all(type(v) is int for v in y)
+                           else [])  # (N,) integers, else rejected below (a huge int gives dtype object)
+            if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.shape == (len(y), 3072) and len(y)
+                    and y.ndim == 1 and y.dtype.kind in "iu"):
+                raise DataError(f"corrupt data file {base / f}: expected a dict of {b'data'!r}: uint8 (N, 3072) "
+                                f"and {label_key!r}: a list of N integer labels")
+            xs.append(torch.as_tensor(x).reshape(-1, 3, 32, 32))
+            ys.append(torch.as_tensor(y, dtype=torch.long))
         return torch.cat(xs), torch.cat(ys)
 
     meta = _unpickle(base / meta_file)
-    classes = [c.decode() for c in meta.get(names_key, [])]
+    names = meta.get(names_key) if isinstance(meta, dict) else None
+    if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(c, (bytes, str)) for c in names):
+        raise DataError(f"corrupt meta file {base / meta_file}: expected a dict whose {names_key!r} lists the "
+                        "class names")
+    classes = [c.decode(errors="replace") if isinstance(c, bytes) else c for c in names]
     (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
     return DataSet(xtr, ytr, xte, yte, classes)
 
@@ -165,12 +205,12 @@ def _download(tv_name, root, error):
 
 def _decode(path):
     """An image file -> uint8 (3, H, W)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     try:
         with Image.open(path) as im:
             arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"corrupt image {path}: {e}") from None
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"corrupt image {path}: {e}") from None  # UnidentifiedImageError is an OSError
     return arr.permute(2, 0, 1)
 
 
@@ -215,8 +255,11 @@ def _load_folder(root):
             return DataSet(**torch.load(cache, weights_only=True))
         except Exception:
             cache.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
+    from PIL import Image
     arrays = {}
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+    # A decompression bomb is refused; PIL only warns below twice its pixel limit (the filter is process-wide).
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         for s, (_, files) in splits.items():
             images = list(pool.map(_decode, (p for p, _ in files)))
             shapes = {tuple(im.shape) for im in images}
@@ -238,15 +281,25 @@ def _load_folder(root):
     return ds
 
 
+def _check(ds, where):
+    """Every format: as many labels as images, each in 0..num_classes-1 (else training stops part-way with an
+    IndexError)."""
+    k = ds.num_classes
+    for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y), ("val", ds.val_x, ds.val_y)):
+        if x is not None and (len(x) != len(y) or len(y) == 0):
+            raise DataError(f"{where}: the {split} split has {len(x)} images and {len(y)} labels")
+        if x is not None and ((y < 0) | (y >= k)).any():
+            bad = y[(y < 0) | (y >= k)][0].item()
+            raise DataError(f"{where}: {split} label {bad} is outside 0..{k - 1} (the {k} classes)")
+    return ds
+
+
 def load_dataset(name, root):
     """Read a data set into uint8 tensors; raises DataError with a one-line message."""
-    if name in ("mnist", "fashion-mnist"):
-        return _load_mnist(name, root)
-    if name in ("cifar10", "cifar100"):
-        return _load_cifar(name, root)
-    if name == "folder":
-        return _load_folder(root)
-    raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    load = {"mnist": _load_mnist, "fashion-mnist": _load_mnist, "cifar10": _load_cifar, "cifar100": _load_cifar}
+    return _check(load[name](name, root) if name in load else _load_folder(root), f"{name} data in {root}")
 
 
 # ---------------------------------------------------------------- splits
@@ -258,24 +311,34 @@ def _by_class(y, seed):
             (torch.nonzero(y == c).flatten() for c in torch.unique(y))]
 
 
-def stratified_split(y, fraction, seed):
-    """-> (train_idx, val_idx): round(fraction * N) validation examples, each class in proportion; seeded.
-
-    Each class gets floor(fraction * n_c); the examples left over go to the classes with the largest remainders.
-    """
-    groups = _by_class(y, seed)
-    exact = [fraction * len(idx) for idx in groups]
+def _quotas(counts, fraction):
+    """Class sizes n_c -> how many of each a stratified `fraction` takes, round(fraction * N) in all: floor(fraction
+    * n_c) each, and the examples left over go to the classes with the largest remainders."""
+    exact = [fraction * n for n in counts]
     quota = [int(e) for e in exact]
-    leftover = int(round(fraction * len(y))) - sum(quota)
-    for i in sorted(range(len(groups)), key=lambda i: quota[i] - exact[i])[:max(0, leftover)]:
+    leftover = int(round(fraction * sum(counts))) - sum(quota)
+    for i in sorted(range(len(counts)), key=lambda i: quota[i] - exact[i])[:max(0, leftover)]:
         quota[i] += 1
+    return quota
+
+
+def stratified_split(y, fraction, seed):
+    """-> (train_idx, val_idx): round(fraction * N) validation examples, each class in proportion (_quotas); seeded.
+
+    Not sklearn's StratifiedShuffleSplit: it refuses fewer validation examples than classes, and would move every
+    published split."""
+    groups = _by_class(y, seed)
+    quota = _quotas([len(idx) for idx in groups], fraction)
     val = torch.cat([idx[:q] for idx, q in zip(groups, quota)])
     train = torch.cat([idx[q:] for idx, q in zip(groups, quota)])
     return train.sort().values, val.sort().values
 
 
 def stratified_kfold(y, k, seed):
-    """-> K (train_idx, val_idx) pairs; every example is in exactly one validation fold."""
+    """-> K (train_idx, val_idx) pairs; every example is in exactly one validation fold.
+
+    Not sklearn's StratifiedKFold (more even fold totals: ours give each class's extras to the first folds), as
+    another assignment would move every published fold."""
     chunks = [idx.tensor_split(k) for idx in _by_class(y, seed)]
     folds = []
     for i in range(k):
@@ -286,11 +349,45 @@ def stratified_kfold(y, k, seed):
 
 
 def stratified_subset(y, n, seed):
-    """-> n indices with the class proportions of y."""
+    """-> n indices with the class proportions of y (stratified_split's quotas, hence not sklearn's either)."""
     if n >= len(y):
         return torch.arange(len(y))
     _, keep = stratified_split(y, n / len(y), seed)
     return keep
+
+
+def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
+    """-> the examples make_loaders will use, {"train": n, "val": n or 0, "test": n}, from the class counts alone
+    (so `seed` changes nothing); with k_folds, "train" and "val" are lists of the K folds' sizes. Raises DataError
+    (one line, saying what to change) where a split would be empty or have fewer training examples than classes."""
+    k, n = ds.num_classes, len(ds.train_y)
+    counts = torch.unique(ds.train_y, return_counts=True)[1].tolist()   # per class present, as _by_class orders them
+    if cfg.subset and not k <= cfg.subset <= n:
+        why = f"smaller than the number of classes ({k})" if cfg.subset < k else f"larger than the training set ({n})"
+        raise DataError(f"--subset {cfg.subset} is {why}: use {k}..{n}, or 0 for all")
+    if 0 < cfg.subset < n:  # a class the subset leaves out is absent, as from torch.unique of the subset
+        counts = [c for c in _quotas(counts, cfg.subset / n) if c]
+    n, more = sum(counts), " or a larger --subset" if cfg.subset else ""
+    if k_folds and k_folds > min(counts):
+        raise DataError(f"--k_folds {k_folds} is more than the {min(counts)} examples of the smallest class "
+                        f"({n} training examples in all): use fewer folds{more}")
+    if k_folds:
+        val = [sum(c // k_folds + (i < c % k_folds) for c in counts) for i in range(k_folds)]  # tensor_split sizes
+        train = [n - v for v in val]
+    elif ds.val_y is not None:
+        train, val = n, len(ds.val_y)
+    else:
+        val = sum(_quotas(counts, cfg.val_split)) if cfg.val_split > 0 else 0
+        train = n - val
+        if cfg.val_split > 0 and val == 0:
+            raise DataError(f"--val_split {cfg.val_split} of {n} training examples is 0 examples: raise --val_split"
+                            f"{more}, or pass --val_split 0")
+        if val and train < k:
+            raise DataError(f"--val_split {cfg.val_split} leaves {train} of the {n} training examples, fewer than the "
+                            f"{k} classes: lower --val_split{more}")
+    if (min(train) if k_folds else train) < k:
+        raise DataError(f"only {min(train) if k_folds else train} training examples for {k} classes: use more data")
+    return {"train": train, "val": val, "test": len(ds.test_y)}
 
 
 # ---------------------------------------------------------------- batched augmentation
@@ -339,11 +436,21 @@ def channel_stats(x):
 
 # ---------------------------------------------------------------- loaders
 
+def _batch_slices(n, batch_size, world=1):
+    """The batches of an epoch as slices of its order, under the merge rule (see TensorLoader)."""
+    full, rest = divmod(n, batch_size)
+    k = full + (rest >= 2 * world or full == 0 and rest > 0)
+    return [slice(i * batch_size, (i + 1) * batch_size if i + 1 < k else n) for i in range(k)]
+
+
 class TensorLoader:
     """Batches from uint8 tensors held on `device`: slice, augment and normalise in one go per batch.
 
     The order and the augmentation of epoch e depend only on (seed, e), so a resumed run sees the
-    same batches as an uninterrupted one.
+    same batches as an uninterrupted one. Batch k is order[k * batch_size:(k + 1) * batch_size], except that
+    a last batch too small to give each of W ranks 2 examples (W = 1: a batch of one) joins the previous
+    batch: batch norm cannot train on one example per channel, and no example is dropped. Under DDP (shard =
+    (rank, W)) each rank takes its tensor_split share of every global batch.
     """
 
     def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
@@ -356,6 +463,7 @@ class TensorLoader:
         self.shift = (-mean / std).to(device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch, self._next_step, self._g, self._seek = 0, 0, None, None
+        self.slices = _batch_slices(len(y), batch_size, self.world)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -369,8 +477,7 @@ class TensorLoader:
         self.epoch, self._seek = position["epoch"], position
 
     def __len__(self):
-        full, rest = divmod(len(self.y), self.batch_size)
-        return full + (rest >= self.world)  # under DDP a last batch too small for every rank is dropped
+        return len(self.slices)
 
     def __iter__(self):
         # The order is the same on every rank; the augmentation stream differs per rank.
@@ -387,7 +494,7 @@ class TensorLoader:
             self._seek = None
         for step in range(start, len(self)):
             self._next_step = step + 1
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            idx = order[self.slices[step]]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]
             x = self.x[idx].float()                         # (B, C, H, W) in 0..255
@@ -398,21 +505,24 @@ class TensorLoader:
 
 
 class _PILDataset(torch.utils.data.Dataset):
-    def __init__(self, x, y, transform):
-        self.x, self.y, self.transform = x, y, transform
+    def __init__(self, x, y, transform, seed):
+        self.x, self.y, self.transform, self.seed = x, y, transform, seed
 
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
+    def __getitem__(self, key):
         from PIL import Image
+        epoch, i = key
         img = self.x[i].permute(1, 2, 0).squeeze(-1).numpy()
-        return self.transform(Image.fromarray(img)), self.y[i], i
+        # torchvision draws from torch's global RNG: seeded per sample (MT uses the low 32 bits), the augmentation
+        # depends only on (seed, epoch, i), whichever worker runs it and whenever it was started.
+        with torch.random.fork_rng(devices=[]):  # (torch.manual_seed would cost 0.2 ms: it visits every device)
+            torch.default_generator.manual_seed(((self.seed * 100_003 + epoch) * 1_000_003 + i) % 2**32)
+            return self.transform(Image.fromarray(img)), self.y[i], i
 
 
 class StandardLoader:
     """The textbook pipeline (per-sample PIL + torchvision transforms in DataLoader workers), for comparison
-    and for data that do not fit in memory. Same interface as TensorLoader."""
+    and for data that do not fit in memory. Same interface and batches as TensorLoader (order, _batch_slices);
+    exact on resume whatever num_workers, as each sample's augmentation depends only on (seed, epoch, index)."""
 
     def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
                  num_workers=2, channels_last=False):
@@ -424,22 +534,37 @@ class StandardLoader:
         elif augment is random_affine:
             aug = [T.RandomAffine(10, translate=(2 / size, 2 / size))]
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())])
-        self.seed, self.device = seed, device
-        self.generator = torch.Generator()
+        self.n, self.shuffle, self.seed, self.device = len(y), shuffle, seed, device
+        self.epoch, self._next_step, self._start = 0, 0, 0
+        self.slices = _batch_slices(len(y), batch_size)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # The batch sampler is a list refilled by every __iter__ with (epoch, index) batches: the epoch reaches
+        # the persistent workers with each index. Its own generator: its unused base seed leaves torch's RNG alone.
+        self._batches = []
         self.loader = torch.utils.data.DataLoader(
-            _PILDataset(x, y, tf), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-            generator=self.generator, pin_memory=str(device).startswith("cuda"),
-            persistent_workers=num_workers > 0)
+            _PILDataset(x, y, tf, seed), batch_sampler=self._batches, num_workers=num_workers,
+            generator=torch.Generator(), pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
 
     def set_epoch(self, epoch):
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.epoch = epoch
+
+    def position(self):
+        """{"epoch", "step"}: enough to restart this epoch at its next step (the augmentation is per sample)."""
+        return {"epoch": self.epoch, "step": self._next_step}
+
+    def seek(self, position):
+        self.epoch, self._start = position["epoch"], position["step"]
 
     def __len__(self):
-        return len(self.loader)
+        return len(self.slices)
 
     def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)  # as TensorLoader's
+        self._next_step, self._start = self._start, 0
+        self._batches[:] = [[(self.epoch, i) for i in order[s].tolist()] for s in self.slices[self._next_step:]]
         for x, y, idx in self.loader:
+            self._next_step += 1
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield Batch(x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True))
 
@@ -459,7 +584,10 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
     Validation: the data set's own val/ split if it has one, else a stratified seeded `val_split` of the
     training set (or `fold` = (train_idx, val_idx) for cross-validation). `subset` keeps n training examples.
     Inputs are normalised with cfg.norm if given, else with the per-channel statistics of the training split.
+    Sizes that would leave a split empty raise DataError (check_sizes; callers check folds before).
     """
+    if fold is None:
+        check_sizes(ds, cfg, seed)
     x, y = ds.train_x, ds.train_y
     if cfg.subset:
         keep = stratified_subset(y, cfg.subset, seed)

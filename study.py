@@ -1,45 +1,63 @@
-"""Studies: many exercise1 runs from one command, repeated over seeds, reported as mean ± std.
+"""Studies: many independent trainings (children) in one folder, shared by any number of workers.
 
     python exercise1.py --study mlp_depth --depths 2 4 8 16 32 --seeds 0 1 2 --epochs 10
-    python exercise1.py --study cnn_depth --dataset folder --data_root ../shared/data/cifar10-jpeg --seeds 0 1 2
-    python exercise1.py --seeds 0 1 2 --depth 8            # one configuration, three seeds
+    python exercise1.py --study mlp_depth --seeds 0 1 2 --workers 2       # two local worker processes
+    python exercise1.py --seeds 0 1 2 --depth 8                           # one configuration, three seeds
+    python exercise1.py --k_folds 5                                       # the folds are the children
 
-A study folder holds one child run folder per (configuration, seed), exactly as exercise1 leaves them, and
-summary.json, results.md, comparison.png and grads.png. Re-running the same command continues it: finished
-children are read back, an interrupted one resumes from its last.pt.
+Each child is a run folder inside the study folder, exactly as a single run leaves it. A worker claims a
+child by taking the lock of its folder (fcntl.lockf: the operating system releases it when the worker dies,
+also over NFS where the server supports locks), trains or resumes it, and moves on; so the same command
+started N times, on one machine or on many that share the folder, splits the study, and a child left by a
+dead worker is resumed from its last.pt by the next worker that finds it free. Whoever sees every child
+finished writes the report (summary.json, results.md, comparison.png, grads.png), once.
 """
 import json
-import math
-import statistics
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from checkpoint import load_checkpoint
+from checkpoint import RunLock, read_json, read_jsonl, write_json
+from cli import UsageError, flag, nonneg_int, pos_int
+from lifecycle import duration
 from models import PRESETS, ModelConfig
-from plots import plt, _save
-from tracking import UsageError, read_jsonl, write_json
+from plots import plot_layer_grads, plot_study
+from stats import mean_std, paired
 
 STUDIES = ("mlp_depth", "cnn_depth")
 DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    study: str = flag("", "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
+                      "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/", choices=STUDIES)
+    depths: tuple = flag((), "depths of the study (default: 2 4 8 16 32 for mlp_depth, 20 32 44 56 for "
+                         "cnn_depth)", type=pos_int, nargs="+")
+    seeds: tuple = flag((), "train every configuration once per seed and report mean ± std (also without "
+                        "--study)", type=nonneg_int, nargs="+")
+    workers: int = flag(1, "start N local worker processes that share the study (one child each at a time; CPU "
+                        "threads split between them, GPUs assigned round-robin)", type=pos_int)
+    report: bool = flag(False, "rebuild the study's report from its folder (after, or during, the study)")
+
+
+@dataclass(frozen=True)
 class Child:
     name: str          # folder name inside the study
-    kind: str          # "plain" / "residual" (or the model's name for a seeds-only study)
-    depth: int
-    cfg: object        # the child's exercise1 RunConfig
-
-
-def mean_std(values):
-    """Mean and sample standard deviation (n - 1); the std of one value is 0."""
-    values = list(values)
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    kind: str          # "plain" / "residual" / the model's name (seeds only) / "fold"
+    depth: int         # depth, or the fold's number
+    cfg: object        # the child's RunConfig
 
 
 def children(study, base, depths, seeds):
-    """The child runs of a study (study=None: the base configuration once per seed)."""
-    if study is None:
+    """The child runs: a depth study, one configuration per seed, or the folds of a k-fold run."""
+    if base.data.k_folds:
+        return [Child(f"fold_{i}", "fold", i, replace(base, data=replace(base.data, fold=i)))
+                for i in range(1, base.data.k_folds + 1)]
+    if not study:
         m = base.model
         depth = len(m.mlp_hidden_sizes()) if m.name == "FlexibleMLP" else sum(m.layers)
         return [Child(f"seed{s}", m.name, depth, replace(base, train=replace(base.train, seed=s))) for s in seeds]
@@ -55,36 +73,77 @@ def children(study, base, depths, seeds):
                     raise UsageError(f"--depths {depth}: cnn_depth takes He et al. depths 6n+2 from "
                                      f"{sorted({int(n[5:]) for n in PRESETS if n.startswith('plain')})}")
                 model = ModelConfig(name=name, norm="batch")
-            for s in seeds:
-                out.append(Child(f"{kind}{depth}_seed{s}", kind, depth,
-                                 replace(base, model=model, train=replace(base.train, seed=s))))
+            out += [Child(f"{kind}{depth}_seed{s}", kind, depth,
+                          replace(base, model=model, train=replace(base.train, seed=s))) for s in seeds]
     return out
 
 
-def child_state(run_dir):
-    """'finished' (summary.json says so), 'interrupted' (a last.pt to resume), or 'new'."""
-    summary = Path(run_dir) / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
-        return "finished"
-    return "interrupted" if (Path(run_dir) / "last.pt").exists() else "new"
+def finished(run_dir):
+    try:
+        return read_json(Path(run_dir) / "summary.json").get("status") == "finished"
+    except Exception:
+        return False
 
 
-def run_study(kids, study_dir, train_child):
-    """Train every child not finished yet; train_child(child, run_dir, resume_ckpt) -> result dict."""
-    results = {}
-    for i, child in enumerate(kids, start=1):
-        run_dir = Path(study_dir) / child.name
-        state = child_state(run_dir)
-        if state == "finished":
-            print(f"[{i}/{len(kids)}] {child.name}: finished earlier, skipped")
-            results[child.name] = json.loads((run_dir / "summary.json").read_text())
-        else:
+def work(kids, study_dir, train_child, workers=1, write_config=True):
+    """One worker: claim, train and release children until every child is finished (waiting for the ones that
+    other workers hold). train_child(child, run_dir) trains (or resumes) one child."""
+    t0, done_here, total = time.perf_counter(), 0, len(kids)
+    for child in kids:
+        if finished(study_dir / child.name):
+            print(f"{child.name}: finished earlier, skipped")
+    while True:
+        pending = [c for c in kids if not finished(study_dir / c.name)]
+        if not pending:
+            return
+        claimed = False
+        for child in pending:
+            run_dir = study_dir / child.name
             run_dir.mkdir(exist_ok=True)
-            resume = load_checkpoint(run_dir / "last.pt") if state == "interrupted" else None
-            print(f"[{i}/{len(kids)}] {child.name}" + (f": resuming from epoch {resume['epoch']}" if resume else ""))
-            results[child.name] = train_child(child, run_dir, resume)
-        results[child.name]["history"] = read_jsonl(run_dir / "metrics.jsonl")
-    return results
+            lock = RunLock(run_dir)
+            if not lock.held:
+                continue
+            try:
+                if finished(run_dir):
+                    continue
+                claimed = True
+                if write_config and not (run_dir / "config.json").exists():
+                    write_json(run_dir / "config.json", child.cfg.to_dict())
+                print(f"== {child.name} (pid {os.getpid()})", flush=True)
+                train_child(child, run_dir)
+            finally:
+                lock.release()
+            done_here += 1
+            n_done = sum(finished(study_dir / c.name) for c in kids)
+            per_child = (time.perf_counter() - t0) / done_here
+            left = f"; about {duration(per_child * (total - n_done) / workers)} left" if n_done < total else ""
+            print(f"[{n_done}/{total}] {child.name} finished{left}", flush=True)
+        if not claimed:
+            time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
+
+
+def spawn_workers(n, argv):
+    """Run the same command as n worker processes; threads split between them, GPUs assigned round-robin."""
+    import torch
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // n)
+    args = [a for i, a in enumerate(argv) if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")]
+    procs = []
+    for i in range(n):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "LAB1_WORKER": str(i)}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        procs.append(subprocess.Popen([sys.executable, sys.argv[0], *args], env=env))
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    bad = [c for c in codes if c]
+    return bad[0] if bad else 0
 
 
 def aggregate(kids, results):
@@ -96,73 +155,82 @@ def aggregate(kids, results):
     for (kind, depth), rs in rows.items():
         test_m, test_s = mean_std(r["test_acc"] for r in rs)
         vals = [r["best_val_acc"] for r in rs if r.get("best_val_acc") is not None]
-        val_m, val_s = mean_std(vals) if vals else (math.nan, math.nan)
+        val_m, val_s = mean_std(vals) if vals else (None, None)
         out.append({"model": kind, "depth": depth, "params": rs[0]["params"], "seeds": len(rs),
                     "test_acc_mean": test_m, "test_acc_std": test_s, "best_val_acc_mean": val_m,
-                    "best_val_acc_std": val_s, "train_time_s_mean": statistics.mean(r["train_time_s"] for r in rs),
+                    "best_val_acc_std": val_s, "train_time_s_mean": mean_std(r["train_time_s"] for r in rs)[0],
                     "test_acc": [r["test_acc"] for r in rs]})
     return out
 
 
-def report(study_dir, title, kids, results):
+def residual_minus_plain(kids, results):
+    """Per depth, the paired difference residual - plain in test accuracy over the shared seeds."""
+    out = {}
+    for depth in sorted({c.depth for c in kids}):
+        by = {(c.kind, c.cfg.train.seed): results[c.name]["test_acc"] for c in kids if c.depth == depth}
+        seeds = sorted(s for k, s in by if k == "residual" and ("plain", s) in by)
+        if seeds:
+            out[str(depth)] = paired([by["residual", s] for s in seeds], [by["plain", s] for s in seeds])
+    return out
+
+
+def report(study_dir, title, kids):
+    """summary.json, results.md and the figures, from the children's folders."""
+    results = {c.name: {**read_json(study_dir / c.name / "summary.json"),
+                        "history": read_jsonl(study_dir / c.name / "metrics.jsonl")} for c in kids}
+    if kids[0].kind == "fold":
+        accs = [results[c.name]["best_val_acc"] for c in kids]
+        m, s = mean_std(accs)
+        write_json(study_dir / "summary.json", {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs,
+                                                "val_acc_mean": m, "val_acc_std": s})
+        print(f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}")
+        return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
     rows = aggregate(kids, results)
-    write_json(Path(study_dir) / "summary.json", {"study": title, "configurations": rows})
+    diff = residual_minus_plain(kids, results)
     lines = ["| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        val = f"{r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f}" if r["best_val_acc_mean"] is not None else "-"
         lines.append(f"| {r['model']} | {r['depth']} | {r['params']:,} | {r['test_acc_mean']:.4f} ± "
-                     f"{r['test_acc_std']:.4f} | {r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f} | "
-                     f"{r['seeds']} | {r['train_time_s_mean']:.1f} |")
-    (Path(study_dir) / "results.md").write_text("\n".join(lines) + "\n")
+                     f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |")
+    if diff:
+        from stats import format_paired
+        lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
+        lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
+    (study_dir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot_comparison(rows, kids, results, Path(study_dir) / "comparison.png", title)
-    plot_deepest_grads(kids, results, Path(study_dir) / "grads.png")
-    return rows
+    curves = {}
+    for c in kids:
+        curves.setdefault((c.kind, c.depth), results[c.name]["history"])
+    plot_study(rows, curves, study_dir / "comparison.png", title)
+    deepest = {}
+    for c in kids:
+        if c.depth >= deepest.get(c.kind, (0, None))[0]:
+            deepest[c.kind] = (c.depth, c.name)
+    plot_layer_grads({f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()}, study_dir / "grads.png",
+                     title="vanishing gradients: deepest net of each kind (epoch 1)")
+    write_json(study_dir / "summary.json", {"status": "finished", "study": title, "configurations": rows,
+                                            "residual_minus_plain": diff})
+    best = max(rows, key=lambda r: r["test_acc_mean"])
+    return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
 
 
-def plot_comparison(rows, kids, results, path, title):
-    """Left: final test accuracy against depth, one line per kind, error bars = std over seeds.
-    Right: validation accuracy per epoch of each configuration's first seed."""
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for kind in dict.fromkeys(r["model"] for r in rows):
-        rs = sorted((r for r in rows if r["model"] == kind), key=lambda r: r["depth"])
-        ax.errorbar([r["depth"] for r in rs], [r["test_acc_mean"] for r in rs], yerr=[r["test_acc_std"] for r in rs],
-                    marker="o", capsize=4, label=kind)
-    ax.set_xlabel("depth")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    seen = set()
-    for child in kids:
-        if (child.kind, child.depth) in seen:
-            continue
-        seen.add((child.kind, child.depth))
-        h = results[child.name]["history"]
-        ax2.plot([r["epoch"] for r in h], [r["val_acc"] for r in h], ls="--" if child.kind == "plain" else "-",
-                 label=f"{child.kind} {child.depth}")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation accuracy")
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7, ncol=2)
-    _save(fig, path)
-
-
-def plot_deepest_grads(kids, results, path):
-    """Per-layer gradient norm (first epoch, input side left) of the deepest net of each kind."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for kind in dict.fromkeys(c.kind for c in kids):
-        deepest = max((c for c in kids if c.kind == kind), key=lambda c: c.depth)
-        h = results[deepest.name]["history"]
-        if not h:
-            continue
-        # Main-path layers only: projections/shortcuts sit beside the path, not along it.
-        norms = [v for k, v in h[0]["grad_norm"].items() if "proj" not in k and "shortcut" not in k]
-        ax.plot(range(1, len(norms) + 1), norms, marker=".", label=f"{kind} {deepest.depth} (epoch 1)")
-    ax.set_yscale("log")
-    ax.set_xlabel("weight layer (input -> output)")
-    ax.set_ylabel("mean gradient norm")
-    ax.set_title("vanishing gradients: deepest plain vs deepest residual")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, path)
+def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
+    """Work on the study until it is finished, then report once (or again, with rebuild)."""
+    if not rebuild:
+        work(kids, study_dir, train_child, workers)
+    if not all(finished(study_dir / c.name) for c in kids):
+        left = [c.name for c in kids if not finished(study_dir / c.name)]
+        raise UsageError(f"{study_dir}: {len(left)} of {len(kids)} children are not finished yet ({', '.join(left[:4])}"
+                         f"{' ...' if len(left) > 4 else ''}); the report needs all of them")
+    lock = RunLock(study_dir)
+    try:
+        if not lock.held:  # another worker is writing the report right now
+            return "report written by another worker"
+        if rebuild or not finished(study_dir):
+            return report(study_dir, title, kids)
+        print(f"{study_dir} was finished earlier:\n" + ((study_dir / "results.md").read_text()
+                                                      if (study_dir / "results.md").exists() else ""))
+        return json.dumps(read_json(study_dir / "summary.json").get("val_acc_mean", ""))
+    finally:
+        lock.release()

@@ -10,31 +10,44 @@ scratch:  the same architecture from random weights with the same budget: what p
 """
 import hashlib
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from dataloader import DataSet, make_loaders
-from engine import make_autocast
-from tracking import UsageError, write_json
+from checkpoint import CheckpointError, load_checkpoint, load_file, load_weights, read_json, save_checkpoint, write_json
+from cli import UsageError, flag, from_args, from_dict, nonneg_int, pos_float, timestamp
+from config import OutputConfig, RunConfig, data_and_train
+from dataloader import DataConfig, DataSet, check_sizes, load_dataset, make_loaders
+from engine import TrainConfig, make_autocast
+from lifecycle import command, done, continuing, create_run_dir, model_from_arch, new_model, short_name, train
+from models import ModelConfig, summary
 
 MODES = ("linear", "svm", "finetune", "scratch")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    pretrained: str = flag("", "a CNN checkpoint of exercise1 (its best.pt)", metavar="PATH")
+    mode: str = flag("all", "linear (logistic regression on frozen features), svm (linear SVM on them), finetune "
+                     "(end to end, new head), scratch (same network, random init), or all", choices=(*MODES, "all"))
+    backbone_lr_scale: float = flag(0.1, "finetune: backbone learning rate = --lr x this", type=pos_float)
+    freeze_stages: int = flag(0, "finetune: keep the stem and the first N stages frozen", type=nonneg_int)
 
 
 def load_pretrained(path):
     """(model, arch) of a CNN checkpoint; one-line errors for anything else."""
     ckpt = load_checkpoint(path)
-    arch = ckpt.get("arch") or {}
+    arch = ckpt["arch"]
     if not arch.get("is_cnn"):
-        raise CheckpointError(f"{path} is not a CNN checkpoint (it holds {arch.get('model', {}).get('name', '?')}); "
+        raise CheckpointError(f"{path} is not a CNN checkpoint (it holds {arch['model'].get('name', '?')}); "
                               "--task finetune needs a residual CNN trained by exercise1")
-    from exercise1 import model_from_arch
-    model = model_from_arch(arch)
-    load_weights(model, ckpt, path)
+    model = model_from_arch(arch, path)
+    load_weights(model, ckpt["model"], path)
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        raise CheckpointError(f"{path} holds NaN or infinite weights")
     return model, arch
 
 
@@ -92,8 +105,8 @@ def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
     key = hashlib.sha256(f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}|"
                          f"{data_cfg}".encode()).hexdigest()[:16]
     if path.exists():
-        cache = torch.load(path, weights_only=True)
-        if cache.get("key") == key:
+        cache = load_file(path, "feature cache")
+        if isinstance(cache, dict) and cache.get("key") == key:
             print(f"features: reusing {path}")
             return cache["splits"]
     loaders = make_loaders(ds, replace(data_cfg, augment=False), train_cfg.seed, train_cfg.device)
@@ -116,6 +129,8 @@ def classical(mode, splits, seed):
     pipe = make_pipeline(StandardScaler(), clf)
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     t0 = time.perf_counter()
+    if len(set(ytr.tolist())) < 2:
+        raise UsageError(f"{mode}: the training features hold fewer than 2 classes; use more examples (--subset)")
     pipe.fit(xtr.numpy(), ytr.numpy())
     elapsed = time.perf_counter() - t0
     return float((pipe.predict(xte.numpy()) == yte.numpy()).mean()), elapsed
@@ -146,4 +161,67 @@ def report(results, run_dir):
     (Path(run_dir) / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot_bars(list(results), [r["test_acc"] for r in results.values()],
-              [f"{r['train_time_s']:.0f}s" for r in results.values()], Path(run_dir) / "comparison.png")
+              [f"{r['train_time_s']:.0f}s" for r in results.values()], Path(run_dir) / "comparison.png",
+              title=f"{Path(run_dir).name}: transfer, test accuracy")
+
+
+def main(args, run_dir=None, saved=None):
+    """--task finetune (new, or continued with --resume RUN_DIR): each mode in its own sub-folder."""
+    if saved is None:
+        if not args.pretrained:
+            raise UsageError("--task finetune needs --pretrained PATH (an exercise1 best.pt)")
+        dataset = args.dataset or "cifar100"
+        data, train_cfg = data_and_train(args, dataset)
+        tc = from_args(TransferConfig, args)
+        out = OutputConfig(save_dir=args.save_dir or "runs", run_name=args.run_name or "", wandb=args.wandb or "auto",
+                           wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}")
+    else:
+        data, train_cfg = from_dict(DataConfig, saved["data"]), from_dict(TrainConfig, saved["train"])
+        tc, out = from_dict(TransferConfig, saved["transfer"]), from_dict(OutputConfig, saved["output"])
+    pretrained, arch = load_pretrained(tc.pretrained)
+    ds, changes = adapt_inputs(load_dataset(data.dataset, data.data_root), tuple(arch["in_shape"]))
+    check_sizes(ds, data, train_cfg.seed)
+    if changes:
+        print(f"adapting inputs to the pretrained network: {', '.join(changes)}")
+    modes = MODES if tc.mode == "all" else (tc.mode,)
+    mcfg = from_dict(ModelConfig, arch["model"])
+    if "finetune" in modes:
+        prepare_finetune(model_from_arch(arch), ds.num_classes, 1.0, 1.0, tc.freeze_stages)  # validate
+    print(f"pretrained {summary(mcfg.name, pretrained)} from {tc.pretrained}")
+    if run_dir is None:
+        name = out.run_name or short_name(f"finetune_{data.dataset}_{mcfg.name}_{tc.mode}_{timestamp()}")
+        out = replace(out, run_name=name)
+        run_dir = create_run_dir(out.save_dir, name, {"kind": "finetune", "modes": list(modes), "transfer": asdict(tc),
+                                                      "input_changes": changes, "model": asdict(mcfg),
+                                                      "data": asdict(data), "train": asdict(train_cfg),
+                                                      "output": asdict(out)}, args.overwrite, not args.run_name)
+    with continuing(command("--resume", run_dir)):
+        results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
+    report(results, run_dir)
+    done(run_dir)
+    return 0
+
+
+def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
+    """One transfer mode in run_dir/mode (skipped when finished); returns its result."""
+    mode_dir = run_dir / mode
+    if (mode_dir / "summary.json").exists() and read_json(mode_dir / "summary.json").get("status") == "finished":
+        print(f"{mode}: finished earlier")
+        return read_json(mode_dir / "summary.json")
+    mode_dir.mkdir(exist_ok=True)
+    if mode in ("linear", "svm"):
+        splits = cached_features(pretrained, ds, cfg.data, cfg.train, run_dir, tc.pretrained)
+        acc, seconds = classical(mode, splits, cfg.train.seed)
+        print(f"{mode}: test acc {acc:.4f} ({seconds:.1f}s)")
+        result = {"status": "finished", "test_acc": acc, "train_time_s": seconds}
+        write_json(mode_dir / "summary.json", result)
+        return result
+    groups = None
+    if mode == "finetune":
+        model = load_pretrained(tc.pretrained)[0]
+        groups = prepare_finetune(model, ds.num_classes, cfg.train.lr, tc.backbone_lr_scale, tc.freeze_stages)
+    else:
+        model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)
+    r = train(model, ds, cfg, mode_dir, desc=mode, param_groups=groups,
+              wandb={"group": run_dir.name, "job_type": mode, "prefix": mode, "name": f"{run_dir.name}-{mode}"})
+    return {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}

@@ -9,26 +9,33 @@ from functools import partial
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
 from .constraints import max_norm_
 from .mlp import ACTIVATIONS, NORMS, FlexibleMLP
+from cli import flag, nonneg_float, pos_int, skip_pair, unit
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Architecture flags; exercise2 gives them twice, as --t_* (teacher) and --s_* (student)."""
     name: str = "FlexibleMLP"
-    # FlexibleMLP
-    hidden_size: int = 128
-    depth: int = 4
-    hidden_sizes: tuple = ()          # overrides depth x hidden_size when given
-    skips: tuple = ()                 # ((target, source), ...), 0 = the input
-    activation: str = "relu"
-    dropout: float = 0.0
-    input_dropout: float = 0.0        # on the flattened input; CNNs ignore it
-    # FlexibleCNN
-    layers: tuple = (2, 2, 2, 2)
-    block: str = "basic"
-    width: int = 64
-    # both
-    residual: bool = False
-    norm: str = "none"                # MLP: none/batch/layer; CNN: none/batch
+    hidden_size: int = flag(128, "FlexibleMLP: width of every hidden layer", type=pos_int)
+    depth: int = flag(4, "FlexibleMLP: number of hidden layers", type=pos_int)
+    hidden_sizes: tuple = flag((), "FlexibleMLP: explicit hidden widths, e.g. 1200 1200 (overrides depth and "
+                               "hidden_size)", type=pos_int, nargs="+")
+    skips: tuple = flag((), "FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0", type=skip_pair,
+                        nargs="+")
+    activation: str = flag("relu", "FlexibleMLP activation", choices=sorted(ACTIVATIONS))
+    dropout: float = flag(0.0, "FlexibleMLP dropout probability on hidden units", type=unit)
+    input_dropout: float = flag(0.0, "FlexibleMLP dropout probability on the flattened input (Hinton et al.'s "
+                                "teacher: 0.2)", type=unit)
+    max_norm: float = flag(0.0, "after each optimizer step rescale every unit's incoming weights (Linear rows, conv "
+                           "filters, the head included) to L2 norm <= C (Srivastava et al. 2014); 0 = off",
+                           type=nonneg_float, metavar="C")
+    layers: tuple = flag((2, 2, 2, 2), "FlexibleCNN: blocks per stage, any number of stages, e.g. 3 4 6 3 or 3 3 3",
+                         type=pos_int, nargs="+")
+    block: str = flag("basic", "FlexibleCNN block type", choices=sorted(BLOCKS))
+    width: int = flag(64, "FlexibleCNN: channels of the first stage, doubled per stage", type=pos_int)
+    residual: bool = flag(False, "FlexibleMLP/FlexibleCNN: identity skips around every block")
+    norm: str = flag("none", "normalisation; a bare flag = batch (presets always use batch)", nargs="?",
+                     const="batch", choices=NORMS)
 
     def mlp_hidden_sizes(self):
         return tuple(self.hidden_sizes) or (self.hidden_size,) * self.depth

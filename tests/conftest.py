@@ -98,9 +98,45 @@ def folder_root(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("folder") / "imgs")
 
 
-def run_cli(script, *args, cwd=None, timeout=300, env=None):
-    """Run `python script args...` in a subprocess; returns CompletedProcess with text output."""
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli(script, *args, cwd=None, timeout=300, env=None, process=False):
+    """Run `python script args...` as a user would: in this process (fast: torch is imported once) through the
+    script's own entry point and exit-code contract, or with process=True in a subprocess, for the tests whose
+    point is a process boundary (signals, SIGKILL, torchrun). Returns returncode, stdout and stderr."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     full_env.update({"PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})})
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    if process:
+        p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
+                           capture_output=True, text=True, timeout=timeout, env=full_env)
+        return Result(p.returncode, p.stdout, p.stderr)
+    import contextlib
+    import importlib
+    import io
+    import signal
+    from cli import run_main
+    module = importlib.import_module(Path(script).stem)
+    out, err = io.StringIO(), io.StringIO()
+    saved = (dict(os.environ), list(sys.argv), os.getcwd(), signal.getsignal(signal.SIGINT),
+             signal.getsignal(signal.SIGTERM))
+    os.environ.clear()
+    os.environ.update(full_env)
+    sys.argv = [script, *map(str, args)]
+    os.chdir(cwd or ROOT)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run_main(module.main, [*map(str, args)])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        sys.argv = saved[1]
+        os.chdir(saved[2])
+        signal.signal(signal.SIGINT, saved[3])
+        signal.signal(signal.SIGTERM, saved[4])
+    return Result(code, out.getvalue(), err.getvalue())

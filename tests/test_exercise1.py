@@ -127,19 +127,20 @@ def test_resume_may_extend_epochs(mnist_root, tmp_path):
     assert len(read_metrics(tmp_path / "r")) == 2
 
 
-def test_wandb_offline_holds_the_logged_metrics(mnist_root, tmp_path):
+def test_wandb_offline_holds_the_logged_metrics_summary_and_figures(mnist_root, tmp_path):
+    from wandb_reader import read_offline_run
     p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path / "runs", "--epochs", "2",
                 "--wandb", "offline", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "wandb sync" in p.stdout
-    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 1
-    raw = files[0].read_bytes()
-    metrics = read_metrics(Path(tmp_path / "runs") / last_line(p).name)
-    for key in (b"train/loss", b"val/acc", b"lr", b"grad/head", b"test_acc"):
-        assert key in raw, key
-    for m in metrics:  # values are stored as JSON text
-        assert json.dumps(m["val_acc"]).encode() in raw and json.dumps(m["train_loss"]).encode() in raw
+    run = last_line(p)
+    assert f"wandb sync runs/{run.name}/wandb" in p.stdout  # offline files live in the run folder
+    w = read_offline_run(next((run / "wandb").glob("offline-run-*")))
+    metrics = read_metrics(run)
+    assert {"train/loss", "val/acc", "lr", "grad/head"} <= set(w["history_keys"])
+    assert [h["val/acc"] for h in w["history"]] == [m["val_acc"] for m in metrics]
+    s = json.loads((run / "summary.json").read_text())
+    assert w["summary"]["test_acc"] == s["test_acc"] and w["summary"]["best_epoch"] == s["best_epoch"]
+    assert {"curves", "grads", "confusion"} <= set(w["summary"])  # the figures
 
 
 def test_wandb_unreachable_never_stops_training(mnist_root, tmp_path):
@@ -184,21 +185,22 @@ def test_bad_input_one_line_exit_2(mnist_root, tmp_path, extra, message):
 def test_resume_of_missing_corrupt_or_foreign_checkpoint(mnist_root, tmp_path):
     p = run_cli("exercise1.py", "--resume", tmp_path / "nonexistent" / "last.pt")
     assert p.returncode == 2 and "does not exist" in p.stderr and len(p.stderr.splitlines()) == 1
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint at all")
-    p = run_cli("exercise1.py", "--resume", bad)
-    assert p.returncode == 2 and "corrupt or not a checkpoint" in p.stderr and "Traceback" not in p.stderr
-    torch.save({"weights": 1}, tmp_path / "foreign.pt")
-    p = run_cli("exercise1.py", "--resume", tmp_path / "foreign.pt")
-    assert p.returncode == 2 and "not a lab1 checkpoint" in p.stderr
+    p = run_cli("exercise1.py", "--resume", tmp_path)
+    assert p.returncode == 2 and "no lab1 run folder" in p.stderr
     ok = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r",
                  "--epochs", "1", *QUIET)
     assert ok.returncode == 0, ok.stderr
+    p = run_cli("exercise1.py", "--resume", tmp_path / "r" / "best.pt")
+    assert p.returncode == 2 and "holds weights only" in p.stderr
     last = tmp_path / "r" / "last.pt"
-    truncated = tmp_path / "trunc.pt"
-    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    p = run_cli("exercise1.py", "--resume", truncated)
-    assert p.returncode == 2 and "corrupt" in p.stderr
+    good = last.read_bytes()
+    for damage, message in ((good[: len(good) // 2], "corrupt"), (b"not a checkpoint", "corrupt or not a checkpoint")):
+        last.write_bytes(damage)
+        p = run_cli("exercise1.py", "--resume", tmp_path / "r")
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    torch.save({"weights": 1}, last)
+    p = run_cli("exercise1.py", "--resume", last)
+    assert p.returncode == 2 and "not a lab1 checkpoint" in p.stderr
     p = run_cli("exercise1.py", "--resume", last, "--model", "resnet20")
     assert p.returncode == 2 and "only --epochs" in p.stderr
 

@@ -49,7 +49,7 @@ def test_tiny_study_leaves_every_file_and_continues(mnist_root, tmp_path):
     again = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, *STUDY)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("finished earlier, skipped") == 6
-    assert "residual3_seed1: resuming from epoch 1" in again.stdout
+    assert "residual3_seed1: resuming at the end of epoch 1" in again.stdout
     assert (study / "residual3_seed0" / "summary.json").exists()
 
     other = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, *STUDY[:-2], "--lr", "0.1",

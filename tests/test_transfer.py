@@ -37,7 +37,7 @@ def test_input_adaptation_grey_to_rgb_and_resize():
 def test_feature_extraction_shape_and_cache(cifar_root, tmp_path):
     ds = load_dataset("cifar10", cifar_root)
     model = build_model(ModelConfig(name="FlexibleCNN", layers=(1, 1), width=4, norm="batch"), ds.in_shape, 10)
-    data, train = DataConfig(dataset="cifar10"), TrainConfig()
+    data, train = DataConfig(dataset="cifar10"), TrainConfig(device="cpu", amp="off")
     pre = tmp_path / "pre.pt"
     pre.write_bytes(b"x")
     splits = cached_features(model, ds, data, train, tmp_path, pre)

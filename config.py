@@ -1,0 +1,64 @@
+"""A run's configuration: the frozen dataclasses one training is made of, and how flags build them.
+
+Each flag is defined once, in its dataclass (models.ModelConfig, dataloader.DataConfig, engine.TrainConfig,
+OutputConfig here); exercise1 and exercise2 add the same data, optimisation and output flags through
+`add_run_flags`.
+"""
+from dataclasses import dataclass
+
+from cli import add_flags, config_dict, flag, from_args, from_dict, resolve_amp, resolve_device
+from dataloader import DataConfig
+from engine import TrainConfig
+from models import ModelConfig
+
+COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    save_dir: str = flag("runs", "parent folder of run folders")
+    run_name: str = flag("", "run folder name (default: key flags + time stamp)")
+    wandb: str = flag("auto", "W&B logging; auto = online when wandb has credentials, else offline",
+                      choices=("auto", "online", "offline", "disabled"))
+    wandb_project: str = flag("", "W&B project")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: what exercise1 trains, and each phase or child of the other commands."""
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    output: OutputConfig
+
+    def to_dict(self):
+        return config_dict(kind="exercise1", model=self.model, data=self.data, train=self.train, output=self.output)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(from_dict(ModelConfig, d["model"]), from_dict(DataConfig, d["data"]),
+                   from_dict(TrainConfig, d["train"]), from_dict(OutputConfig, d["output"]))
+
+
+def add_run_flags(p, project_help, resume_help):
+    """Data, optimisation and output flags (both scripts take the same ones)."""
+    g = p.add_argument_group("Data")
+    add_flags(g, DataConfig, shown={"dataset": "mnist for FlexibleMLP, cifar10 for CNNs",
+                                    "augment": "on for colour data, off for grey"})
+    g.add_argument("--no_augment", dest="augment", action="store_false", default=None, help="no augmentation")
+    add_flags(p.add_argument_group("Optimisation"), TrainConfig)
+    g = p.add_argument_group("Output")
+    add_flags(g, OutputConfig, shown={"wandb_project": project_help, "run_name": "key flags + time stamp"})
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run folder of the "
+                   "same name (default: off)")
+    g.add_argument("--resume", default=None, metavar="PATH", help=resume_help)
+    g.add_argument("--notify", choices=("telegram",), default=None, help="message at the end of a run or study, and "
+                   "on failure (Telegram: TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID; default: off)")
+
+
+def data_and_train(args, dataset):
+    """DataConfig and TrainConfig from the flags."""
+    augment = args.augment if args.augment is not None else dataset in COLOUR
+    device = resolve_device(args.device or "auto")
+    train = from_args(TrainConfig, args, device=device, amp=resolve_amp(args.amp or "auto", device))
+    return from_args(DataConfig, args, dataset=dataset, augment=augment), train

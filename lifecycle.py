@@ -1,0 +1,443 @@
+"""A run's lifecycle around the training loop: its folder, config files, lock, resume, checkpoints, metrics,
+W&B, and the final test and report. exercise1 runs, study children, exercise2 phases and transfer modes all
+go through it:
+
+    run_dir = create_run_dir(save_dir, name, config)   # appears atomically, config.json and command.txt inside
+    result = train(model, ds, cfg, run_dir)           # continues run_dir/last.pt when there is one
+
+Checkpoints (timm's CheckpointSaver does the same beside its loop): after every epoch last.pt (the whole
+state, and the best weights when they are not the current ones) is written first, then best.pt (weights
+only) if the epoch improved, then the metrics line. last.pt is the truth: a resumed run rewrites
+metrics.jsonl from it and best.pt if it is stale, so a kill before any write resumes to the same result.
+summary.json is written last and marks a run finished.
+"""
+import os
+import random
+import shlex
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+import distributed
+from checkpoint import (FORMAT, CheckpointError, RunLock, append_jsonl, load_checkpoint, load_file, load_weights,
+                        read_json, remove_stale_tmp, save_checkpoint, write_json, write_jsonl)
+from cli import Stopped, UsageError, from_dict
+from config import RunConfig
+from dataloader import check_sizes, make_loaders, stratified_kfold, stratified_subset
+from engine import STOP, Diverged, Optim, Progress, StopRequested, evaluate, fit, make_autocast, place
+from losses import CrossEntropy
+from models import ModelConfig, build_model, count_params, is_cnn
+from plots import plot_confusion, plot_curves, plot_grads
+
+NAME_MAX = 200  # bytes of a folder name; file systems allow 255, and temporary names add a suffix
+
+
+# ---------------------------------------------------------------- how to continue after Ctrl-C / SIGTERM
+
+_hints = []
+
+
+@contextmanager
+def continuing(hint):
+    """While the block runs, a stop prints `hint` (the outermost one wins: a study's, not its child's)."""
+    _hints.append(hint)
+    try:
+        yield
+    except BaseException:
+        if len(_hints) > 1:  # the outermost hint stays for run_main to print
+            _hints.pop()
+        raise
+    _hints.pop()
+
+
+def take_hint():
+    hint = f"continue with: {_hints[0]}" if _hints else "nothing was saved; run the command again"
+    _hints.clear()
+    return hint
+
+
+def command(*args):
+    return shlex.join(["python", sys.argv[0], *map(str, args)])
+
+
+# ---------------------------------------------------------------- run folders
+
+def check_run_name(save_dir, name):
+    """A plain, not too long name in a writable save_dir; checked before any work."""
+    if not name or os.sep in name or "/" in name or name in (".", "..") or "\0" in name:
+        raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator")
+    if len(name.encode()) > NAME_MAX:
+        raise UsageError(f"--run_name is {len(name.encode())} bytes long; folder names may have at most {NAME_MAX}")
+    probe = Path(save_dir)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK) or (os.geteuid() == 0 and not probe.stat().st_mode & 0o200):
+        raise UsageError(f"--save_dir {save_dir}: {probe} is not a writable folder")
+
+
+def short_name(name):
+    """An automatic name cut to NAME_MAX bytes, with a hash of the whole so that different names stay different."""
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    import hashlib
+    return f"{name.encode()[:NAME_MAX - 12].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
+    """SAVE_DIR/NAME with config.json and command.txt, made atomically: it appears whole or not at all, and two
+    runs with one name never share it. An existing folder is an error unless overwrite (an automatic name gets
+    a numeric suffix instead)."""
+    check_run_name(save_dir, name)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(save_dir)
+    tmp = save_dir / f".{name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_json(tmp / "config.json", config)
+        (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
+        (tmp / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+        if overwrite and (save_dir / name).exists():
+            shutil.rmtree(save_dir / name)
+        for i in range(1, 1000):
+            target = save_dir / (name if i == 1 else f"{name}_{i}")
+            if not target.exists():
+                try:
+                    os.rename(tmp, target)  # fails if another process got there first with a non-empty folder
+                    return target
+                except OSError:
+                    pass
+            if not auto_named:
+                raise UsageError(f"run folder {target} already exists; pass --overwrite or another --run_name "
+                                 f"(or continue it: {command('--resume', target)})")
+        raise UsageError(f"could not create a run folder for {save_dir / name}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resume_dir(path, kind, given, allowed=("resume", "epochs")):
+    """The run folder that `--resume PATH` (the folder, or its last.pt) continues, and its config.json.
+
+    Only a run of this script's kind, and only with nothing but `allowed` flags beside it; anything else is one
+    line and changes nothing."""
+    extra = sorted(given - set(allowed))
+    if extra:
+        raise UsageError(f"--resume takes its settings from the run folder; only {', '.join('--' + a for a in allowed if a != 'resume')} "
+                         f"may be given beside it (got --{', --'.join(extra)})")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: it does not exist")
+    if path.is_file() and path.name != "last.pt":
+        raise CheckpointError(f"{path} holds weights only; --resume takes a run folder or its last.pt")
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / "config.json").exists():
+        if (run_dir.parent / "config.json").exists():
+            raise UsageError(f"{run_dir} is part of the run {run_dir.parent}; resume that run instead")
+        raise CheckpointError(f"--resume {path}: no lab1 run folder there (config.json missing)")
+    config = read_json(run_dir / "config.json", "run config")
+    found = _kind(config) if isinstance(config, dict) else "?"
+    if found not in kind:
+        raise UsageError(f"{run_dir} is a {found} run, not one of {sys.argv[0]}'s; it is continued by its own command "
+                         f"({(run_dir / 'command.txt').read_text().strip() if (run_dir / 'command.txt').exists() else '?'})")
+    return run_dir, {**config, "kind": found}
+
+
+def _kind(config):
+    """exercise1 / study / exercise2 / finetune (folders written before the kind was recorded: by their keys)."""
+    return config.get("kind") or ("exercise2" if "teacher" in config else "finetune" if "modes" in config
+                                  else "study" if "base" in config else "exercise1")
+
+
+# ---------------------------------------------------------------- models
+
+def new_model(cfg: ModelConfig, ds, seed, device="cpu"):
+    """Seeded construction. Bad architecture values become one line; so does a model too large for the memory
+    (sized on the meta device first, so nothing is allocated)."""
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_model(cfg, ds.in_shape, ds.num_classes).parameters())
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    need = 16 * n  # fp32 weights, gradients and two optimizer moments
+    free = torch.cuda.mem_get_info()[0] if str(device).startswith("cuda") else \
+        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise UsageError(f"{cfg.name} has {n:,} parameters and needs about {need / 2**30:.1f} GiB for weights, "
+                         f"gradients and optimizer state; {free / 2**30:.1f} GiB are free on {device}")
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return build_model(cfg, ds.in_shape, ds.num_classes)
+
+
+def arch_of(cfg: ModelConfig, ds, dataset, norm):
+    """What a checkpoint needs to rebuild the model and feed it, including the input normalisation."""
+    return {"model": asdict(cfg), "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
+            "classes": list(ds.classes), "dataset": dataset, "is_cnn": is_cnn(cfg.name), "input_norm": norm}
+
+
+def model_from_arch(arch, path="checkpoint"):
+    try:
+        return build_model(from_dict(ModelConfig, arch["model"]), tuple(arch["in_shape"]), arch["num_classes"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} describes no buildable model ({str(e).splitlines()[0][:120]})") from None
+
+
+def publish(src, dst):
+    """dst as a second name of the finished model src (a hard link; a copy where links are impossible)."""
+    if Path(dst).exists() and os.path.samefile(src, dst):
+        return
+    tmp = Path(dst).with_name(f".{Path(dst).name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # (a no-op that leaves tmp when both name one file: excluded above)
+
+
+# ---------------------------------------------------------------- one training run
+
+def describe_data(ds, cfg):
+    """The `data:` line: the examples actually used (after --subset, the validation split, or per fold)."""
+    sizes = check_sizes(ds, cfg.data, cfg.train.seed, cfg.data.k_folds)
+    n = lambda v: "/".join(f"{x:,}" for x in v) if isinstance(v, list) else f"{v:,}"  # noqa: E731
+    fold = f" (per fold of {cfg.data.k_folds})" if cfg.data.k_folds else ""
+    print(f"data: {cfg.data.dataset}, {n(sizes['train'])} train / {n(sizes['val'])} validation{fold} / "
+          f"{n(sizes['test'])} test examples of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
+          f"device {cfg.train.device} | amp {cfg.train.amp}", flush=True)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Saver:
+    """Writes a run's files at the end of each epoch (the hook engine.fit calls), and on a stop mid-epoch."""
+
+    def __init__(self, run_dir, meta, model, opt, progress, logger, best):
+        self.run_dir, self.meta, self.model, self.opt, self.progress = run_dir, meta, model, opt, progress
+        self.logger, self.best, self.main = logger, best, distributed.is_main()
+        self.t_start, self.epoch_start = time.perf_counter(), progress.epoch
+
+    def state(self, partial=None):
+        ckpt = {**self.meta, "model": self.model.state_dict(), **self.opt.state_dict(), "rng": rng_state(),
+                **asdict(self.progress)}
+        if self.best is not None and (partial or self.progress.best_epoch != self.progress.epoch):
+            ckpt["best_model"] = self.best  # one file says which weights are best
+        return {**ckpt, "partial": partial} if partial else ckpt
+
+    def write_best(self):
+        save_checkpoint(self.run_dir / "best.pt", {"format": FORMAT, "arch": self.meta["arch"], "model": self.best,
+                                                   "epoch": self.progress.best_epoch})
+
+    def epoch_end(self, rec, improved):
+        if improved:  # every rank keeps the best weights (identical across ranks under DDP)
+            self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.main:
+            save_checkpoint(self.run_dir / "last.pt", self.state())
+            if improved:
+                self.write_best()
+            append_jsonl(self.run_dir / "metrics.jsonl", rec)
+            if self.logger:
+                self.logger.log(wandb_record(rec), step=rec["epoch"])
+        self.print_epoch(rec)
+
+    def print_epoch(self, rec):
+        epochs, done = self.meta["config"]["train"]["epochs"], rec["epoch"]
+        val = f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f} | " if rec["val_acc"] is not None else ""
+        per_epoch = (time.perf_counter() - self.t_start) / max(1, done - self.epoch_start)
+        left = f" | about {duration(per_epoch * (epochs - done))} left" if done < epochs else ""
+        if distributed.is_main():
+            print(f"{self.meta['desc']} epoch {done:3d}/{epochs} | train loss {rec['train_loss']:.4f} acc "
+                  f"{rec['train_acc']:.4f} | {val}lr {rec['lr']:.2e} | {rec['epoch_time_s']:.1f}s{left}", flush=True)
+
+
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def wandb_record(rec):
+    """metrics.jsonl record -> namespaced W&B keys (train/loss, val/acc, lr, grad/<layer>)."""
+    out = {"epoch": rec["epoch"], "lr": rec["lr"], "epoch_time_s": rec["epoch_time_s"]}
+    for k, v in rec.items():
+        if v is None or k in out:
+            continue
+        if k == "grad_norm":
+            out.update({f"grad/{layer}": g for layer, g in v.items()})
+        elif k.startswith(("train_", "val_")):
+            out["/".join(k.split("_", 1))] = v
+        else:
+            out[f"grad/{k}"] = v
+    return out
+
+
+def _resume(run_dir, model, opt, loaders, desc):
+    """Restore last.pt into model / optimizer / RNG; returns (progress, accumulators of a part-done epoch, best)."""
+    ckpt = load_checkpoint(run_dir / "last.pt", need=("model", "arch", "optimizer", "scheduler", "rng", "epoch"))
+    load_weights(model, ckpt["model"], run_dir / "last.pt")
+    try:
+        opt.load_state_dict(ckpt)
+        progress = Progress(**{f.name: ckpt[f.name] for f in fields(Progress)})
+        set_rng_state(ckpt["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"{run_dir / 'last.pt'} holds a damaged training state ({type(e).__name__})") from None
+    best = ckpt.get("best_model", ckpt["model"] if progress.best_epoch == progress.epoch and progress.epoch else None)
+    partial = ckpt.get("partial")
+    if partial is not None:
+        loaders.train.seek(partial["loader"])
+        where = f"epoch {progress.epoch + 1}, step {partial['accum']['step']} of {len(loaders.train)}"
+    else:
+        where = f"the end of epoch {progress.epoch}"
+    print(f"{desc}: resuming at {where} ({run_dir})")
+    return progress, partial, best, ckpt.get("wandb_id")
+
+
+def loaders_for(ds, cfg: RunConfig):
+    data, seed = cfg.data, cfg.train.seed
+    fold = None
+    if data.fold:
+        y = ds.train_y[stratified_subset(ds.train_y, data.subset, seed)] if data.subset else ds.train_y
+        fold = stratified_kfold(y, data.k_folds, seed)[data.fold - 1]
+    return make_loaders(ds, data, seed, cfg.train.device, fold, channels_last=is_cnn(cfg.model.name) and
+                        cfg.train.device.startswith("cuda"), shard=(distributed.rank(), distributed.world()))
+
+
+def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_groups=None, wandb=None):
+    """Train `model` in run_dir (continuing its last.pt if there is one), test its best weights, write
+    summary.json and the figures. wandb: extra WandbLogger arguments (group, job_type, prefix, name)."""
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir) if distributed.is_main() else None
+    if lock is not None and not lock.held:
+        raise UsageError(f"{run_dir} is being trained by another process right now (it holds {run_dir / '.lock'})")
+    try:
+        remove_stale_tmp(run_dir)
+        return _train(model, ds, cfg, run_dir, loss_fn or CrossEntropy(cfg.train.label_smoothing), desc,
+                      param_groups, wandb or {})
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
+    t, main = cfg.train, distributed.is_main()
+    loaders = loaders_for(ds, cfg)
+    place(model, t.device, is_cnn(cfg.model.name))
+    opt = Optim.make(param_groups or model.parameters(), t, len(loaders.train), cfg.model.max_norm)
+    progress, partial, best, wandb_id = Progress(), None, None, None
+    if (run_dir / "last.pt").exists():
+        progress, partial, best, wandb_id = _resume(run_dir, model, opt, loaders, desc)
+    logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
+    meta = {"format": FORMAT, "arch": arch_of(cfg.model, ds, cfg.data.dataset, loaders.norm),
+            "config": cfg.to_dict(), "wandb_id": logger.id if logger else None, "desc": desc}
+    saver = Saver(run_dir, meta, model, opt, progress, logger, best)
+    if main:
+        write_jsonl(run_dir / "metrics.jsonl", progress.history)  # the checkpoint's history is the truth
+        if best is not None and _stale(run_dir / "best.pt", progress.best_epoch):
+            saver.write_best()
+    step_model = distributed.wrap(model)
+    step_model = torch.compile(step_model) if t.compile else step_model
+    try:
+        fit(step_model, loaders, opt, t, loss_fn, progress, saver.epoch_end, desc, partial)
+    except StopRequested as stop:
+        where = f"the end of epoch {progress.epoch}"
+        if main and getattr(stop, "partial", None) and hasattr(loaders.train, "position"):
+            save_checkpoint(run_dir / "last.pt", saver.state({**stop.partial, "loader": loaders.train.position()}))
+            where = f"epoch {progress.epoch + 1}, step {stop.accum['step']} of {len(loaders.train)}"
+        saved = f"{run_dir / 'last.pt'} holds {where}" if (run_dir / "last.pt").exists() else "nothing was saved yet"
+        raise Stopped(STOP.requested, f"stopped in epoch {progress.epoch + 1}; {saved}") from None
+    except Diverged as e:
+        kept = f"; {run_dir / 'best.pt'} holds epoch {progress.best_epoch}" if (run_dir / "best.pt").exists() else ""
+        if main:
+            write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "epochs_run": progress.epoch})
+        finish_logger(logger, {"status": "failed"})
+        raise Diverged(f"{e}{kept}. Try a lower --lr, --amp off, or --norm") from None
+    if saver.best is not None:
+        model.load_state_dict(saver.best)
+    return _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc)
+
+
+def _stale(path, epoch):
+    if not path.exists():
+        return True
+    try:
+        return load_file(path).get("epoch") != epoch
+    except CheckpointError:
+        return True
+
+
+def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
+    """Test the best weights once; figures first, summary.json last (it marks the run finished)."""
+    test = evaluate(model, loaders.test, make_autocast(cfg.train), return_preds=True, desc=f"{desc}: test")
+    k, preds = ds.num_classes, test["preds"]
+    cm = torch.bincount(ds.test_y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
+    result = {"status": "finished", "model": cfg.model.name, "params": count_params(model),
+              "test_acc": test["acc"], "test_loss": test["loss"],
+              "best_val_acc": progress.best_val_acc if loaders.val is not None else None,
+              "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "train_time_s": progress.elapsed,
+              "per_class_acc": dict(zip(ds.classes, (cm.diag() / cm.sum(1).clamp(min=1)).tolist())),
+              "confusion": cm.tolist()}
+    if distributed.is_main():
+        title = f"{run_dir.name} ({cfg.model.name})"
+        plot_curves(progress.history, run_dir / "curves.png", title=title)
+        plot_grads(progress.history, run_dir / "grads.png", title=title)
+        plot_confusion(cm, ds.classes, run_dir / "confusion.png", title=f"{title}: test set")
+        write_json(run_dir / "summary.json", result)
+        if logger:
+            logger.log_images([run_dir / f for f in ("curves.png", "grads.png", "confusion.png")])
+        finish_logger(logger, {k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+    print(f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
+          + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
+          + f", {progress.elapsed:.1f}s of training)", flush=True)
+    return {**result, "history": progress.history, "test_preds": preds}
+
+
+# ---------------------------------------------------------------- W&B
+
+_offline = []
+
+
+def open_logger(cfg, run_dir, resume_id=None, name=None, **kw):
+    if cfg.output.wandb == "disabled":
+        return None
+    from wandb_log import WandbLogger
+    logger = WandbLogger(cfg.output.wandb, cfg.output.wandb_project, name or run_dir.name, cfg.to_dict(),
+                         resume_id=resume_id, dir=run_dir, **kw)
+    if logger.offline_dir:
+        _offline.append(logger.offline_dir)
+    return logger
+
+
+def finish_logger(logger, summary):
+    if logger:
+        logger.finish(summary)
+
+
+def close_wandb():
+    """End of the work: close a shared (sweep) W&B run, and print one command that uploads all offline runs."""
+    if "wandb_log" in sys.modules:
+        from wandb_log import finish_process, sync_command
+        finish_process()
+        cmd = sync_command(_offline)
+        _offline.clear()
+        if cmd:
+            print(f"W&B offline: upload later with `{cmd}`")
+
+
+def done(run_dir):
+    """The last lines of a successful command: the W&B upload command if any, then the run folder."""
+    close_wandb()
+    print(run_dir, flush=True)

@@ -1,0 +1,260 @@
+"""wandb_log: mode choice from wandb's own credentials, offline runs read back, the sweep-agent shared run,
+the sync command, and failures that only warn. Offline only: HOME, NETRC and WANDB_* point into tmp_path."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+wandb = pytest.importorskip("wandb")
+import wandb_log  # noqa: E402
+from wandb.sdk import wandb_setup  # noqa: E402
+from wandb.sdk.lib import wbauth  # noqa: E402
+from wandb_log import WandbLogger, finish_process, resolve_mode, sync_command  # noqa: E402
+from wandb_reader import read_offline_run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "k" * 40  # wandb accepts keys of 40+ word characters
+PHASES = ("teacher", "student_baseline", "student_distill")
+
+
+@pytest.fixture
+def wb(tmp_path, monkeypatch):
+    """A clean, offline wandb: no WANDB_* from outside, home/netrc/config/data under tmp_path, cwd tmp_path.
+
+    wandb reads its environment once per process (its setup singleton), so it is torn down around each test.
+    """
+    for k in [k for k in os.environ if k.startswith("WANDB_") or k == "NETRC"]:
+        monkeypatch.delenv(k)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var, sub in [("WANDB_DIR", "wandb_dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")]:
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    monkeypatch.chdir(tmp_path)
+    wandb.teardown()
+    yield tmp_path
+    finish_process()
+    wandb.teardown()
+
+
+def reload_env():
+    wandb.teardown()  # the next wandb call reads the environment again
+
+
+def warning_lines(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("warning: ") for line in lines), err
+    assert "Traceback" not in err
+    return lines
+
+
+def png(path):
+    from PIL import Image
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    return path
+
+
+# ---- resolve_mode ----
+
+def test_explicit_modes_stand_and_auto_without_credentials_is_offline(wb, capsys):
+    assert [resolve_mode(m) for m in ("online", "offline", "disabled")] == ["online", "offline", "disabled"]
+    assert resolve_mode("auto") == "offline"
+    with pytest.raises(ValueError):
+        resolve_mode("sometimes")
+    assert warning_lines(capsys.readouterr().err) == []
+
+
+def test_api_key_in_env_means_online_and_wandb_mode_is_honoured(wb, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    reload_env()
+    assert resolve_mode("auto") == "online"
+    for env, mode in [("offline", "offline"), ("disabled", "disabled"), ("dryrun", "offline"), ("online", "online")]:
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert resolve_mode("auto") == mode
+    assert resolve_mode("offline") == "offline"  # an explicit --wandb stands, as wandb.init(mode=) beats WANDB_MODE
+    assert KEY not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("base_url", [None, "https://wandb.example.org"])
+def test_netrc_written_by_wandb_login_means_online(wb, monkeypatch, base_url):
+    """`wandb login` (wbauth.write_netrc_auth) keys the entry by the configured server's host; in 0.31 the
+    default is api.forge.coreweave.com, not api.wandb.ai, which the old netrc scan looked for."""
+    if base_url:
+        monkeypatch.setenv("WANDB_BASE_URL", base_url)
+    reload_env()
+    host = wandb_setup.singleton().settings.base_url
+    wbauth.write_netrc_auth(host=host, api_key=KEY)
+    netrc = (wb / "home" / ".netrc").read_text()
+    assert f"machine {host.split('//')[1]}" in netrc and "api.wandb.ai" not in netrc
+    assert resolve_mode("auto") == "online"
+    if base_url:  # the same netrc does not log the user in to another server
+        monkeypatch.delenv("WANDB_BASE_URL")
+        reload_env()
+        assert resolve_mode("auto") == "offline"
+
+
+def test_legacy_api_wandb_ai_netrc_entry_still_counts(wb):
+    (wb / "home" / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {KEY}\n")
+    assert resolve_mode("auto") == "online"
+
+
+def test_netrc_that_is_a_folder_means_offline_with_one_warning(wb, monkeypatch, capsys):
+    monkeypatch.setenv("NETRC", str(wb))
+    reload_env()
+    assert resolve_mode("auto") == "offline"
+    assert len(warning_lines(capsys.readouterr().err)) == 1
+
+
+# ---- offline runs ----
+
+def test_offline_run_keeps_config_history_summary_images_and_table(wb, capsys):
+    run_dir = wb / "runs" / "mlp_a"
+    lg = WandbLogger("offline", "lab1-test", "mlp_a", {"lr": 0.1, "model": {"name": "mlp"}}, group="mlp_a",
+                     job_type="train", dir=run_dir, prefix="")
+    assert lg.id and lg.offline_dir.parent == (run_dir / "wandb").resolve()
+    for epoch in (1, 2, 3):
+        lg.log({"train/loss": 1 / epoch, "val/acc": epoch / 10}, step=epoch)
+    lg.log_images([png(run_dir / "curves.png"), run_dir / "missing.png"])
+    lg.log_table("results", ["mode", "acc"], [["linear", 0.5], ["finetune", 0.7]])
+    lg.finish({"test_acc": 0.9, "best_epoch": 3})
+    lg.log({"late": 1})  # after finish: a no-op
+    run = read_offline_run(lg.offline_dir)
+    assert (run["id"], run["name"], run["group"], run["job_type"]) == (lg.id, "mlp_a", "mlp_a", "train")
+    assert run["project"] == "lab1-test" and run["exit_code"] == 0
+    assert run["config"] == {"lr": 0.1, "model": {"name": "mlp"}}
+    assert {"train/loss", "val/acc", "curves", "results"} <= set(run["history_keys"])
+    assert "late" not in run["history_keys"]
+    assert [row["val/acc"] for row in run["history"] if "val/acc" in row] == [0.1, 0.2, 0.3]
+    assert run["summary"]["test_acc"] == 0.9 and run["summary"]["best_epoch"] == 3
+    assert run["summary"]["val/acc"] == 0.3  # the last logged value
+    assert run["summary"]["curves"]["_type"] == "image-file"
+    assert (lg.offline_dir / "files" / run["summary"]["curves"]["path"]).is_file()
+    assert warning_lines(capsys.readouterr().err) == []
+
+
+def test_prefix_applies_outside_an_agent_and_each_logger_is_its_own_run(wb, capsys):
+    loggers = []
+    for phase in PHASES[:2]:
+        lg = WandbLogger("offline", "p", f"r-{phase}", {}, group="r", job_type=phase, dir=wb / "r", prefix=f"{phase}/")
+        lg.log({"train/loss": 0.5}, step=1)
+        lg.finish({"test_acc": 0.8})
+        loggers.append(lg)
+    assert loggers[0].id != loggers[1].id and warning_lines(capsys.readouterr().err) == []
+    runs = [read_offline_run(lg.offline_dir) for lg in loggers]
+    assert [r["job_type"] for r in runs] == list(PHASES[:2])
+    assert runs[1]["summary"] == {"student_baseline/train/loss": 0.5, "student_baseline/test_acc": 0.8}
+
+
+def test_resumed_run_writes_a_second_folder_and_one_command_syncs_both(wb, capsys):
+    first = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
+    first.log({"loss": 1.0}, step=1)
+    first.finish()
+    again = WandbLogger("offline", "p", "r", {}, dir=wb / "r", resume_id=first.id)
+    again.log({"loss": 0.5}, step=2)
+    again.finish({"test_acc": 0.9})
+    assert again.id == first.id and again.offline_dir != first.offline_dir
+    assert warning_lines(capsys.readouterr().err) == []
+    command = sync_command([again.offline_dir])  # the resumed process knows only its own folder
+    assert command == "wandb sync r/wandb"
+    dry = subprocess.run(command.replace("wandb sync", f"{sys.executable} -m wandb sync --dry-run", 1), shell=True,
+                         capture_output=True, text=True, timeout=60)
+    assert "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
+
+# ---- the sweep agent ----
+
+def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_RUN_ID", "trial123")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep456")
+    reload_env()
+    loggers = []
+    for i, phase in enumerate(PHASES):  # as exercise2 does: one logger per phase, opened and finished in turn
+        lg = WandbLogger("offline", "p", f"r-{phase}", {"phase": phase}, group="r", job_type=phase, dir=wb / "r",
+                         prefix=f"{phase}/")
+        for epoch in (1, 2):
+            lg.log({"train/loss": i + epoch / 10}, step=epoch)
+        lg.finish({"test_acc": [0.7, 0.8, 0.9][i]})
+        loggers.append(lg)
+    finish_process()
+    finish_process()  # nothing open: a no-op
+    assert warning_lines(capsys.readouterr().err) == []
+    folders = list((wb / "r" / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1 and {lg.id for lg in loggers} == {"trial123"}
+    run = read_offline_run(folders[0])
+    assert run["id"] == "trial123" and run["group"] == "r" and run["exit_code"] == 0
+    assert run["config"]["phase"] == "teacher" and run["config"]["student_distill"] == {"phase": "student_distill"}
+    assert {k: v for k, v in run["summary"].items() if k.endswith("test_acc")} == {
+        "teacher/test_acc": 0.7, "student_baseline/test_acc": 0.8, "student_distill/test_acc": 0.9}
+    for phase in PHASES:  # every phase's epochs 1, 2 kept: no phase's step counter fights another's
+        assert [row[f"{phase}/epoch"] for row in run["history"] if f"{phase}/train/loss" in row] == [1, 2]
+    assert sync_command([lg.offline_dir for lg in loggers]) == "wandb sync r/wandb"
+
+
+def test_finish_process_with_nothing_open_is_a_no_op(wb, capsys):
+    finish_process()
+    assert capsys.readouterr().err == ""
+
+
+# ---- sync_command ----
+
+def test_sync_command_is_one_short_command(wb):
+    def folder(path, run_id):
+        (wb / path).mkdir(parents=True)
+        (wb / path / f"run-{run_id}.wandb").write_bytes(b":W&B")
+        return wb / path
+    assert sync_command([]) is None and sync_command([None]) is None
+    study = [folder(f"study/{c}/wandb/offline-run-20260101_000000-{c}", c) for c in ("d2", "d4")]
+    assert sync_command(study) == "wandb sync study/*/wandb"
+    phases = [folder(f"r2/{p}/wandb/offline-run-20260101_000000-{p}", p) for p in ("teacher", "student")]
+    assert sync_command(phases) == "wandb sync r2/*/wandb"
+    # A wandb/ folder shared with another run: only this run's folders, the resumed one (-1) included.
+    folder("wandb/offline-run-20260101_000000-mine", "mine")
+    again = folder("wandb/offline-run-20260101_000000-mine-1", "mine")
+    folder("wandb/offline-run-20260101_000000-other", "other")
+    assert sync_command([again]) == ("wandb sync wandb/offline-run-20260101_000000-mine "
+                                     "wandb/offline-run-20260101_000000-mine-1")
+    spaced = folder("my runs/x/wandb/offline-run-20260101_000000-sp", "sp")
+    assert sync_command([spaced, spaced]) == "wandb sync 'my runs/x/wandb'"
+    assert sync_command([study[0], spaced]) == "wandb sync 'my runs/x/wandb' study/d2/wandb"
+    outside = folder(f"../{wb.name}_out/wandb/offline-run-20260101_000000-o", "o")  # beside the cwd: absolute
+    assert sync_command([outside]) == f"wandb sync {outside.resolve().parent}"
+
+
+# ---- failures only warn ----
+
+def test_failing_init_warns_once_hides_keys_and_makes_the_logger_a_no_op(wb, monkeypatch, capsys):
+    def boom(*a, **k):
+        raise RuntimeError(f"server said no to key {KEY}\nsecond line")
+    monkeypatch.setattr(wandb, "init", boom)
+    lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
+    lg.log({"a": 1}, step=1)
+    lg.log_images([png(wb / "x.png")])
+    lg.log_table("t", ["a"], [[1]])
+    lg.finish({"a": 1})
+    assert lg.id is None and lg.offline_dir is None
+    err = capsys.readouterr().err
+    assert len(warning_lines(err)) == 1 and KEY not in err and "RuntimeError" in err
+
+
+def test_failing_call_warns_once_then_the_logger_is_off(wb, capsys):
+    lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
+    run = lg.run
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    lg.run.log = broken
+    lg.log({"a": 1}, step=1)
+    lg.log({"a": 2}, step=2)
+    lg.finish({"a": 1})
+    assert len(warning_lines(capsys.readouterr().err)) == 1
+    run.finish()
+
+
+def test_disabled_never_imports_wandb():
+    code = ("import sys, wandb_log; lg = wandb_log.WandbLogger('disabled', 'p', 'n', {}); lg.log({'a': 1}, step=1); "
+            "lg.finish({'a': 1}); wandb_log.finish_process(); print(lg.id, 'wandb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["None", "False"], out.stderr
