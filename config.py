@@ -45,13 +45,14 @@ def add_run_flags(p, project_help, resume_help):
     g = p.add_argument_group("Data")
     add_flags(g, DataConfig, shown={"dataset": "mnist for FlexibleMLP, cifar10 for CNNs",
                                     "augment": "on for colour data, off for grey"})
-    g.add_argument("--no_augment", dest="augment", action="store_false", default=None, help="no augmentation")
+    g.add_argument("--no_augment", dest="augment", action="store_false", default=None,
+                   help="no augmentation (default: see --augment)")
     add_flags(p.add_argument_group("Optimisation"), TrainConfig)
     g = p.add_argument_group("Output")
     add_flags(g, OutputConfig, shown={"wandb_project": project_help, "run_name": "key flags + time stamp"})
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run folder of the "
                    "same name (default: off)")
-    g.add_argument("--resume", default=None, metavar="PATH", help=resume_help)
+    g.add_argument("--resume", default=None, metavar="PATH", help=f"{resume_help} (default: a new run)")
     g.add_argument("--notify", choices=("telegram",), default=None, help="message at the end of a run or study, and "
                    "on failure (Telegram: TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID; default: off)")
 

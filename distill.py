@@ -7,12 +7,13 @@ results.md, comparison.png and curves.png. A phase is finished when its summary.
 skips finished phases and continues an interrupted one from its last.pt.
 """
 import hashlib
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from checkpoint import FORMAT, CheckpointError, load_checkpoint, load_file, load_weights, read_json, save_checkpoint, \
+from checkpoint import FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json, save_checkpoint, \
     write_json
 from cli import config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from dataloader import DataConfig, make_loaders
@@ -47,6 +48,8 @@ class DistillConfig:
                                "from them")
     teacher_ckpt: str = flag("", "reuse a trained teacher (teacher.pth of an earlier run, or an exercise1 best.pt); "
                              "its architecture comes from the checkpoint and it is not trained again", metavar="PATH")
+    teacher_dir: str = flag("", "train the teacher once into this folder, by whichever run gets there first, and "
+                            "reuse it from there in every later run (e.g. the runs of a W&B sweep)", metavar="DIR")
     teacher_logits: str = flag("", "with --cache_teacher and --teacher_ckpt: reuse teacher_logits.pt of an earlier run "
                                "(refused if it is of another teacher or data set)", metavar="PATH")
     teacher_amp: str = flag("auto", "precision of the frozen teacher's forward that makes the soft targets; bf16 "
@@ -101,6 +104,26 @@ def given_teacher(path, ds, dataset):
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
         raise CheckpointError(f"teacher checkpoint {path} holds NaN or infinite weights")
     return model, ckpt
+
+
+def shared_teacher(cfg, ds):
+    """--teacher_dir: the teacher trained once into DIR and reused; a run that finds it in training waits."""
+    folder = Path(cfg.distill.teacher_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    while not (lock := RunLock(folder)).held:
+        print(f"waiting for the teacher that another run trains in {folder}", flush=True)
+        time.sleep(10)
+    try:
+        if not (folder / "teacher.pth").exists():
+            teacher = new_model(cfg.teacher, ds, cfg.train.seed, cfg.train.device)
+            (folder / "teacher").mkdir(exist_ok=True)
+            print(f"== teacher (shared, in {folder}): {summary(cfg.teacher.name, teacher)}")
+            train(teacher, ds, cfg.phase("teacher"), folder / "teacher", desc="teacher",
+                  wandb=_wandb(folder, "teacher"))
+            publish(folder / "teacher" / "best.pt", folder / "teacher.pth")
+    finally:
+        lock.release()
+    return replace(cfg, distill=replace(cfg.distill, teacher_ckpt=str(folder / "teacher.pth")))
 
 
 def logits_key(teacher, ds, cfg):
@@ -191,7 +214,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
         results["teacher"] = tested("teacher", teacher, ds, tcfg, tdir, "finished earlier", read_json(tdir / "summary.json"))
     else:
         tdir.mkdir(exist_ok=True)
-        print(f"== teacher: {summary(tcfg.model.name, teacher)}")
+        print("== teacher", flush=True)
         results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher"))
         publish(tdir / "best.pt", run_dir / "teacher.pth")
     teacher.to(cfg.train.device).eval().requires_grad_(False)
@@ -201,7 +224,6 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     def train_child(child, child_dir):
         c = child.cfg
         model = new_model(c.student, ds, c.train.seed, c.train.device)  # the same initial weights for both students
-        print(f"== {child.name}: {summary(c.student.name, model)}")
         loss_fn = distill_loss(c, teacher, cached) if child.kind == "student_distill" else None
         fresh[child.name] = train(model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name,
                                   wandb=_wandb(run_dir, child.name))
@@ -222,7 +244,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
 
 
 def _wandb(run_dir, name):
-    return {"group": run_dir.name, "job_type": name.split("_T")[0].split("_seed")[0], "prefix": name,
+    return {"group": run_dir.name, "job_type": name.split("_T")[0].split("_seed")[0], "prefix": f"{name}/",
             "name": f"{run_dir.name}-{name}"}
 
 

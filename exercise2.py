@@ -55,6 +55,8 @@ def get_args_parser():
 
 
 def build_config(args):
+    if args.teacher_dir and args.teacher_ckpt:
+        raise UsageError("give either --teacher_ckpt or --teacher_dir")
     if args.teacher_logits and not (args.cache_teacher and args.teacher_ckpt):
         raise UsageError("--teacher_logits needs --cache_teacher and --teacher_ckpt (the logits belong to a trained "
                          "teacher)")
@@ -102,6 +104,8 @@ def main(argv=None):
         cfg = build_config(args)
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     seed = cfg.train.seed
+    if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
+        cfg = distill.shared_teacher(cfg, ds)
     source = run_dir / "teacher.pth" if run_dir and (run_dir / "teacher.pth").exists() and cfg.distill.teacher_ckpt \
         else cfg.distill.teacher_ckpt  # a resumed run uses its own copy of the given teacher
     teacher, given_ = None, bool(cfg.distill.teacher_ckpt)

@@ -223,5 +223,5 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
     else:
         model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)
     r = train(model, ds, cfg, mode_dir, desc=mode, param_groups=groups,
-              wandb={"group": run_dir.name, "job_type": mode, "prefix": mode, "name": f"{run_dir.name}-{mode}"})
+              wandb={"group": run_dir.name, "job_type": mode, "prefix": f"{mode}/", "name": f"{run_dir.name}-{mode}"})
     return {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}

@@ -59,9 +59,10 @@ class WandbLogger:
     def __init__(self, mode, project, name, config, *, group=None, job_type=None, resume_id=None, dir=None,
                  prefix=""):
         global _shared
-        self.run, self.id, self.offline_dir, self.prefix = None, None, None, prefix
-        # `wandb agent` starts each trial with WANDB_SWEEP_ID and WANDB_RUN_ID set (wandb_agent.py)
+        # `wandb agent` starts each trial with WANDB_SWEEP_ID and WANDB_RUN_ID set (wandb_agent.py); only there do
+        # several loggers share one run, so only there are their keys prefixed (elsewhere each is its own run)
         self.shared = bool(os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"))
+        self.run, self.id, self.offline_dir, self.prefix = None, None, None, prefix if self.shared else ""
         mode = resolve_mode(mode)
         if mode == "disabled":
             return

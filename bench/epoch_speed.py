@@ -13,78 +13,39 @@ share of the tensor loader's step spent outside the model (1 - bare / tensor) an
 import argparse
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import machine, peak_rss_mib, sync  # noqa: E402
+from cli import resolve_amp, resolve_device, run_main  # noqa: E402
+from common import bare_epoch, machine, peak_rss_mib, seeded_model, timed_rounds, train_epoch  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
-from engine import (TrainConfig, channels_last_for, make_autocast, make_optimizer, make_scheduler,  # noqa: E402
-                    place, train_one_epoch)
+from engine import Optim, TrainConfig, channels_last_for, make_autocast, make_optimizer  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
-from models import ModelConfig, build_model, is_cnn  # noqa: E402
+from models import ModelConfig, is_cnn  # noqa: E402
 
 
-def setup(ds, data, args, device):
-    """The loaders and the seeded model, placed as exercise1 places them (channels_last for CNNs on CUDA)."""
-    cnn = is_cnn(args.model)
-    loaders = make_loaders(ds, data, 0, device, channels_last=channels_last_for(device, cnn))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds.in_shape,
-                        ds.num_classes)
-    return loaders, place(model, device, cnn)
-
-
-def time_epochs(loader_kind, ds, args, device, amp):
+def time_epochs(kind, ds, args, device, amp):
+    """Epoch times with the `kind` loader (tensor, standard) through exercise1's train_one_epoch, or for "bare"
+    the model's step alone over the tensor loader's batches prepared once, outside the timing."""
     data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
-                      loader=loader_kind, num_workers=args.num_workers, val_split=0.0)
-    loaders, model = setup(ds, data, args, device)
+                      loader="tensor" if kind == "bare" else kind, num_workers=args.num_workers, val_split=0.0)
+    loaders = make_loaders(ds, data, 0, device, channels_last=channels_last_for(device, is_cnn(args.model)))
+    model = seeded_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds, device)
+    step_model = torch.compile(model) if args.compile else model
     cfg = TrainConfig(device=device, amp=amp, epochs=args.repeats + 1)
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg, len(loaders.train))
-    scaler = torch.amp.GradScaler(enabled=False)
-    step_model = torch.compile(model) if args.compile else model
-    times = []
-    for epoch in range(args.repeats + 1):
-        loaders.train.set_epoch(epoch)
-        sync(device)
-        t0 = time.perf_counter()
-        rec = train_one_epoch(step_model, loaders.train, opt, sched, scaler, CrossEntropy(), make_autocast(cfg),
-                              epoch, log_every=10 ** 9, desc=loader_kind)
-        sync(device)
-        if epoch:
-            times.append(time.perf_counter() - t0)
-    return times, len(loaders.train_y), rec["train_acc"]
+    if kind == "bare":
+        batches = [(b.x, b.y) for b in loaders.train]  # prepared once, outside the timing
+        step = partial(bare_epoch, step_model, batches, make_optimizer(model.parameters(), cfg), make_autocast(cfg))
+    else:
+        opt = Optim.make(model.parameters(), cfg, len(loaders.train))
+        step = partial(train_epoch, step_model, loaders.train, opt, CrossEntropy(), make_autocast(cfg), desc=kind)
+    return timed_rounds({kind: step}, args.repeats, device)[kind], len(loaders.train_y)
 
 
-def time_bare(ds, args, device, amp):
-    """The model alone: forward, loss, backward and step over batches sliced and normalised in advance."""
-    data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
-                      val_split=0.0)
-    loaders, model = setup(ds, data, args, device)
-    batches = [(b.x, b.y) for b in loaders.train]  # prepared once, outside the timing
-    cfg = TrainConfig(device=device, amp=amp)
-    opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
-    step_model = torch.compile(model) if args.compile else model
-    times = []
-    for epoch in range(args.repeats + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        for x, y in batches:
-            with autocast():
-                loss = torch.nn.functional.cross_entropy(step_model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync(device)
-        if epoch:
-            times.append(time.perf_counter() - t0)
-    return times, len(loaders.train_y), None
-
-
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", help="data set (default: mnist)")
     p.add_argument("--data_root", default="./data", help="data folder (default: ./data)")
@@ -99,28 +60,32 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device (default: cuda if available)")
     p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off",
+                   choices=("auto", "bf16", "fp16", "off"),
                    help="autocast: bf16 / fp16 / off (default: bf16 on CUDA, off elsewhere)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (every loop, bare too)")
     p.add_argument("--loaders", nargs="+", default=["tensor", "standard", "bare"],
+                   choices=("tensor", "standard", "bare"),
                    help="which to time: tensor, standard, bare (default: all three)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    amp, cuda = resolve_amp(args.amp, device), device.startswith("cuda")
     ds = load_dataset(args.dataset, args.data_root)
     rows = {}
     peak_cuda = {}
     for kind in args.loaders:
-        if args.device.startswith("cuda"):
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
-        times, n, acc = (time_bare(ds, args, args.device, args.amp) if kind == "bare"
-                         else time_epochs(kind, ds, args, args.device, args.amp))
-        rows[kind] = (statistics.median(times), n, acc)
-        if args.device.startswith("cuda"):
+        times, n = time_epochs(kind, ds, args, device, amp)
+        rows[kind] = (statistics.median(times), n)
+        if cuda:
             peak_cuda[kind] = torch.cuda.max_memory_allocated() / 2 ** 20
-    print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {args.amp}, "
-          f"compile {args.compile}, device {machine(args.device)}, torch {torch.__version__}, median of {args.repeats} epochs\n")
+    print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {amp}, "
+          f"compile {args.compile}, device {machine(device)}, torch {torch.__version__}, "
+          f"median of {args.repeats} epochs\n")
     print("| Loader | Epoch time (s) | Images/s | Speed-up vs standard | CUDA max allocated (MiB) |")
     print("|---|---|---|---|---|")
     base = rows.get("standard", (None,))[0]
-    for kind, (t, n, _) in rows.items():
+    for kind, (t, n) in rows.items():
         speed = f"{base / t:.2f}x" if base else "-"
         mem = f"{peak_cuda[kind]:,.0f}" if kind in peak_cuda else "-"
         print(f"| {kind} | {t:.2f} | {n / t:,.0f} | {speed} | {mem} |")
@@ -128,7 +93,8 @@ def main():
         t, b = rows["tensor"][0], rows["bare"][0]
         print(f"\ntensor loader / bare loop: {t / b:.3f}x; share of the step outside the model: {1 - b / t:.1%}")
     print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

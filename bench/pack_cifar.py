@@ -7,7 +7,6 @@ The pixels are exactly those exercise1 decodes from the folder (same decoder, sa
 `--dataset cifar10 --data_root OUT` trains on the same images as `--dataset folder --data_root ROOT`; only
 the order of the training examples differs (and with it the seeded validation split).
 """
-import argparse
 import pickle
 import sys
 from pathlib import Path
@@ -15,15 +14,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import Parser  # noqa: E402
+from cli import Parser, run_main  # noqa: E402
 from dataloader import DataError, load_dataset  # noqa: E402
 
 
-def main():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = Parser(__doc__)
     p.add_argument("root", help="ImageFolder tree ROOT/{train,test}/<class>/* of 32x32 colour images")
     p.add_argument("out", help="folder to write cifar-10-batches-py/ into")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         ds = load_dataset("folder", args.root)
     except DataError as e:
@@ -45,7 +44,8 @@ def main():
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [c.encode() for c in ds.classes]}, f)
     print(f"wrote {len(ds.train_y)} training and {len(ds.test_y)} test images to {base}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import machine, peak_rss_mib  # noqa: E402
+from cli import resolve_device, run_main  # noqa: E402
+from common import machine, peak_rss_mib, seeded_model, train_epoch  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
-from engine import (TrainConfig, channels_last_for, evaluate, make_autocast, make_optimizer,  # noqa: E402
-                    make_scheduler, place, train_one_epoch)
+from engine import Optim, TrainConfig, channels_last_for, evaluate, make_autocast  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
-from models import ModelConfig, build_model, is_cnn  # noqa: E402
+from models import ModelConfig, is_cnn  # noqa: E402
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", help="any data set exercise1 reads (default: mnist)")
     p.add_argument("--data_root", default="./data")
@@ -42,34 +42,30 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--epochs", type=int, default=8, help="epochs of the one-cycle schedule (the budget)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     t_start = time.perf_counter()
+    device = resolve_device(args.device)
     ds = load_dataset(args.dataset, args.data_root)
-    cnn = is_cnn(args.model)
     data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, val_split=0.0, augment=args.augment)
-    loaders = make_loaders(ds, data, 0, args.device, channels_last=channels_last_for(args.device, cnn))
-    torch.manual_seed(0)
-    model = place(build_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth,
-                                          norm=args.norm), ds.in_shape, ds.num_classes), args.device, cnn)
+    loaders = make_loaders(ds, data, 0, device, channels_last=channels_last_for(device, is_cnn(args.model)))
+    model = seeded_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth, norm=args.norm),
+                         ds, device)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                      scheduler="onecycle", device=args.device, amp="bf16" if args.device.startswith("cuda") else "off")
-    opt, autocast = make_optimizer(model.parameters(), cfg), make_autocast(cfg)
-    sched = make_scheduler(opt, cfg, len(loaders.train))
-    scaler = torch.amp.GradScaler(enabled=False)
+                      label_smoothing=args.label_smoothing, scheduler="onecycle", device=device,
+                      amp="bf16" if device.startswith("cuda") else "off")
+    opt, autocast = Optim.make(model.parameters(), cfg, len(loaders.train)), make_autocast(cfg)
     train_time, rows = 0.0, []
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
-        loaders.train.set_epoch(epoch)
-        train_one_epoch(model, loaders.train, opt, sched, scaler, CrossEntropy(args.label_smoothing), autocast,
-                        epoch, 10 ** 9)
+        train_epoch(model, loaders.train, opt, CrossEntropy(cfg.label_smoothing), autocast, epoch)
         train_time += time.perf_counter() - t0
-        acc = evaluate(model, loaders.test, autocast)["acc"]
+        acc = evaluate(model, loaders.test, autocast, desc="test")["acc"]
         rows.append((epoch + 1, acc, time.perf_counter() - t_start, train_time))
         print(f"epoch {epoch + 1}: test acc {acc:.4f}, wall {rows[-1][2]:.1f}s", flush=True)
         if acc >= args.target:
             break
     print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, {args.epochs}-epoch one-cycle budget, "
-          f"device {machine(args.device)}, torch {torch.__version__}\n")
+          f"device {machine(device)}, torch {torch.__version__}\n")
     print("| Epoch | Test acc | Wall (s), data loading included | Training (s) |\n|---|---|---|---|")
     for epoch, acc, wall, train in rows:
         print(f"| {epoch} | {acc:.4f} | {wall:.1f} | {train:.1f} |")
@@ -79,7 +75,8 @@ def main():
           f"\ndid not reach {args.target:.1%} in {args.epochs} epochs ({wall:.1f}s wall); best test acc "
           f"{max(r[1] for r in rows):.4f}")
     print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

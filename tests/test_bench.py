@@ -1,5 +1,12 @@
 """The bench scripts run and print what the README shows (their timings are not tested: see bench/)."""
-from conftest import run_cli
+import sys
+
+from conftest import ROOT, run_cli
+
+# run_cli runs a script in this process, importing it by its file stem: bench/ must be importable (its names,
+# common and the scripts', clash with no project module).
+if str(ROOT / "bench") not in sys.path:
+    sys.path.append(str(ROOT / "bench"))
 
 
 def table_rows(out):

@@ -200,3 +200,75 @@ def test_teacher_of_another_class_count_or_corrupt(tmp_path):
     bad.write_bytes(b"\x00" * 100)
     p = run_cli("exercise2.py", "--data_root", c10, "--save_dir", tmp_path / "r", *TINY, "--teacher_ckpt", bad)
     assert p.returncode == 2 and "corrupt" in p.stderr
+
+
+def test_sweep_yaml_works_as_written_under_an_agent(mnist_root, tmp_path):
+    """Two trials of sweeps/distill_grid.yaml, as `wandb agent` starts them (WANDB_SWEEP_ID, WANDB_RUN_ID): the
+    teacher is trained by the first and reused by the second, and each process is one W&B run whose summary holds
+    the sweep's metric under the student_distill/ prefix."""
+    import yaml
+    from wandb_reader import read_offline_run
+    spec = yaml.safe_load((Path(__file__).parent.parent / "sweeps" / "distill_grid.yaml").read_text())
+    fixed = {k: v["value"] for k, v in spec["parameters"].items() if "value" in v}
+    assert fixed["teacher_dir"] and "TEACHER_RUN" not in str(fixed)
+    tiny = {"dataset": "mnist", "data_root": mnist_root, "student": "FlexibleMLP", "s_hidden_sizes": 8,
+            "teacher": "FlexibleMLP", "t_hidden_sizes": 16, "epochs": 1, "save_dir": tmp_path / "runs",
+            "teacher_dir": tmp_path / "teacher", "wandb": "offline"}
+    metric = spec["metric"]["name"]
+    for trial, t in enumerate(spec["parameters"]["temperature"]["values"][:2]):
+        params = {**fixed, **tiny, "temperature": t, "alpha": spec["parameters"]["alpha"]["values"][0]}
+        argv = [f"--{k}" if v is True else f"--{k}={v}" for k, v in params.items() if v is not False]
+        p = run_cli("exercise2.py", *argv, cwd=tmp_path, process=True,  # an agent starts a process per trial
+                    env={"WANDB_SWEEP_ID": "sweep", "WANDB_RUN_ID": f"trial{trial}", "WANDB_DIR": str(tmp_path)})
+        assert p.returncode == 0, p.stderr
+        assert ("== teacher (shared" in p.stdout) == (trial == 0)
+        run = Path(p.stdout.strip().splitlines()[-1])
+        runs = [r for r in tmp_path.rglob("offline-run-*") if r.name.endswith(f"-trial{trial}")]
+        assert len(runs) == 1, runs  # one W&B run for the whole process
+        w = read_offline_run(runs[0])
+        assert w["id"] == f"trial{trial}" and metric in w["summary"] and "student_distill/test_acc" in w["summary"]
+        assert "student_baseline/test_acc" in w["summary"]
+
+
+def test_wandb_holds_every_phase_result_grouped(mnist_root, tmp_path):
+    """Each phase is a W&B run of the group (= the run folder) with job_type = phase, its final summary and its
+    figures; a summary run of the group holds the comparison and the results table."""
+    from wandb_reader import read_offline_run
+    p = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name",
+                "kd", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP",
+                "--s_hidden_sizes", "8", "--epochs", "2", "--wandb", "offline", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "kd"
+    assert p.stdout.count("wandb sync") == 1
+    summary = json.loads((run / "summary.json").read_text())
+    runs = {w["job_type"]: w for w in map(read_offline_run, run.rglob("offline-run-*"))}
+    assert set(runs) == {"teacher", "student_baseline", "student_distill", "summary"}
+    assert {w["group"] for w in runs.values()} == {"kd"}
+    for phase in ("teacher", "student_baseline", "student_distill"):
+        s = runs[phase]["summary"]
+        assert s["test_acc"] == summary[phase]["test_acc"] and {"params", "best_epoch", "test_loss"} <= set(s)
+        assert {"curves", "confusion"} <= set(s), set(s)
+    s = runs["summary"]["summary"]
+    assert s["student_distill/gap_closed"] == summary["student_distill"]["gap_closed"]
+    assert "student_distill/agreement_with_teacher" in s and "comparison" in s and "results" in s
+
+
+def test_run_folder_stores_no_model_twice(mnist_root, tmp_path):
+    """Published models hold weights, architecture and normalisation only, as second names of the phases'
+    best.pt; last.pt alone holds the training state: all checkpoint files at most 5.5x the models' weights."""
+    p = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name",
+                "kd", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "400", "400", "--student", "FlexibleMLP",
+                "--s_hidden_sizes", "100", "--epochs", "2", "--wandb", "disabled")
+    assert p.returncode == 0, p.stderr
+    run, seen, total = tmp_path / "kd", set(), 0
+    for f in run.rglob("*"):
+        if f.suffix in (".pt", ".pth") and f.stat().st_ino not in seen:
+            seen.add(f.stat().st_ino)
+            total += f.stat().st_size
+    weights = 0
+    for name in ("teacher", "student_baseline", "student_distill"):
+        ckpt = torch.load(run / f"{name}.pth", weights_only=True)
+        assert set(ckpt) <= {"format", "arch", "model", "epoch"} and "input_norm" in ckpt["arch"]
+        assert os.path.samefile(run / f"{name}.pth", run / name / "best.pt")
+        weights += sum(v.numel() * v.element_size() for v in ckpt["model"].values())
+    assert total <= 5.5 * weights, total / weights

@@ -239,3 +239,16 @@ def test_real_mnist_one_epoch_reaches_95(tmp_path):
     p = run_cli("exercise1.py", "--data_root", SHARED_DATA, "--save_dir", tmp_path, "--epochs", "1", "--norm", *QUIET)
     assert p.returncode == 0, p.stderr
     assert read_metrics(last_line(p))[0]["val_acc"] >= 0.95
+
+
+@pytest.mark.parametrize("script", ["exercise1", "exercise2"])
+def test_help_gives_every_flag_a_default_and_no_machine_facts(script):
+    import importlib
+    parser = importlib.import_module(script).get_args_parser()
+    text = parser.format_help()
+    for action in parser._actions:  # a test may look inside argparse; the code does not
+        if action.option_strings and action.dest != "help":
+            assert "default" in (action.help or ""), action.option_strings
+    for fact in ("this project's machine", "AVX512", "EPYC", "2-core", "../shared"):
+        assert fact not in text, fact
+    assert "confusion.png" in text or script == "exercise2"
