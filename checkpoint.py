@@ -187,3 +187,12 @@ def append_jsonl(path, record):
     the checkpoint's history, which is the truth."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def write_report(folder, summary, lines):
+    """The end of every report: results.md (a Markdown table), printed, then summary.json last (it marks the
+    work finished)."""
+    text = "\n".join(lines) + "\n"
+    atomic_write(Path(folder) / "results.md", lambda tmp: Path(tmp).write_text(text), needed=len(text))
+    print(text, end="", flush=True)
+    write_json(Path(folder) / "summary.json", summary)

@@ -5,10 +5,9 @@
     loaders = make_loaders(ds, DataConfig(), seed=0, device="cpu")
     for batch in loaders.train: ...                  # Batch(x float (B, C, H, W), y (B,), idx (B,))
 
-Data sets: mnist, fashion-mnist (IDX .gz files), cifar10, cifar100 (python pickles), all fetched by
-torchvision with download=True into data_root when missing; `folder` is any ImageFolder tree
-ROOT/{train,test[,val]}/<class>/*, decoded once and cached as one tensor file.
-The test set is kept apart: it is only ever read by the final evaluation.
+mnist, fashion-mnist (IDX .gz files) and cifar10, cifar100 (python pickles) are fetched by torchvision into
+data_root when missing; `folder` is an ImageFolder tree ROOT/{train,test[,val]}/<class>/*, decoded once and
+cached as one tensor file. The test set is only ever read by the final evaluation.
 """
 import gzip
 import hashlib
@@ -86,23 +85,27 @@ class Batch(NamedTuple):
 
 # ---------------------------------------------------------------- reading the on-disk formats
 
-def _missing(name, root, expected, how):
-    return DataError(f"{name} not found: expected {expected} under {root} and the download failed (offline?); "
-                     f"{how}")
+def _download(tv_name, root, name, expected, how):
+    """Let torchvision fetch a data set into root; any failure is one DataError line, no traceback."""
+    import torchvision
+    try:
+        for train in (True, False):
+            getattr(torchvision.datasets, tv_name)(root, train=train, download=True)
+    except Exception:  # URLError, RuntimeError("...corrupted"), PermissionError: all mean the same to the user
+        raise DataError(f"{name} not found: expected {expected} under {root} and the download failed (offline?); "
+                        f"{how}") from None
 
 
 def _read_idx(path):
     """An IDX file (optionally .gz) -> uint8 tensor of its shape."""
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             raw = f.read()
         magic, = struct.unpack(">I", raw[:4])
         ndim = magic & 0xFF
         if magic >> 8 != 0x08 or not 1 <= ndim <= 3:
             raise ValueError("bad magic number")
-        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        data = raw[4 + 4 * ndim:]
+        shape, data = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim]), raw[4 + 4 * ndim:]
         if len(data) != torch.Size(shape).numel():
             raise ValueError(f"{len(data)} bytes of data for shape {shape}")
     except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:  # gzip.BadGzipFile is an OSError
@@ -111,16 +114,16 @@ def _read_idx(path):
 
 
 def _load_mnist(name, root):
-    folder, tv_name = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}[name]
-    raw = Path(root) / folder / "raw"
+    tv_name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]  # also the folder name under root
+    raw = Path(root) / tv_name / "raw"
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
     def find(stem):
         return next((p for p in (raw / f"{stem}.gz", raw / stem) if p.exists()), None)
 
     if any(find(s) is None for s in stems):
-        _download(tv_name, root, _missing(name, root, f"{folder}/raw/{{{','.join(s + '.gz' for s in stems)}}}",
-                                          "pass --data_root to a folder holding the original archives"))
+        _download(tv_name, root, name, f"{tv_name}/raw/{{{','.join(s + '.gz' for s in stems)}}}",
+                  "pass --data_root to a folder holding the original archives")
     xtr, ytr, xte, yte = (_read_idx(find(s)) for s in stems)
     if (xtr.ndim, ytr.ndim, xte.ndim, yte.ndim) != (3, 1, 3, 1):
         raise DataError(f"{name}: the files in {raw} are not (N, H, W) images and (N,) labels")
@@ -156,17 +159,15 @@ def _unpickle(path):
 
 
 def _load_cifar(name, root):
-    if name == "cifar10":
-        folder, train_files, test_files = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
-        meta_file, label_key, names_key, tv_name = "batches.meta", b"labels", b"label_names", "CIFAR10"
-    else:
-        folder, train_files, test_files = "cifar-100-python", ["train"], ["test"]
-        meta_file, label_key, names_key, tv_name = "meta", b"fine_labels", b"fine_label_names", "CIFAR100"
+    folder, train_files, test_files, meta_file, label_key, names_key, tv_name = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                    b"labels", b"label_names", "CIFAR10"),
+        "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names", "CIFAR100"),
+    }[name]
     base = Path(root) / folder
     if not all((base / f).exists() for f in train_files + test_files + [meta_file]):
-        _download(tv_name, root, _missing(name, root, f"{folder}/ (the extracted python-version archive)",
-                                          "pass --data_root to a folder holding it, or use --dataset folder "
-                                          "for an ImageFolder copy"))
+        _download(tv_name, root, name, f"{folder}/ (the extracted python-version archive)",
+                  "pass --data_root to a folder holding it, or use --dataset folder for an ImageFolder copy")
 
     def read(files):
         xs, ys = [], []
@@ -189,18 +190,7 @@ def _load_cifar(name, root):
         raise DataError(f"corrupt meta file {base / meta_file}: expected a dict whose {names_key!r} lists the "
                         "class names")
     classes = [c.decode(errors="replace") if isinstance(c, bytes) else c for c in names]
-    (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
-    return DataSet(xtr, ytr, xte, yte, classes)
-
-
-def _download(tv_name, root, error):
-    """Let torchvision fetch a data set into root; any failure becomes `error` (one line, no traceback)."""
-    import torchvision
-    try:
-        getattr(torchvision.datasets, tv_name)(root, train=True, download=True)
-        getattr(torchvision.datasets, tv_name)(root, train=False, download=True)
-    except Exception:  # URLError, RuntimeError("...corrupted"), PermissionError: all mean the same to the user
-        raise error from None
+    return DataSet(*read(train_files), *read(test_files), classes)
 
 
 def _decode(path):
@@ -248,8 +238,7 @@ def _load_folder(root):
             raise DataError(f"folder data set: {root}/{s} has classes {c}, train has {classes}")
         if not files:
             raise DataError(f"folder data set: no images under {root}/{s}")
-    listing = [f for _, files in splits.values() for f in files]
-    cache = _cache_path(root, listing)
+    cache = _cache_path(root, [f for _, files in splits.values() for f in files])
     if cache.exists():
         try:
             return DataSet(**torch.load(cache, weights_only=True))
@@ -262,8 +251,7 @@ def _load_folder(root):
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for s, (_, files) in splits.items():
             images = list(pool.map(_decode, (p for p, _ in files)))
-            shapes = {tuple(im.shape) for im in images}
-            if len(shapes) > 1:
+            if len(shapes := {tuple(im.shape) for im in images}) > 1:
                 raise DataError(f"folder data set: mixed image sizes under {root}/{s}: {sorted(shapes)[:3]}; "
                                 "resize them to one size first")
             arrays[f"{s}_x"] = torch.stack(images)
@@ -281,25 +269,22 @@ def _load_folder(root):
     return ds
 
 
-def _check(ds, where):
-    """Every format: as many labels as images, each in 0..num_classes-1 (else training stops part-way with an
-    IndexError)."""
-    k = ds.num_classes
-    for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y), ("val", ds.val_x, ds.val_y)):
-        if x is not None and (len(x) != len(y) or len(y) == 0):
-            raise DataError(f"{where}: the {split} split has {len(x)} images and {len(y)} labels")
-        if x is not None and ((y < 0) | (y >= k)).any():
-            bad = y[(y < 0) | (y >= k)][0].item()
-            raise DataError(f"{where}: {split} label {bad} is outside 0..{k - 1} (the {k} classes)")
-    return ds
-
-
 def load_dataset(name, root):
     """Read a data set into uint8 tensors; raises DataError with a one-line message."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     load = {"mnist": _load_mnist, "fashion-mnist": _load_mnist, "cifar10": _load_cifar, "cifar100": _load_cifar}
-    return _check(load[name](name, root) if name in load else _load_folder(root), f"{name} data in {root}")
+    ds = load[name](name, root) if name in load else _load_folder(root)
+    # Every format: as many labels as images, each in 0..k-1 (else training fails part-way).
+    where, k = f"{name} data in {root}", ds.num_classes
+    for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y), ("val", ds.val_x, ds.val_y)):
+        if x is None:
+            continue
+        if len(x) != len(y) or len(y) == 0:
+            raise DataError(f"{where}: the {split} split has {len(x)} images and {len(y)} labels")
+        if (bad := (y < 0) | (y >= k)).any():
+            raise DataError(f"{where}: {split} label {y[bad][0].item()} is outside 0..{k - 1} (the {k} classes)")
+    return ds
 
 
 # ---------------------------------------------------------------- splits
@@ -324,7 +309,6 @@ def _quotas(counts, fraction):
 
 def stratified_split(y, fraction, seed):
     """-> (train_idx, val_idx): round(fraction * N) validation examples, each class in proportion (_quotas); seeded.
-
     Not sklearn's StratifiedShuffleSplit: it refuses fewer validation examples than classes, and would move every
     published split."""
     groups = _by_class(y, seed)
@@ -335,25 +319,16 @@ def stratified_split(y, fraction, seed):
 
 
 def stratified_kfold(y, k, seed):
-    """-> K (train_idx, val_idx) pairs; every example is in exactly one validation fold.
-
-    Not sklearn's StratifiedKFold (more even fold totals: ours give each class's extras to the first folds), as
-    another assignment would move every published fold."""
+    """-> K (train_idx, val_idx) pairs; every example is in exactly one validation fold. Not sklearn's
+    StratifiedKFold (ours give each class's extras to the first folds), as another would move every published fold."""
     chunks = [idx.tensor_split(k) for idx in _by_class(y, seed)]
-    folds = []
-    for i in range(k):
-        val = torch.cat([c[i] for c in chunks])
-        train = torch.cat([c[j] for c in chunks for j in range(k) if j != i])
-        folds.append((train.sort().values, val.sort().values))
-    return folds
+    return [(torch.cat([c[j] for c in chunks for j in range(k) if j != i]).sort().values,
+             torch.cat([c[i] for c in chunks]).sort().values) for i in range(k)]
 
 
 def stratified_subset(y, n, seed):
     """-> n indices with the class proportions of y (stratified_split's quotas, hence not sklearn's either)."""
-    if n >= len(y):
-        return torch.arange(len(y))
-    _, keep = stratified_split(y, n / len(y), seed)
-    return keep
+    return torch.arange(len(y)) if n >= len(y) else stratified_split(y, n / len(y), seed)[1]
 
 
 def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
@@ -385,8 +360,8 @@ def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
         if val and train < k:
             raise DataError(f"--val_split {cfg.val_split} leaves {train} of the {n} training examples, fewer than the "
                             f"{k} classes: lower --val_split{more}")
-    if (min(train) if k_folds else train) < k:
-        raise DataError(f"only {min(train) if k_folds else train} training examples for {k} classes: use more data")
+    if (fewest := min(train) if k_folds else train) < k:
+        raise DataError(f"only {fewest} training examples for {k} classes: use more data")
     return {"train": train, "val": val, "test": len(ds.test_y)}
 
 
@@ -394,11 +369,8 @@ def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
 
 def random_crop_flip(x, g, pad=4):
     """x (B, C, H, W) float -> same shape: random crop of the zero-padded image, then a random h-flip.
-
-    g is a generator on x's device, so no random numbers cross from the host inside the step.
-    """
-    B, C, H, W = x.shape
-    dev = x.device
+    g is a generator on x's device, so no random numbers cross from the host inside the step."""
+    (B, C, H, W), dev = x.shape, x.device
     xp = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (B, 1), generator=g, device=dev)
     dx = torch.randint(0, 2 * pad + 1, (B, 1), generator=g, device=dev)
@@ -413,8 +385,7 @@ def random_crop_flip(x, g, pad=4):
 
 def random_affine(x, g, degrees=10.0, shift=2.0):
     """x (B, C, H, W) float -> same shape: rotation within +-degrees, shift within +-shift pixels."""
-    B, _, H, W = x.shape
-    dev = x.device
+    (B, _, H, W), dev = x.shape, x.device
     angle = (torch.rand(B, generator=g, device=dev) * 2 - 1) * degrees * torch.pi / 180
     t = (torch.rand(B, 2, generator=g, device=dev) * 2 - 1) * shift * 2 / torch.tensor([W, H], device=dev)
     cos, sin = angle.cos(), angle.sin()
@@ -436,63 +407,68 @@ def channel_stats(x):
 
 # ---------------------------------------------------------------- loaders
 
-def _batch_slices(n, batch_size, world=1):
-    """The batches of an epoch as slices of its order, under the merge rule (see TensorLoader)."""
-    full, rest = divmod(n, batch_size)
-    k = full + (rest >= 2 * world or full == 0 and rest > 0)
-    return [slice(i * batch_size, (i + 1) * batch_size if i + 1 < k else n) for i in range(k)]
+class _Loader:
+    """What both loaders share. The order of epoch e depends only on (seed, e), so a resumed run sees the same
+    batches as an uninterrupted one. Batch k is order[k * batch_size:(k + 1) * batch_size], except that a last
+    batch too small to give each of W ranks 2 examples (W = 1: a batch of one) joins the previous batch: batch
+    norm cannot train on one example per channel, and no example is dropped."""
 
-
-class TensorLoader:
-    """Batches from uint8 tensors held on `device`: slice, augment and normalise in one go per batch.
-
-    The order and the augmentation of epoch e depend only on (seed, e), so a resumed run sees the
-    same batches as an uninterrupted one. Batch k is order[k * batch_size:(k + 1) * batch_size], except that
-    a last batch too small to give each of W ranks 2 examples (W = 1: a batch of one) joins the previous
-    batch: batch norm cannot train on one example per channel, and no example is dropped. Under DDP (shard =
-    (rank, W)) each rank takes its tensor_split share of every global batch.
-    """
-
-    def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
-                 channels_last=False, shard=(0, 1)):
-        self.rank, self.world = shard   # (rank, world size): this process's slice of every global batch
-        self.x = x.to(device, non_blocking=True)
-        self.y = y.to(device, non_blocking=True)
-        self.batch_size, self.augment, self.shuffle, self.seed = batch_size, augment, shuffle, seed
-        self.scale = (1 / (255 * std)).to(device).view(1, -1, 1, 1)
-        self.shift = (-mean / std).to(device).view(1, -1, 1, 1)
+    def __init__(self, n, batch_size, shuffle, seed, channels_last, world=1):
+        self.n, self.shuffle, self.seed, self.epoch, self._next_step, self._seek = n, shuffle, seed, 0, 0, None
+        full, rest = divmod(n, batch_size)
+        k = full + (rest >= 2 * world or full == 0 and rest > 0)
+        self.slices = [slice(i * batch_size, (i + 1) * batch_size if i + 1 < k else n) for i in range(k)]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.epoch, self._next_step, self._g, self._seek = 0, 0, None, None
-        self.slices = _batch_slices(len(y), batch_size, self.world)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def position(self):
-        """Where this epoch's iteration stands: the next step and the generator state (for a mid-epoch save)."""
-        return {"epoch": self.epoch, "step": self._next_step, "generator": self._g.get_state()}
+        """Where this epoch's iteration stands, {"epoch", "step"}: enough to restart it at its next step."""
+        return {"epoch": self.epoch, "step": self._next_step}
 
     def seek(self, position):
-        """Make the next iteration start where `position` (from position()) left off."""
+        """Make the next iteration (only) start where `position` (from position()) left off."""
         self.epoch, self._seek = position["epoch"], position
 
     def __len__(self):
         return len(self.slices)
 
+    def _begin(self, device):
+        """-> this epoch's generator, its example order (the same on every rank, for both loaders) and the
+        position seek() gave, or None."""
+        g = torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g, device=device) if self.shuffle else torch.arange(self.n)
+        seek, self._seek = self._seek, None
+        return g, order.to(device), seek
+
+
+class TensorLoader(_Loader):
+    """Batches from uint8 tensors held on `device`: slice, augment and normalise in one go per batch. The
+    augmentation of epoch e also depends only on (seed, e). Under DDP (shard = (rank, W)) each rank takes its
+    tensor_split share of every global batch."""
+
+    def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
+                 channels_last=False, shard=(0, 1)):
+        self.rank, self.world = shard   # (rank, world size): this process's slice of every global batch
+        super().__init__(len(y), batch_size, shuffle, seed, channels_last, self.world)
+        self.x, self.y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        self.batch_size, self.augment, self._g = batch_size, augment, None
+        self.scale = (1 / (255 * std)).to(device).view(1, -1, 1, 1)
+        self.shift = (-mean / std).to(device).view(1, -1, 1, 1)
+
+    def position(self):
+        """The base position and the state of the generator the augmentation draws from."""
+        return {**super().position(), "generator": self._g.get_state()}
+
     def __iter__(self):
-        # The order is the same on every rank; the augmentation stream differs per rank.
-        g = torch.Generator(device=self.x.device).manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.y)
-        order = (torch.randperm(n, generator=g, device=self.x.device) if self.shuffle
-                 else torch.arange(n, device=self.x.device))
-        if self.rank:
+        g, order, seek = self._begin(self.x.device)
+        if self.rank:  # the augmentation stream differs per rank
             g.manual_seed(self.seed * 100_003 + self.epoch + 7_919 * self.rank)
-        start, self._g = 0, g
-        if self._seek is not None:
-            start = self._seek["step"]
-            g.set_state(self._seek["generator"])
-            self._seek = None
-        for step in range(start, len(self)):
+        if seek:
+            g.set_state(seek["generator"])
+        self._g = g
+        for step in range(seek["step"] if seek else 0, len(self)):
             self._next_step = step + 1
             idx = order[self.slices[step]]
             if self.world > 1:
@@ -519,25 +495,20 @@ class _PILDataset(torch.utils.data.Dataset):
             return self.transform(Image.fromarray(img)), self.y[i], i
 
 
-class StandardLoader:
+class StandardLoader(_Loader):
     """The textbook pipeline (per-sample PIL + torchvision transforms in DataLoader workers), for comparison
-    and for data that do not fit in memory. Same interface and batches as TensorLoader (order, _batch_slices);
-    exact on resume whatever num_workers, as each sample's augmentation depends only on (seed, epoch, index)."""
+    and for data that do not fit in memory. Same interface and batches as TensorLoader (_Loader); exact on
+    resume whatever num_workers, as each sample's augmentation depends only on (seed, epoch, index)."""
 
     def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
                  num_workers=2, channels_last=False):
         from torchvision import transforms as T
         size = x.shape[-1]
-        aug = []
-        if augment is random_crop_flip:
-            aug = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
-        elif augment is random_affine:
-            aug = [T.RandomAffine(10, translate=(2 / size, 2 / size))]
+        aug = {random_crop_flip: [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()],
+               random_affine: [T.RandomAffine(10, translate=(2 / size, 2 / size))]}.get(augment, [])
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())])
-        self.n, self.shuffle, self.seed, self.device = len(y), shuffle, seed, device
-        self.epoch, self._next_step, self._start = 0, 0, 0
-        self.slices = _batch_slices(len(y), batch_size)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        super().__init__(len(y), batch_size, shuffle, seed, channels_last)
+        self.device = device
         # The batch sampler is a list refilled by every __iter__ with (epoch, index) batches: the epoch reaches
         # the persistent workers with each index. Its own generator: its unused base seed leaves torch's RNG alone.
         self._batches = []
@@ -545,23 +516,9 @@ class StandardLoader:
             _PILDataset(x, y, tf, seed), batch_sampler=self._batches, num_workers=num_workers,
             generator=torch.Generator(), pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def position(self):
-        """{"epoch", "step"}: enough to restart this epoch at its next step (the augmentation is per sample)."""
-        return {"epoch": self.epoch, "step": self._next_step}
-
-    def seek(self, position):
-        self.epoch, self._start = position["epoch"], position["step"]
-
-    def __len__(self):
-        return len(self.slices)
-
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)  # as TensorLoader's
-        self._next_step, self._start = self._start, 0
+        _, order, seek = self._begin("cpu")
+        self._next_step = seek["step"] if seek else 0
         self._batches[:] = [[(self.epoch, i) for i in order[s].tolist()] for s in self.slices[self._next_step:]]
         for x, y, idx in self.loader:
             self._next_step += 1
@@ -579,35 +536,26 @@ class Loaders:
 
 
 def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False, shard=(0, 1)):
-    """Training / validation / test loaders.
-
-    Validation: the data set's own val/ split if it has one, else a stratified seeded `val_split` of the
-    training set (or `fold` = (train_idx, val_idx) for cross-validation). `subset` keeps n training examples.
-    Inputs are normalised with cfg.norm if given, else with the per-channel statistics of the training split.
-    Sizes that would leave a split empty raise DataError (check_sizes; callers check folds before).
-    """
+    """Training / validation / test loaders. Validation: `fold` = (train_idx, val_idx) if given, else the data set's
+    own val/ split, else a stratified seeded `val_split`. Normalised with cfg.norm, else the training split's stats.
+    Sizes that would leave a split empty raise DataError (check_sizes; callers check folds before)."""
     if fold is None:
         check_sizes(ds, cfg, seed)
     x, y = ds.train_x, ds.train_y
     if cfg.subset:
         keep = stratified_subset(y, cfg.subset, seed)
         x, y = x[keep], y[keep]
-    if fold is not None:
-        tr, va = fold
-        (xv, yv), (x, y) = (x[va], y[va]), (x[tr], y[tr])
-    elif ds.val_x is not None:
+    xv = yv = None
+    if ds.val_x is not None and fold is None:
         xv, yv = ds.val_x, ds.val_y
-    elif cfg.val_split > 0:
-        tr, va = stratified_split(y, cfg.val_split, seed)
+    elif fold is not None or cfg.val_split > 0:
+        tr, va = fold if fold is not None else stratified_split(y, cfg.val_split, seed)
         (xv, yv), (x, y) = (x[va], y[va]), (x[tr], y[tr])
-    else:
-        xv = yv = None
     mean, std = (torch.tensor(v) for v in cfg.norm) if cfg.norm else channel_stats(x)
-    Loader = TensorLoader if cfg.loader == "tensor" else StandardLoader
-    extra = {"num_workers": cfg.num_workers} if cfg.loader == "standard" else {}
-
     if shard[1] > 1 and cfg.loader != "tensor":
         raise DataError("under torchrun only --loader tensor shards the data")
+    Loader = TensorLoader if cfg.loader == "tensor" else StandardLoader
+    extra = {"num_workers": cfg.num_workers} if cfg.loader == "standard" else {}
 
     def make(xs, ys, train):
         augment = augmentation_for(ds.in_shape) if train and cfg.augment else None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json, save_checkpoint, \
-    write_json
+from checkpoint import (FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json,
+                        save_checkpoint, write_report)
 from cli import config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
@@ -297,9 +297,7 @@ def report(results, cfg, run_dir):
               title=f"{run_dir.name}: test accuracy")
     plot_overlay({n: results[n]["history"] for n in PHASES if results[n]["history"]}, run_dir / "curves.png",
                  title=f"{run_dir.name}: validation accuracy per phase")
-    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
-    write_json(run_dir / "summary.json", out)
-    print("\n".join(lines))
+    write_report(run_dir, out, lines)
     logger = open_logger(cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name,
                          job_type="summary")
     if logger:
@@ -355,9 +353,7 @@ def report_multi(results, cfg, run_dir):
         plot_bars(["teacher", "alone", "distilled"], [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
                   ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"], run_dir / "comparison.png",
                   title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)")
-    (run_dir / "results.md").write_text("\n".join(text) + "\n")
-    write_json(run_dir / "summary.json", out)
-    print("\n".join(text))
+    write_report(run_dir, out, text)
     return out
 
 

@@ -24,6 +24,7 @@ from checkpoint import write_json
 from cli import Parser, UsageError, add_flags, from_args, from_dict, given, resolve_amp, run_main, timestamp
 from config import OutputConfig, add_run_flags, data_and_train
 from dataloader import load_dataset, make_loaders
+from engine import Diverged
 from lifecycle import command, done, continuing, create_run_dir, describe_data, new_model, resume_dir, short_name
 from models import MODEL_NAMES, ModelConfig, is_cnn, summary
 
@@ -132,7 +133,11 @@ def main(argv=None):
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
     with continuing(command("--resume", run_dir)):
-        results = distill.run_phases(cfg, ds, run_dir, teacher, given_)
+        try:
+            results = distill.run_phases(cfg, ds, run_dir, teacher, given_)
+        except Diverged as e:  # the phase's own summary says so too
+            write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+            raise
         distill.report(results, cfg, run_dir)
     done(run_dir)
     return 0

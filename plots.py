@@ -27,6 +27,7 @@ def save_figure(fig, path):
     plt.close(fig)
 
 
+_save = save_figure  # the old name
 
 
 def _num(v):
@@ -46,11 +47,11 @@ def _line(ax, xs, ys, label=None, **kw):
     return np.asarray(line.get_xdata()).tolist(), np.asarray(line.get_ydata()).tolist()
 
 
-def _dress(ax, title, xlabel, ylabel, integer_x=True, grid=True):
+def _dress(ax, title, xlabel, ylabel, lines=True):
+    """Titles, labels and legend; a line plot (x: epochs, depths, layers) also gets integer x ticks and a grid."""
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if integer_x:
+    if lines:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    if grid:
         ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -92,8 +93,8 @@ def plot_grads(history, path, title="per-layer gradient norm (dark = input side)
 
 
 def plot_bars(names, values, labels, path, ylabel="test accuracy", title=None):
-    """A bar per entry, from 0, its value and `labels` (e.g. parameter counts) written inside the axes; values
-    all in [0, 1] (accuracies) keep the axis at or under 1. Returns {name: bar height}."""
+    """A bar per entry with its value and label (e.g. parameter count); all values in [0, 1] (accuracies) keep
+    the axis at or under 1. Returns {name: bar height}."""
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names)), 4))
     bars = ax.bar(names, values, color=plt.get_cmap("tab10").colors[:len(names)])
     top = max([0, *values]) * 1.15 or 1.0
@@ -102,7 +103,7 @@ def plot_bars(names, values, labels, path, ylabel="test accuracy", title=None):
         inside = v > 0.3 * ax.get_ylim()[1]  # tall bar: text inside its top; short bar: just above it
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.4f}\n{label}", ha="center", fontsize=8,
                 va="top" if inside else "bottom", color="white" if inside else "black", clip_on=True)
-    _dress(ax, title or ylabel, "", ylabel, integer_x=False, grid=False)
+    _dress(ax, title or ylabel, "", ylabel, lines=False)
     save_figure(fig, path)
     return {n: float(b.get_height()) for n, b in zip(names, bars)}
 
@@ -129,8 +130,8 @@ def _matrix(fig, ax, a, cmap, cbar_label, text, **kw):
 
 
 def plot_confusion(cm, classes, path, title="confusion matrix"):
-    """cm (K, K) counts, rows = true class, columns = predicted; each row normalised to 1 (counts written in the
-    cells up to 20 classes). Returns the normalised array drawn."""
+    """cm (K, K) counts, rows = true class; each row normalised to 1 (counts in the cells up to 20 classes).
+    Returns the normalised array drawn."""
     cm = np.asarray(cm, dtype=float)
     norm, k = cm / np.maximum(cm.sum(1, keepdims=True), 1), len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * k + 2), max(3.5, 0.45 * k + 1.5)))
@@ -139,7 +140,7 @@ def plot_confusion(cm, classes, path, title="confusion matrix"):
         ax.set_yticks(range(k), classes, fontsize=7)
     drawn = _matrix(fig, ax, norm, "Blues", "fraction of the true class", lambda i, j, v: (
         f"{cm[i, j]:.0f}" if cm[i, j] and k <= 20 else "", "white" if v > 0.5 else "black"), vmin=0, vmax=1)
-    _dress(ax, title, "predicted class", "true class", integer_x=False, grid=False)
+    _dress(ax, title, "predicted class", "true class", lines=False)
     save_figure(fig, path)
     return drawn
 
@@ -154,7 +155,7 @@ def plot_heatmap(values, row_labels, col_labels, path, title, cbar_label, fmt="{
     drawn = _matrix(fig, ax, a, "viridis", cbar_label, lambda i, j, v: (
         "-" if np.isnan(v) else fmt.format(v), "black" if np.isnan(v) or v > (lo + hi) / 2 else "white"),
         vmin=lo, vmax=max(hi, lo + 1e-9))
-    _dress(ax, title, xlabel, ylabel, integer_x=False, grid=False)
+    _dress(ax, title, xlabel, ylabel, lines=False)
     save_figure(fig, path)
     return drawn
 
@@ -240,14 +241,13 @@ def main(argv=None):
             c.error(f"cannot write {args.out} ({type(e).__name__}: {e})")
         print(args.out)
         return
-    cell = lambda v, spec: format(v, spec) if _num(v) else "-"  # noqa: E731
+    cols = (("params", ","), ("best_val_acc", ".4f"), ("test_acc", ".4f"), ("test_loss", ".4f"), ("epochs_run", ""),
+            ("train_time_s", ".1f"))
     summaries = {Path(r).name: _read(t, Path(r) / "summary.json") for r in args.runs}
     print("| Run | Params | Best val acc | Test acc | Test loss | Epochs | Train time (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, s in summaries.items():
-        print(f"| {name} | {cell(s.get('params'), ',')} | {cell(s.get('best_val_acc'), '.4f')} | "
-              f"{cell(s.get('test_acc'), '.4f')} | {cell(s.get('test_loss'), '.4f')} | "
-              f"{cell(s.get('epochs_run'), '')} | {cell(s.get('train_time_s'), '.1f')} |")
+        print(f"| {name} | " + " | ".join(format(s.get(k), f) if _num(s.get(k)) else "-" for k, f in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from checkpoint import RunLock, read_json, read_jsonl, write_json
+from checkpoint import RunLock, read_json, read_jsonl, write_json, write_report
 from cli import UsageError, flag, nonneg_int, pos_int
 from lifecycle import duration
 from models import PRESETS, ModelConfig
@@ -181,9 +181,10 @@ def report(study_dir, title, kids):
     if kids[0].kind == "fold":
         accs = [results[c.name]["best_val_acc"] for c in kids]
         m, s = mean_std(accs)
-        write_json(study_dir / "summary.json", {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs,
-                                                "val_acc_mean": m, "val_acc_std": s})
-        print(f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}")
+        lines = ["| Fold | Best val acc |", "|---|---|", *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
+                 "", f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}"]
+        write_report(study_dir, {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs,
+                                 "val_acc_mean": m, "val_acc_std": s}, lines)
         return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
     rows = aggregate(kids, results)
     diff = residual_minus_plain(kids, results)
@@ -197,8 +198,6 @@ def report(study_dir, title, kids):
         from stats import format_paired
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
-    (study_dir / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
     curves = {}
     for c in kids:
         curves.setdefault((c.kind, c.depth), results[c.name]["history"])
@@ -209,8 +208,8 @@ def report(study_dir, title, kids):
             deepest[c.kind] = (c.depth, c.name)
     plot_layer_grads({f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()}, study_dir / "grads.png",
                      title="vanishing gradients: deepest net of each kind (epoch 1)")
-    write_json(study_dir / "summary.json", {"status": "finished", "study": title, "configurations": rows,
-                                            "residual_minus_plain": diff})
+    write_report(study_dir, {"status": "finished", "study": title, "configurations": rows,
+                             "residual_minus_plain": diff}, lines)
     best = max(rows, key=lambda r: r["test_acc_mean"])
     return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
 

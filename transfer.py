@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import CheckpointError, load_checkpoint, load_file, load_weights, read_json, save_checkpoint, write_json
+from checkpoint import (CheckpointError, load_checkpoint, load_file, load_weights, read_json, save_checkpoint,
+                        write_json, write_report)
 from cli import UsageError, flag, from_args, from_dict, nonneg_int, pos_float, timestamp
 from config import OutputConfig, RunConfig, data_and_train
 from dataloader import DataConfig, DataSet, check_sizes, load_dataset, make_loaders
@@ -155,14 +156,12 @@ def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
 
 def report(results, run_dir):
     from plots import plot_bars
-    write_json(Path(run_dir) / "summary.json", results)
     lines = ["| Mode | Test acc | Train time (s) |", "|---|---|---|"]
     lines += [f"| {m} | {r['test_acc']:.4f} | {r['train_time_s']:.1f} |" for m, r in results.items()]
-    (Path(run_dir) / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
     plot_bars(list(results), [r["test_acc"] for r in results.values()],
               [f"{r['train_time_s']:.0f}s" for r in results.values()], Path(run_dir) / "comparison.png",
               title=f"{Path(run_dir).name}: transfer, test accuracy")
+    write_report(run_dir, results, lines)
 
 
 def main(args, run_dir=None, saved=None):

@@ -28,10 +28,10 @@ def _why(e):
 def resolve_mode(requested):
     """An explicit online/offline/disabled stands. "auto": WANDB_MODE if the user set it, else online exactly
     when wandb itself has credentials for its configured server (no prompt, no network), else offline."""
-    if requested != "auto":
-        if requested not in ("online", "offline", "disabled"):
-            raise ValueError(f"W&B mode {requested!r}: expected auto, online, offline or disabled")
+    if requested in ("online", "offline", "disabled"):
         return requested
+    if requested != "auto":
+        raise ValueError(f"W&B mode {requested!r}: expected auto, online, offline or disabled")
     if (env := os.environ.get("WANDB_MODE", "").strip().lower()) in _ENV_MODES:
         return _ENV_MODES[env]
     try:
@@ -60,9 +60,12 @@ class WandbLogger:
                  prefix=""):
         global _shared
         # `wandb agent` starts each trial with WANDB_SWEEP_ID and WANDB_RUN_ID set (wandb_agent.py); only there do
-        # several loggers share one run, so only there are their keys prefixed (elsewhere each is its own run)
+        # several loggers share one run, the agent's, holding every phase: keys prefixed, no phase name or job type,
+        # no resume id of an earlier trial. Elsewhere each logger is its own run.
         self.shared = bool(os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"))
         self.run, self.id, self.offline_dir, self.prefix = None, None, None, prefix if self.shared else ""
+        if self.shared:
+            name = job_type = resume_id = None
         mode = resolve_mode(mode)
         if mode == "disabled":
             return
@@ -71,16 +74,14 @@ class WandbLogger:
             self.wandb = wandb
             if self.shared and _shared is not None:
                 self.run = _shared
-            else:  # Under an agent the run's id is the agent's (WANDB_RUN_ID) and it holds every phase: no phase
-                # name or job type, no resume id of an earlier trial. dir (made first, or wandb warns): gets wandb/.
-                if dir:
+            else:
+                if dir:  # made first, or wandb warns; it gets wandb/
                     Path(dir).mkdir(parents=True, exist_ok=True)
-                self.run = wandb.init(project=project, name=None if self.shared else name, config=config,
-                                      group=group, job_type=None if self.shared else job_type, mode=mode,
-                                      dir=str(dir) if dir else None, id=None if self.shared else resume_id,
-                                      resume="allow" if resume_id and not self.shared else None,
-                                      reinit="create_new", settings=wandb.Settings(  # W&B never holds training long
-                                          init_timeout=30, finish_timeout=120, silent=True))
+                self.run = wandb.init(  # settings: W&B never holds training long
+                    project=project, name=name, config=config, group=group, job_type=job_type, mode=mode,
+                    dir=str(dir) if dir else None, id=resume_id, resume="allow" if resume_id else None,
+                    reinit="create_new", settings=wandb.Settings(
+                        init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), finish_timeout=120, silent=True))
                 _shared = self.run if self.shared else _shared
             if self.shared:  # each phase's charts run on its own epoch axis: the run's _step is not used
                 self.run.define_metric(f"{prefix}epoch")
@@ -93,10 +94,9 @@ class WandbLogger:
             self.run = None
 
     def _call(self, fn):
-        if self.run is None:
-            return
         try:
-            fn()
+            if self.run is not None:
+                fn()
         except Exception as e:
             _warn(f"W&B call failed ({_why(e)}); W&B logging is off for the rest of this run")
             self.run = None
@@ -121,12 +121,10 @@ class WandbLogger:
 
     def finish(self, summary=None):
         """Write the summary (prefixed); finish the run unless it is the shared one (finish_process does)."""
-        def _finish():
-            if summary:
-                self.run.summary.update({self.prefix + k: v for k, v in summary.items()})
-            if not self.shared:
-                self.run.finish()
-        self._call(_finish)
+        if summary:
+            self._call(lambda: self.run.summary.update({self.prefix + k: v for k, v in summary.items()}))
+        if not self.shared:
+            self._call(lambda: self.run.finish())
         self.run = None
 
 

@@ -1,8 +1,7 @@
 """FlexibleCNN: ResNet-style CNN, plain or residual, BasicBlock or Bottleneck, any number of stages.
 
-Follows kuangliu/pytorch-cifar: both blocks expose `expansion`, one `FlexibleCNN(block, layers)` builds
-either. `residual=False` builds the same network with the shortcuts removed (He et al.'s "plain" net).
-Shortcut "A" is the parameter-free CIFAR shortcut of He et al. 2016 (stride-2 subsampling + zero-padded
+As in kuangliu/pytorch-cifar, both blocks expose `expansion`. `residual=False` removes the shortcuts (He et al.'s
+"plain" net). Shortcut "A" is He et al. 2016's parameter-free CIFAR shortcut (stride-2 subsampling + zero-padded
 channels); "B" is a 1x1 conv + norm projection where the shape changes.
 """
 import torch.nn.functional as F
@@ -82,9 +81,8 @@ class FlexibleCNN(nn.Module):
         for i, n in enumerate(layers):
             planes = width * 2 ** i
             blocks = []
-            for j in range(n):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block_cls(in_planes, planes, stride, residual, norm, shortcut))
+            for j in range(n):  # stride 2 opens every stage after the first
+                blocks.append(block_cls(in_planes, planes, 2 if i > 0 and j == 0 else 1, residual, norm, shortcut))
                 in_planes = planes * block_cls.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

@@ -1,17 +1,12 @@
 """Max-norm weight constraint (Srivastava et al. 2014, "Dropout", Sec. 5.1 and Appendix B.1).
 
-Call `max_norm_(model, c)` after every optimizer step. Each unit's incoming weight vector is projected
-back onto the ball of radius c: rows of nn.Linear weights (out x in), output filters of Conv1d/2d/3d
-(weight[o] flattened). It bounds weights however large the learning rate, which is what lets dropout
-nets train with big steps and momentum. What counts as a unit's incoming weights here:
-- every Linear and Conv: the classifier head too (bounding the logits' scale is in the same spirit, and
-  one uniform rule needs no name-based cases; Sec. 5.1's wording is "each hidden unit", so pass
-  exclude=("head",) for that narrower reading), and FlexibleMLP's bias-free skip projections `proj.*`
-  (each is a learned linear map into hidden units whose norm would otherwise grow unchecked; each is
-  bounded on its own, not jointly with the block's fc). `exclude` takes module-name prefixes as named
-  in the unwrapped model.
-- not biases, not norm layers (their scales are per-unit gains, not incoming vectors), not transposed
-  convs (their weight is (in, out, ...), so weight[o] is not a unit's incoming vector).
+Call `max_norm_(model, c)` after every optimizer step: each unit's incoming weight vector (a row of a Linear
+weight, an output filter weight[o] of a Conv1d/2d/3d) is projected back onto the ball of radius c, which bounds
+weights however large the learning rate and lets dropout nets train with big steps and momentum.
+Covered: every Linear and Conv, the classifier head too (one uniform rule, in the paper's spirit; pass
+exclude=("head",) for Sec. 5.1's "each hidden unit"), and FlexibleMLP's skip projections `proj.*`, each on its own
+(learned maps into hidden units, whose norm would otherwise grow unchecked). Not biases, not norm layers (per-unit
+gains), not transposed convs (weight[o] is not a unit's incoming vector there).
 """
 import torch
 from torch import nn
@@ -21,10 +16,9 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 @torch.no_grad()
 def max_norm_(model, c, exclude=()):
-    """In place: rescale every row/filter with L2 norm > c to norm c, keeping its direction; rows below c
-    keep their values (scale clamped to 1.0; only norms within float rounding of c may move by an ulp).
-    DDP (.module) and torch.compile (._orig_mod) wrappers are unwrapped so `exclude` names match the
-    bare model's. One norm per layer, then foreach ops over all layers: cheap enough for every step."""
+    """In place: rescale every row/filter with L2 norm > c to norm c, keeping its direction (norms within float
+    rounding of c may move by an ulp). `exclude`: module-name prefixes, as named in the model inside any DDP
+    (.module) or torch.compile (._orig_mod) wrapper."""
     if not c > 0:
         raise ValueError(f"max-norm c must be > 0, got {c}")
     while isinstance(inner := getattr(model, "module", getattr(model, "_orig_mod", None)), nn.Module):

@@ -10,14 +10,7 @@ from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 NORMS = ("none", "batch", "layer")
-
-
-def _norm(kind, width):
-    if kind == "batch":
-        return nn.BatchNorm1d(width)
-    if kind == "layer":
-        return nn.LayerNorm(width)
-    return nn.Identity()
+_NORM_LAYERS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}  # any other kind: no normalisation
 
 
 class MLPBlock(nn.Module):
@@ -26,7 +19,7 @@ class MLPBlock(nn.Module):
     def __init__(self, d_in, d_out, norm, activation, dropout):
         super().__init__()
         self.fc = nn.Linear(d_in, d_out, bias=norm == "none")
-        self.norm = _norm(norm, d_out)
+        self.norm = _NORM_LAYERS[norm](d_out) if norm in _NORM_LAYERS else nn.Identity()
         self.act = ACTIVATIONS[activation]()
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -38,22 +31,18 @@ class FlexibleMLP(nn.Module):
     def __init__(self, in_features, num_classes, hidden_sizes, skips=(), residual=False,
                  norm="none", activation="relu", dropout=0.0, input_dropout=0.0):
         super().__init__()
-        hidden_sizes = list(hidden_sizes)
-        depth = len(hidden_sizes)
-        if depth < 1:
+        widths = [in_features, *hidden_sizes]  # widths[t] = width of x_t
+        if (depth := len(widths) - 1) < 1:
             raise ValueError("FlexibleMLP needs at least one hidden layer")
-        widths = [in_features] + hidden_sizes  # widths[t] = width of x_t
         pairs = set(skips) | ({(t, t - 1) for t in range(1, depth + 1)} if residual else set())
         for target, source in pairs:
             if not (1 <= target <= depth and 0 <= source < target):
                 raise ValueError(f"skip {target}:{source} needs 0 <= source < target <= depth ({depth})")
         self.skips = sorted(pairs)
-        self.blocks = nn.ModuleList(
-            MLPBlock(widths[t - 1], widths[t], norm, activation, dropout) for t in range(1, depth + 1))
+        self.blocks = nn.ModuleList(MLPBlock(a, b, norm, activation, dropout) for a, b in zip(widths, widths[1:]))
         # Projections keyed "target_source"; identity skips need no module.
-        self.proj = nn.ModuleDict({
-            f"{t}_{s}": nn.Linear(widths[s], widths[t], bias=False)
-            for t, s in self.skips if widths[s] != widths[t]})
+        self.proj = nn.ModuleDict({f"{t}_{s}": nn.Linear(widths[s], widths[t], bias=False)
+                                   for t, s in self.skips if widths[s] != widths[t]})
         self.head = nn.Linear(widths[-1], num_classes)
         # Both choices are parameter-free: state_dict keys (and old checkpoints) are the same either way.
         self.in_drop = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()

@@ -118,6 +118,9 @@ def run_cli(script, *args, cwd=None, timeout=300, env=None, process=False):
     import io
     import signal
     from cli import run_main
+    folder = str((ROOT / script).parent)  # as `python script` would find its own folder's modules
+    if folder not in sys.path:
+        sys.path.append(folder)
     module = importlib.import_module(Path(script).stem)
     out, err = io.StringIO(), io.StringIO()
     saved = (dict(os.environ), list(sys.argv), os.getcwd(), signal.getsignal(signal.SIGINT),

@@ -272,3 +272,27 @@ def test_run_folder_stores_no_model_twice(mnist_root, tmp_path):
         assert os.path.samefile(run / f"{name}.pth", run / name / "best.pt")
         weights += sum(v.numel() * v.element_size() for v in ckpt["model"].values())
     assert total <= 5.5 * weights, total / weights
+
+
+def test_resume_uses_the_runs_own_teacher_when_the_given_file_is_gone(mnist_root, tmp_path):
+    args = ["--dataset", "mnist", "--data_root", mnist_root, "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16",
+            "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--epochs", "1", "--wandb", "disabled"]
+    assert run_cli("exercise2.py", *args, "--save_dir", tmp_path, "--run_name", "a").returncode == 0
+    given = tmp_path / "given.pth"
+    given.write_bytes((tmp_path / "a" / "teacher.pth").read_bytes())
+    p = run_cli("exercise2.py", *args, "--save_dir", tmp_path, "--run_name", "b", "--teacher_ckpt", given)
+    assert p.returncode == 0, p.stderr
+    given.unlink()
+    (tmp_path / "b" / "student_distill" / "summary.json").unlink()  # as if stopped before its end
+    p = run_cli("exercise2.py", "--resume", tmp_path / "b", "--epochs", "2")
+    assert p.returncode == 0, p.stderr
+    assert "given by --teacher_ckpt" in p.stdout and str(tmp_path / "b" / "teacher.pth") in p.stdout
+
+
+def test_a_diverging_phase_leaves_failed_summaries(mnist_root, tmp_path):
+    p = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", mnist_root, "--teacher", "FlexibleMLP",
+                "--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--epochs", "2",
+                "--optimizer", "sgd", "--lr", "1e5", "--wandb", "disabled", "--save_dir", tmp_path, "--run_name", "kd")
+    assert p.returncode == 3 and "diverged" in p.stderr.strip().splitlines()[-1]
+    for f in ("summary.json", "teacher/summary.json"):
+        assert json.loads((tmp_path / "kd" / f).read_text())["status"] == "failed"

@@ -93,8 +93,8 @@ def _comparable(metrics):
 
 def test_resume_after_sigkill_matches_uninterrupted(mnist_root, tmp_path):
     """A run killed with SIGKILL mid-training and resumed ends with exactly the uninterrupted metrics."""
-    args = ["--data_root", mnist_root, "--epochs", "4", "--scheduler", "--dropout", "0.2", "--augment",
-            "--batch_size", "16", "--hidden_size", "512", *QUIET]
+    args = ["--data_root", mnist_root, "--epochs", "3", "--scheduler", "--dropout", "0.2", "--augment",
+            "--batch_size", "16", "--hidden_size", "256", *QUIET]
     full = run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r")
     assert full.returncode == 0, full.stderr
     run = tmp_path / "b" / "r"

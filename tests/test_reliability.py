@@ -58,8 +58,8 @@ def test_nan_loss_stops_with_exit_3(mnist_root, tmp_path):
 def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_root, tmp_path, sig, code):
     """SIGTERM / Ctrl-C in the middle of an epoch: last.pt holds that very step, the last line says how to go
     on, and that command, run as printed, ends exactly like an uninterrupted run."""
-    args = ["--data_root", mnist_root, "--epochs", "3", "--scheduler", "--dropout", "0.2", "--augment",
-            "--batch_size", "4", "--hidden_size", "1024", *QUIET]
+    args = ["--data_root", mnist_root, "--epochs", "2", "--scheduler", "--dropout", "0.2", "--augment",
+            "--batch_size", "4", "--hidden_size", "512", *QUIET]
     full = run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r")
     assert full.returncode == 0, full.stderr
     run = tmp_path / "b" / "r"
@@ -82,7 +82,7 @@ def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_ro
 def test_sigterm_before_the_first_checkpoint_resumes_from_the_start(mnist_root, tmp_path):
     """A stop in the first epoch, before any last.pt: the printed command still works (it starts the run over)."""
     proc = start(["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                  "--batch_size", "2", "--hidden_size", "2048", "--depth", "6", *QUIET])
+                  "--batch_size", "2", "--hidden_size", "1024", "--depth", "3", *QUIET])
     wait_for(lambda: (tmp_path / "r" / "config.json").exists(), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -9,7 +9,7 @@ import time
 
 from conftest import ROOT, run_cli
 
-STUDY = ["--study", "mlp_depth", "--depths", "1", "2", "--seeds", "0", "1", "--epochs", "3", "--hidden_size", "16",
+STUDY = ["--study", "mlp_depth", "--depths", "1", "2", "--seeds", "0", "1", "--epochs", "2", "--hidden_size", "16",
          "--batch_size", "16", "--wandb", "disabled"]
 
 

@@ -1,0 +1,50 @@
+"""Wall time of one study with 1 worker (all threads) against N workers (threads split between them).
+
+    python bench/study_workers.py --data_root ../shared/data --workers 2 --repeats 2
+
+Runs `exercise1.py --study mlp_depth` on a small MNIST subset in fresh folders, the two settings taking turns,
+and prints a Markdown table with the median wall time of each and the ratio.
+"""
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cli import Parser, nonneg_int, pos_int, run_main  # noqa: E402
+from common import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None):
+    p = Parser(__doc__)
+    p.add_argument("--data_root", default="./data", help="where MNIST lives (default: ./data)")
+    p.add_argument("--workers", type=pos_int, default=2, help="workers of the second setting (default: 2)")
+    p.add_argument("--repeats", type=pos_int, default=2, help="runs of each setting (default: 2)")
+    p.add_argument("--subset", type=nonneg_int, default=5000, help="training examples (default: 5000)")
+    p.add_argument("--epochs", type=pos_int, default=3, help="epochs per child (default: 3)")
+    p.add_argument("--depths", type=pos_int, nargs="+", default=[2, 4, 8], help="depths (default: 2 4 8)")
+    args = p.parse_args(argv)
+    study = ["--study", "mlp_depth", "--depths", *map(str, args.depths), "--subset", str(args.subset), "--epochs",
+             str(args.epochs), "--data_root", args.data_root, "--wandb", "disabled"]
+    times = {1: [], args.workers: []}
+    for _ in range(args.repeats):
+        for n in times:
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, str(ROOT / "exercise1.py"), *study, "--save_dir", tmp,
+                                "--workers", str(n)], check=True, capture_output=True, cwd=ROOT)
+                times[n].append(time.perf_counter() - t0)
+    print(machine("cpu"))
+    print(f"| Workers | Wall time (s), median of {args.repeats} | Speed-up |\n|---|---|---|")
+    base = statistics.median(times[1])
+    for n, ts in times.items():
+        print(f"| {n} | {statistics.median(ts):.1f} | {base / statistics.median(ts):.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
