@@ -20,7 +20,7 @@ from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
 from config import OutputConfig, RunConfig
 import study
-from lifecycle import arch_of, model_from_arch, new_model, open_logger, publish, train
+from lifecycle import arch_of, model_from_checkpoint, new_model, open_logger, publish, train
 from study import Child
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
@@ -99,11 +99,7 @@ def given_teacher(path, ds, dataset):
     if arch.get("dataset") not in (None, dataset) or arch.get("classes") not in (None, list(ds.classes)):
         raise CheckpointError(f"teacher checkpoint {path} was trained on another data set ({arch.get('dataset')}, "
                               f"classes {arch.get('classes', [])[:3]}...); this run uses {dataset}")
-    model = model_from_arch(arch, path)
-    load_weights(model, ckpt["model"], path)
-    if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
-        raise CheckpointError(f"teacher checkpoint {path} holds NaN or infinite weights")
-    return model, ckpt
+    return model_from_checkpoint(path, ckpt), ckpt
 
 
 def shared_teacher(cfg, ds):
@@ -234,9 +230,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
         child_dir, path = run_dir / child.name, run_dir / f"{child.name}.pth"
         publish(child_dir / "best.pt", path)
         if child.name not in fresh:  # finished earlier, or by another worker: test it for the agreement
-            ckpt = load_checkpoint(path)
-            model = model_from_arch(ckpt["arch"], path)
-            load_weights(model, ckpt["model"], path)
+            model = model_from_checkpoint(path, load_checkpoint(path))
             fresh[child.name] = tested(child.name, model, ds, child.cfg.phase(child.kind), child_dir,
                                        "finished earlier", read_json(child_dir / "summary.json"))
         results[child.name] = {**fresh[child.name], "child": child}

@@ -106,10 +106,8 @@ def main(argv=None):
     if distributed.world() > 1 and (multi or args.workers):
         raise UsageError("under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
                          "without it (use --workers for several processes)")
-    if args.workers and args.workers > 1 and not args.report:
-        if not (multi or args.resume):
-            raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
-        return study.spawn_workers(args.workers, list(argv) if argv is not None else __import__("sys").argv[1:])
+    if (args.workers or 1) > 1 and not (multi or args.resume):
+        raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
     run_dir, plan = None, None
     if args.resume:
         run_dir, saved = resume_dir(args.resume, ("exercise1", "study"), given(args),
@@ -135,9 +133,9 @@ def main(argv=None):
     try:
         if plan is not None:
             if run_dir is None:
-                name = cfg.output.run_name or args.study or short_name(default_run_name(cfg).rsplit("_", 1)[0])
-                run_dir = existing_study(cfg, name, plan, args) or create_run_dir(cfg.output.save_dir, name, plan,
-                                                                                  args.overwrite)
+                run_dir = study_folder(cfg, plan, args)
+            if (args.workers or 1) > 1 and not args.report:
+                study.spawn_workers(args.workers, run_dir)  # they share the folder; this process then reports
             message = run_study(plan, ds, run_dir, args)
         else:
             model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists
@@ -160,6 +158,20 @@ def main(argv=None):
     done(run_dir)
     distributed.teardown()
     return 0
+
+
+def study_folder(cfg, plan, args):
+    """The study's folder: made, or continued when it holds the same study (also when another worker started
+    the same command a moment before and made it first)."""
+    name = cfg.output.run_name or args.study or short_name(default_run_name(cfg).rsplit("_", 1)[0])
+    try:
+        return existing_study(cfg, name, plan, args) or create_run_dir(cfg.output.save_dir, name, plan,
+                                                                       args.overwrite)
+    except UsageError:
+        found = existing_study(cfg, name, plan, args)
+        if found is None:
+            raise
+        return found
 
 
 def existing_study(cfg, name, plan, args):

@@ -188,6 +188,15 @@ def model_from_arch(arch, path="checkpoint"):
         raise CheckpointError(f"{path} describes no buildable model ({str(e).splitlines()[0][:120]})") from None
 
 
+def model_from_checkpoint(path, ckpt):
+    """The model a checkpoint holds, with its weights; NaN or infinite weights are refused in one line."""
+    model = model_from_arch(ckpt["arch"], path)
+    load_weights(model, ckpt["model"], path)
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        raise CheckpointError(f"{path} holds NaN or infinite weights")
+    return model
+
+
 def publish(src, dst):
     """dst as a second name of the finished model src (a hard link; a copy where links are impossible)."""
     if Path(dst).exists() and os.path.samefile(src, dst):

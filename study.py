@@ -122,28 +122,28 @@ def work(kids, study_dir, train_child, workers=1, write_config=True):
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
 
 
-def spawn_workers(n, argv):
-    """Run the same command as n worker processes; threads split between them, GPUs assigned round-robin."""
+def spawn_workers(n, study_dir):
+    """n worker processes on study_dir (`--resume STUDY_DIR`); CPU threads split between them, worker i on GPU
+    i mod the GPU count. Returns when all have ended; a failed worker is one line (its children stay to resume)."""
     import torch
-    gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // n)
-    args = [a for i, a in enumerate(argv) if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")]
+    gpus, threads = torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i in range(n):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "LAB1_WORKER": str(i)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen([sys.executable, sys.argv[0], *args], env=env))
+        procs.append(subprocess.Popen([sys.executable, sys.argv[0], "--resume", str(study_dir)], env=env))
     try:
         codes = [p.wait() for p in procs]
-    except BaseException:
+    except BaseException:  # Ctrl-C / SIGTERM: the workers stop tidily too, each saving its child
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait()
         raise
-    bad = [c for c in codes if c]
-    return bad[0] if bad else 0
+    if any(codes):
+        raise UsageError(f"{sum(map(bool, codes))} of {n} workers failed (exit codes {codes}); the study continues "
+                         f"with: python {sys.argv[0]} --resume {study_dir}")
 
 
 def aggregate(kids, results):

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import (CheckpointError, load_checkpoint, load_file, load_weights, read_json, save_checkpoint,
+from checkpoint import (CheckpointError, load_checkpoint, load_file, read_json, save_checkpoint,
                         write_json, write_report)
 from cli import UsageError, flag, from_args, from_dict, nonneg_int, pos_float, timestamp
 from config import OutputConfig, RunConfig, data_and_train
 from dataloader import DataConfig, DataSet, check_sizes, load_dataset, make_loaders
 from engine import TrainConfig, make_autocast
-from lifecycle import command, done, continuing, create_run_dir, model_from_arch, new_model, short_name, train
+from lifecycle import (command, continuing, create_run_dir, done, model_from_arch, model_from_checkpoint, new_model,
+                       short_name, train)
 from models import ModelConfig, summary
 
 MODES = ("linear", "svm", "finetune", "scratch")
@@ -45,11 +46,7 @@ def load_pretrained(path):
     if not arch.get("is_cnn"):
         raise CheckpointError(f"{path} is not a CNN checkpoint (it holds {arch['model'].get('name', '?')}); "
                               "--task finetune needs a residual CNN trained by exercise1")
-    model = model_from_arch(arch, path)
-    load_weights(model, ckpt["model"], path)
-    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
-        raise CheckpointError(f"{path} holds NaN or infinite weights")
-    return model, arch
+    return model_from_checkpoint(path, ckpt), arch
 
 
 def adapt_inputs(ds, in_shape):

@@ -1,12 +1,7 @@
 """The bad-input catalogue: broken data, folders and checkpoints give one line and exit 2, nothing half-written."""
 import gzip
-import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

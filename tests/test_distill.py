@@ -222,7 +222,7 @@ def test_sweep_yaml_works_as_written_under_an_agent(mnist_root, tmp_path):
                     env={"WANDB_SWEEP_ID": "sweep", "WANDB_RUN_ID": f"trial{trial}", "WANDB_DIR": str(tmp_path)})
         assert p.returncode == 0, p.stderr
         assert ("== teacher (shared" in p.stdout) == (trial == 0)
-        run = Path(p.stdout.strip().splitlines()[-1])
+        assert Path(p.stdout.strip().splitlines()[-1]).is_dir()
         runs = [r for r in tmp_path.rglob("offline-run-*") if r.name.endswith(f"-trial{trial}")]
         assert len(runs) == 1, runs  # one W&B run for the whole process
         w = read_offline_run(runs[0])
@@ -296,3 +296,25 @@ def test_a_diverging_phase_leaves_failed_summaries(mnist_root, tmp_path):
     assert p.returncode == 3 and "diverged" in p.stderr.strip().splitlines()[-1]
     for f in ("summary.json", "teacher/summary.json"):
         assert json.loads((tmp_path / "kd" / f).read_text())["status"] == "failed"
+
+
+def test_seeds_and_kd_grid_report_paired_statistics(mnist_root, tmp_path):
+    from stats import paired
+    base = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--teacher", "FlexibleMLP",
+            "--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--epochs", "1",
+            "--wandb", "disabled", "--cache_teacher"]
+    p = run_cli("exercise2.py", *base, "--run_name", "seeds", "--seeds", "0", "1", "2")
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "seeds" / "summary.json").read_text())
+    alone = [s["students"][f"student_baseline_seed{i}"]["test_acc"] for i in range(3)]
+    dist = [s["students"][f"student_distill_seed{i}"]["test_acc"] for i in range(3)]
+    assert s["paired"] == pytest.approx(paired(dist, alone)) and s["paired"]["seeds"] == 3
+    assert set(s["paired"]) == {"mean", "std", "seeds", "ci95"}
+    assert "Distilled - alone (paired)" in (tmp_path / "seeds" / "results.md").read_text()
+    p = run_cli("exercise2.py", *base, "--run_name", "grid", "--study", "kd_grid", "--temperatures", "2", "8",
+                "--alphas", "0.5", "--seeds", "0", "1", "--teacher_ckpt", tmp_path / "seeds" / "teacher.pth")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("== student_baseline") == 2  # once per seed, not per (T, alpha)
+    rows = json.loads((tmp_path / "grid" / "summary.json").read_text())["student_distill"]
+    assert sorted((r["temperature"], r["alpha"]) for r in rows) == [(2.0, 0.5), (8.0, 0.5)]
+    assert all(r["paired"]["seeds"] == 2 for r in rows) and (tmp_path / "grid" / "comparison.png").exists()
