@@ -146,6 +146,16 @@ class RunLock:
         except OSError:
             os.close(self.fd)
             self.fd = None
+        self.held_then = self.fd is not None
+
+    @staticmethod
+    def busy(folder):
+        """Whether another process holds the lock of `folder` right now (a lock file is needed to hold one)."""
+        if not (Path(folder) / ".lock").exists():
+            return False
+        lock = RunLock(folder)
+        lock.release()
+        return not lock.held_then
 
     @property
     def held(self):

@@ -177,6 +177,8 @@ def run_main(main, argv=None):
     finally:
         lifecycle.close_wandb()
         lifecycle.take_hint()
+        for s in (signal.SIGINT, signal.SIGTERM):  # the work is over: a late Ctrl-C must not print a traceback
+            signal.signal(s, signal.SIG_IGN)
     sys.stdout.flush()
     sys.exit(code or 0)
 

@@ -6,7 +6,7 @@ OutputConfig here); exercise1 and exercise2 add the same data, optimisation and 
 """
 from dataclasses import dataclass
 
-from cli import add_flags, config_dict, flag, from_args, from_dict, resolve_amp, resolve_device
+from cli import UsageError, add_flags, config_dict, flag, from_args, from_dict, resolve_amp, resolve_device
 from dataloader import DataConfig
 from engine import TrainConfig
 from models import ModelConfig
@@ -17,7 +17,7 @@ COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
 @dataclass(frozen=True)
 class OutputConfig:
     save_dir: str = flag("runs", "parent folder of run folders")
-    run_name: str = flag("", "run folder name (default: key flags + time stamp)")
+    run_name: str = flag("", "run folder name")
     wandb: str = flag("auto", "W&B logging; auto = online when wandb has credentials, else offline",
                       choices=("auto", "online", "offline", "disabled"))
     wandb_project: str = flag("", "W&B project")
@@ -60,6 +60,8 @@ def add_run_flags(p, project_help, resume_help):
 def data_and_train(args, dataset):
     """DataConfig and TrainConfig from the flags."""
     augment = args.augment if args.augment is not None else dataset in COLOUR
+    if (args.warmup_epochs or 0) >= (args.epochs or TrainConfig.epochs) and args.warmup_epochs:
+        raise UsageError("--warmup_epochs must be shorter than --epochs (the learning rate would never peak)")
     device = resolve_device(args.device or "auto")
     train = from_args(TrainConfig, args, device=device, amp=resolve_amp(args.amp or "auto", device))
     return from_args(DataConfig, args, dataset=dataset, augment=augment), train

@@ -100,16 +100,19 @@ def _read_idx(path):
     """An IDX file (optionally .gz) -> uint8 tensor of its shape."""
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
-        magic, = struct.unpack(">I", raw[:4])
-        ndim = magic & 0xFF
-        if magic >> 8 != 0x08 or not 1 <= ndim <= 3:
-            raise ValueError("bad magic number")
-        shape, data = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim]), raw[4 + 4 * ndim:]
-        if len(data) != torch.Size(shape).numel():
-            raise ValueError(f"{len(data)} bytes of data for shape {shape}")
-    except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"corrupt data file {path}: {e}") from None
+            magic, = struct.unpack(">I", f.read(4))
+            ndim = magic & 0xFF
+            if magic >> 8 != 0x08 or not 1 <= ndim <= 3:
+                raise ValueError("bad magic number")
+            shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            n = torch.Size(shape).numel()
+            if n > 2**34:
+                raise ValueError(f"header shape {shape} is implausibly large")
+            data = f.read(n + 1)  # never more than the header promises: a gzip bomb is not inflated
+        if len(data) != n:
+            raise ValueError(f"{len(data) if len(data) <= n else 'more'} bytes of data for shape {shape}")
+    except (OSError, EOFError, ValueError, struct.error, zlib.error, MemoryError) as e:  # BadGzipFile: an OSError
+        raise DataError(f"corrupt data file {path}: {e or type(e).__name__}") from None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(shape)
 
 
@@ -207,7 +210,7 @@ def _decode(path):
 def _scan_split(split_dir):
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     files = [(p, i) for i, c in enumerate(classes) for p in sorted((split_dir / c).iterdir())
-             if p.suffix.lower() in IMAGE_EXTENSIONS]
+             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]  # a FIFO or device would block the read
     return classes, files
 
 
@@ -238,10 +241,16 @@ def _load_folder(root):
             raise DataError(f"folder data set: {root}/{s} has classes {c}, train has {classes}")
         if not files:
             raise DataError(f"folder data set: no images under {root}/{s}")
+    empty = sorted(set(classes) - {classes[i] for _, i in splits["train"][1]})
+    if empty:
+        raise DataError(f"folder data set: no training images in {root}/train/{empty[0]}; every class needs some")
     cache = _cache_path(root, [f for _, files in splits.values() for f in files])
     if cache.exists():
         try:
-            return DataSet(**torch.load(cache, weights_only=True))
+            cached = DataSet(**torch.load(cache, weights_only=True))
+            if all(x is None or x.dtype == torch.uint8 for x in (cached.train_x, cached.test_x, cached.val_x)):
+                return cached
+            raise ValueError("not uint8 images")
         except Exception:
             cache.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
     from PIL import Image

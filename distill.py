@@ -136,9 +136,13 @@ def logits_key(teacher, ds, cfg):
 def check_logits(path, key):
     """Refuse a --teacher_logits file of another teacher or data set (before anything is trained)."""
     cache = load_file(path, "teacher logits cache")
-    if not isinstance(cache, dict) or cache.get("key") != key or not isinstance(cache.get("logits"), torch.Tensor):
+    logits = cache.get("logits") if isinstance(cache, dict) else None
+    if not isinstance(cache, dict) or cache.get("key") != key or not isinstance(logits, torch.Tensor):
         raise CheckpointError(f"teacher logits cache {path} belongs to another teacher or data set, or is damaged")
-    return cache["logits"]
+    if logits.ndim != 2 or len(logits) != key["n"] or not torch.isfinite(logits).all():
+        raise CheckpointError(f"teacher logits cache {path} is damaged (shape {tuple(logits.shape)} for {key['n']} "
+                              "examples, or values that are not finite)")
+    return logits
 
 
 @torch.no_grad()

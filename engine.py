@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import distributed
 from models import max_norm_
-from cli import Stopped, flag, nonneg_float, nonneg_int, pos_float, pos_int, unit
+from cli import Stopped, flag, fraction, nonneg_float, nonneg_int, pos_float, pos_int, unit
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class TrainConfig:
                           "x0.1 at 50% and 75% of training", nargs="?", const="cosine",
                           choices=("none", "cosine", "step", "onecycle"))
     warmup_epochs: float = flag(0.0, "linear warm-up epochs", type=nonneg_float)
-    label_smoothing: float = flag(0.0, "label smoothing", type=unit)
+    label_smoothing: float = flag(0.0, "label smoothing", type=fraction)
     early_stopping: int = flag(0, "stop after PATIENCE epochs without a better validation accuracy and restore "
                                "the best weights; 0 = off", type=nonneg_int, metavar="PATIENCE")
     seed: int = flag(0, "random seed: weights, split, batches", type=nonneg_int)

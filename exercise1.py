@@ -57,6 +57,14 @@ def build_config(args):
         raise UsageError("--early_stopping needs a validation split (--val_split > 0)")
     if args.seeds and args.seed is not None:
         raise UsageError("give either --seed or --seeds")
+    if args.depths and not args.study:
+        raise UsageError("--depths belongs to --study")
+    if args.study and (args.model or args.hidden_sizes or args.skips):
+        raise UsageError(f"--study {args.study} chooses the models itself; leave out --model, --hidden_sizes, --skips")
+    if args.k_folds and args.val_split is not None:
+        raise UsageError("--k_folds replaces the validation split; leave out --val_split")
+    if args.report and not args.study and not args.seeds and not args.k_folds:
+        raise UsageError("--report rebuilds a study's report: give the study's command or --resume STUDY_DIR")
     data, train = data_and_train(args, dataset)
     out = from_args(OutputConfig, args, wandb_project=args.wandb_project or ("Lab1_DLA_CNN" if cnn else "Lab1_DLA_MLP"))
     return RunConfig(from_args(ModelConfig, args, name=name, norm=norm), data, train, out)

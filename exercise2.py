@@ -15,12 +15,12 @@ labels only) and student_distill (the same initial weights), whose loss is
 The run folder also gets teacher.pth, student_baseline.pth, student_distill.pth (the phases' best models),
 summary.json, results.md, comparison.png and curves.png; its path is the last line printed.
 """
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import distill
 import distributed
 import transfer
-from checkpoint import write_json
+from checkpoint import RunLock, write_json
 from cli import Parser, UsageError, add_flags, from_args, from_dict, given, resolve_amp, run_main, timestamp
 from config import OutputConfig, add_run_flags, data_and_train
 from dataloader import load_dataset, make_loaders
@@ -100,6 +100,10 @@ def main(argv=None):
             cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
             write_json(run_dir / "config.json", cfg.to_dict())
     elif args.task == "finetune":
+        distilling = {f.name for f in fields(distill.DistillConfig)} | {"teacher", "student", "use_skip"} | {
+            k for k in vars(args) if k.startswith(("t_", "s_"))}
+        if given(args) & distilling:
+            raise UsageError(f"--task finetune takes no distillation flags (got --{', --'.join(sorted(given(args) & distilling))})")
         return transfer.main(args)
     else:
         cfg = build_config(args)
@@ -138,7 +142,14 @@ def main(argv=None):
         except Diverged as e:  # the phase's own summary says so too
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
             raise
-        distill.report(results, cfg, run_dir)
+        lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
+        try:
+            if lock.held:
+                distill.report(results, cfg, run_dir)
+            else:
+                print("report: written by another worker")
+        finally:
+            lock.release()
     done(run_dir)
     return 0
 

@@ -69,6 +69,8 @@ def command(*args):
 
 def check_run_name(save_dir, name):
     """A plain, not too long name in a writable save_dir; checked before any work."""
+    if not str(save_dir):
+        raise UsageError("--save_dir is empty; name a folder (default: runs)")
     if not name or os.sep in name or "/" in name or name in (".", "..") or "\0" in name:
         raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator")
     if len(name.encode()) > NAME_MAX:
@@ -104,6 +106,10 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
         (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
         (tmp / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
         if overwrite and (save_dir / name).exists():
+            busy = [p.parent for p in (save_dir / name).rglob(".lock") if RunLock.busy(p.parent)]
+            if busy:
+                raise UsageError(f"{busy[0]} is being trained by another process right now; --overwrite would "
+                                 "destroy its work")
             shutil.rmtree(save_dir / name)
         for i in range(1, 1000):
             target = save_dir / (name if i == 1 else f"{name}_{i}")
@@ -134,7 +140,8 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs")):
     if not path.exists():
         raise CheckpointError(f"--resume {path}: it does not exist")
     if path.is_file() and path.name != "last.pt":
-        raise CheckpointError(f"{path} holds weights only; --resume takes a run folder or its last.pt")
+        raise CheckpointError(f"--resume takes a run folder or its last.pt, not {path.name} (a published model such "
+                              "as best.pt holds weights only)")
     run_dir = path if path.is_dir() else path.parent
     if not (run_dir / "config.json").exists():
         if (run_dir.parent / "config.json").exists():

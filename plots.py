@@ -237,8 +237,8 @@ def main(argv=None):
             c.error(f"no numeric metric {args.metric!r} in these runs; plottable: {', '.join(numeric) or 'none'}")
         try:
             plot_overlay(curves, args.out, args.metric)
-        except OSError as e:
-            c.error(f"cannot write {args.out} ({type(e).__name__}: {e})")
+        except (OSError, ValueError) as e:  # ValueError: a file type matplotlib cannot write (e.g. .txt)
+            c.error(f"cannot write {args.out} ({type(e).__name__}: {str(e).splitlines()[0]})")
         print(args.out)
         return
     cols = (("params", ","), ("best_val_acc", ".4f"), ("test_acc", ".4f"), ("test_loss", ".4f"), ("epochs_run", ""),

@@ -9,7 +9,7 @@ from functools import partial
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
 from .constraints import max_norm_
 from .mlp import ACTIVATIONS, NORMS, FlexibleMLP
-from cli import flag, nonneg_float, pos_int, skip_pair, unit
+from cli import flag, fraction, nonneg_float, pos_int, skip_pair
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,9 @@ class ModelConfig:
     skips: tuple = flag((), "FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0", type=skip_pair,
                         nargs="+")
     activation: str = flag("relu", "FlexibleMLP activation", choices=sorted(ACTIVATIONS))
-    dropout: float = flag(0.0, "FlexibleMLP dropout probability on hidden units", type=unit)
+    dropout: float = flag(0.0, "FlexibleMLP dropout probability on hidden units", type=fraction)
     input_dropout: float = flag(0.0, "FlexibleMLP dropout probability on the flattened input (Hinton et al.'s "
-                                "teacher: 0.2)", type=unit)
+                                "teacher: 0.2)", type=fraction)
     max_norm: float = flag(0.0, "after each optimizer step rescale every unit's incoming weights (Linear rows, conv "
                            "filters, the head included) to L2 norm <= C (Srivastava et al. 2014); 0 = off",
                            type=nonneg_float, metavar="C")

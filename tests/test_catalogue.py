@@ -41,7 +41,14 @@ def files(tmp_path_factory):
                 "--run_name", "kd", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP",
                 "--s_hidden_sizes", "8", *QUIET)
     assert r.returncode == 0, r.stderr
+    r = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", f["mnist"], "--save_dir", base / "runs",
+                "--run_name", "kdc", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP",
+                "--s_hidden_sizes", "8", "--cache_teacher", *QUIET)
+    assert r.returncode == 0, r.stderr
     runs = base / "runs"
+    cache = torch.load(runs / "kdc" / "teacher_logits.pt", weights_only=True)
+    torch.save({**cache, "logits": cache["logits"] * float("nan")}, base / "logits_nan.pt")
+    torch.save({**cache, "logits": cache["logits"][:5]}, base / "logits_short.pt")
     f["crafted"] = base / "crafted.pt"
     torch.save({"format": "lab1-checkpoint-v1", "model": Evil()}, f["crafted"])
     with open(base / "legacy.pt", "wb") as fh:
@@ -62,7 +69,7 @@ def files(tmp_path_factory):
     (crafted_run / ".lock").touch()  # as in every run folder lab1 makes
     (crafted_run / "last.pt").write_bytes(f["crafted"].read_bytes())
     # Broken data sets, one per kind of damage.
-    for name, damage in (("garbled", _garble), ("labels", _bad_label)):
+    for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb)):
         root = write_mnist(base / name)
         damage(root / "MNIST" / "raw")
         f[name] = root
@@ -80,6 +87,12 @@ def _garble(raw):
     data = bytearray(p.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = os.urandom(64)
     p.write_bytes(bytes(data))
+
+
+def _bomb(raw):
+    """Far more bytes than the header declares (a decompression bomb in small): refused without inflating it all."""
+    p = raw / "train-images-idx3-ubyte.gz"
+    p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes()) + bytes(50_000_000), compresslevel=1))
 
 
 def _bad_label(raw):
@@ -162,6 +175,7 @@ CASES = [
     # corrupt data
     (["exercise1.py", "--data_root", "{garbled}"], "corrupt"),
     (["exercise1.py", "--data_root", "{labels}"], "label"),
+    (["exercise1.py", "--data_root", "{bomb}"], "more bytes"),
     (["exercise1.py", "--model", "resnet8", "--data_root", "{meta}"], "meta"),
     (["exercise1.py", "--model", "resnet8", "--data_root", "{evil_cifar}"], "run code"),
     # distillation
@@ -202,7 +216,8 @@ def test_one_line_exit_2_nothing_written(files, tmp_path, argv, message):
     save = tmp_path / "out"
     before = sorted(str(p) for p in (files["base"] / "runs").rglob("*"))
     stamps = {p: p.stat().st_mtime_ns for p in (files["base"] / "runs").rglob("*") if p.is_file()}
-    extra = [] if "--resume" in args else [*QUIET] if "--save_dir" in args else ["--save_dir", str(save), *QUIET]
+    extra = [] if "--resume" in args else [*QUIET] if any(a.startswith("--save_dir") for a in args) else [
+        "--save_dir", str(save), *QUIET]
     r = run_cli(args[0], *args[1:], *extra)
     assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
@@ -240,3 +255,46 @@ def test_edge_inputs_simply_work(files, tmp_path, argv):
     assert len(run.name.encode()) <= 200
     if "--seeds" in argv:
         assert json.loads((run / "seed5" / "config.json").read_text())["train"]["seed"] == 5
+
+
+MORE = [
+    (E1 + ["--depths", "2"], "--study"),
+    (E1 + ["--study", "mlp_depth", "--model", "resnet20"], "--study"),
+    (E1 + ["--k_folds", "2", "--val_split", "0.5"], "--k_folds"),
+    (E1 + ["--report"], "--report"),
+    (E1 + ["--dropout", "1"], "--dropout"),
+    (E1 + ["--label_smoothing", "1"], "--label_smoothing"),
+    (E1 + ["--warmup_epochs", "5", "--epochs", "1"], "--warmup_epochs"),
+    (E1 + ["--save_dir="], "--save_dir"),
+    (FT + ["--pretrained", f"{R}/cnn/best.pt", "--temperature", "5"], "distillation flags"),
+    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_nan.pt"],
+     "damaged"),
+    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_short.pt"],
+     "damaged"),
+]
+
+
+@pytest.mark.parametrize("argv,message", MORE, ids=[" ".join(a[1:])[:70] for a, _ in MORE])
+def test_flags_that_make_no_sense_together(files, tmp_path, argv, message):
+    test_one_line_exit_2_nothing_written(files, tmp_path, argv, message)
+
+
+def test_overwrite_never_destroys_a_run_in_training(files, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    ok = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
+                 "--hidden_size", "8", *QUIET)
+    assert ok.returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from checkpoint import RunLock; l = RunLock(sys.argv[2]); print(l.held, flush=True);"
+                               "time.sleep(60)", str(ROOT), str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        p = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
+                    "--hidden_size", "8", "--overwrite", *QUIET)
+        assert p.returncode == 2 and "another process" in p.stderr, p.stderr
+        assert (tmp_path / "r" / "summary.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()

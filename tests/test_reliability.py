@@ -54,7 +54,7 @@ def test_nan_loss_stops_with_exit_3(mnist_root, tmp_path):
     assert ("best.pt" in p.stderr) == (tmp_path / "r" / "best.pt").exists()  # never claims a file that is not there
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])  # SIGTERM: the tests below
 def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_root, tmp_path, sig, code):
     """SIGTERM / Ctrl-C in the middle of an epoch: last.pt holds that very step, the last line says how to go
     on, and that command, run as printed, ends exactly like an uninterrupted run."""
@@ -82,7 +82,7 @@ def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_ro
 def test_sigterm_before_the_first_checkpoint_resumes_from_the_start(mnist_root, tmp_path):
     """A stop in the first epoch, before any last.pt: the printed command still works (it starts the run over)."""
     proc = start(["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                  "--batch_size", "2", "--hidden_size", "1024", "--depth", "3", *QUIET])
+                  "--batch_size", "2", "--hidden_size", "512", "--depth", "3", *QUIET])
     wait_for(lambda: (tmp_path / "r" / "config.json").exists(), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -165,3 +165,40 @@ def test_stale_temporary_files_of_killed_writers_are_removed(mnist_root, tmp_pat
     stale.write_bytes(b"half")
     assert run_cli("exercise1.py", "--resume", tmp_path / "r", "--epochs", "2").returncode == 0
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_outside_the_training_loop_is_one_line(sig, code, capsys):
+    """Data loading, testing, plotting, between children: the handler stops at once, run_main says so in one
+    line with the exit code of the signal."""
+    import engine
+    from cli import run_main
+
+    def main(argv):
+        engine.STOP.handler(sig, None)  # what the operating system's signal does, outside STOP.deferring()
+        raise AssertionError("not reached")
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [])
+    err = capsys.readouterr().err
+    assert e.value.code == code and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_standard_loader_with_workers_resumes_exactly(mnist_root, tmp_path, monkeypatch):
+    """--loader standard --num_workers 2: killed after epoch 1's checkpoint and resumed, the same as uninterrupted
+    (its augmentation depends on (seed, epoch, index) only, not on when the DataLoader workers started)."""
+    import lifecycle
+    args = ["--data_root", mnist_root, "--epochs", "2", "--augment", "--loader", "standard", "--num_workers", "2",
+            "--hidden_size", "32", *QUIET]
+    assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r").returncode == 0
+    real = lifecycle.append_jsonl
+
+    def dies_after_epoch_1(path, rec):
+        real(path, rec)
+        if rec["epoch"] == 1:
+            raise SystemExit(9)  # as a kill right after epoch 1's files: the resumed process starts new workers
+    monkeypatch.setattr(lifecycle, "append_jsonl", dies_after_epoch_1)
+    assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "b", "--run_name", "r").returncode == 9
+    monkeypatch.setattr(lifecycle, "append_jsonl", real)
+    assert run_cli("exercise1.py", "--resume", tmp_path / "b" / "r").returncode == 0
+    assert metrics(tmp_path / "b" / "r") == metrics(tmp_path / "a" / "r")

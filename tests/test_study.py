@@ -140,3 +140,11 @@ def test_sweep_files_name_real_flags(sweep):
     dests = {a.dest for a in parser._actions}
     assert set(spec["parameters"]) <= dests
     assert "${args_no_boolean_flags}" in spec["command"]
+
+
+def test_offline_study_prints_one_upload_command(mnist_root, tmp_path):
+    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, *STUDY[:-2], "--wandb", "offline",
+                "--depths", "1", "--seeds", "0", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if "wandb sync" in line]
+    assert len(lines) == 1 and "mlp_depth/*/wandb" in lines[0], lines
