@@ -1,4 +1,5 @@
 """Tiny data sets written in the real on-disk formats, and a helper that runs the CLI as a user would."""
+import contextlib
 import gzip
 import os
 import pickle
@@ -96,6 +97,20 @@ def cifar_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def folder_root(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("folder") / "imgs")
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder):
+    """Another process holds the run lock of `folder` (as a process training in it would) while the block runs."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from checkpoint import RunLock; l = RunLock(sys.argv[2]); print(l.held, flush=True);"
+                               "time.sleep(120)", str(ROOT), str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 class Result:

@@ -280,21 +280,12 @@ def test_flags_that_make_no_sense_together(files, tmp_path, argv, message):
 
 
 def test_overwrite_never_destroys_a_run_in_training(files, tmp_path):
-    import subprocess
-    import sys
-    from conftest import ROOT
+    from conftest import lock_held_elsewhere
     ok = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
                  "--hidden_size", "8", *QUIET)
     assert ok.returncode == 0
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from checkpoint import RunLock; l = RunLock(sys.argv[2]); print(l.held, flush=True);"
-                               "time.sleep(60)", str(ROOT), str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "True"
+    with lock_held_elsewhere(tmp_path / "r"):
         p = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
                     "--hidden_size", "8", "--overwrite", *QUIET)
         assert p.returncode == 2 and "another process" in p.stderr, p.stderr
         assert (tmp_path / "r" / "summary.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, lock_held_elsewhere, run_cli
 
 QUIET = ["--wandb", "disabled"]
 
@@ -107,17 +107,10 @@ def test_second_process_on_the_same_run_is_refused(mnist_root, tmp_path):
     ok = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
                  *QUIET)
     assert ok.returncode == 0
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from checkpoint import RunLock; l = RunLock(sys.argv[2]); print(l.held, flush=True);"
-                               "time.sleep(60)", str(ROOT), str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "True"
+    with lock_held_elsewhere(tmp_path / "r"):
         p = run_cli("exercise1.py", "--resume", tmp_path / "r", "--epochs", "2")
         assert p.returncode == 2 and "another process" in p.stderr, p.stderr
         assert len(metrics(tmp_path / "r")) == 1
-    finally:
-        holder.kill()
-        holder.wait()
     assert RunLock(tmp_path / "r").held  # released by the operating system when its holder died
 
 
