@@ -154,12 +154,12 @@ def test_reused_teacher_sees_its_own_input_normalisation(cifar_root, tmp_path):
         p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", name,
                     *extra)
         assert p.returncode == 0, p.stderr
-    norm = torch.load(tmp_path / "a" / "teacher.pth", weights_only=False)["arch"]["input_norm"]
+    norm = torch.load(tmp_path / "a" / "teacher.pth", weights_only=True)["arch"]["input_norm"]
     assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["norm"] == [list(v) for v in norm]
     a, b = (json.loads((tmp_path / r / "summary.json").read_text())["teacher"] for r in "ab")
     assert a["test_loss"] == b["test_loss"]
     # The students of seed 1 were trained on a split whose own statistics differ from the teacher's.
-    students = torch.load(tmp_path / "b" / "student_baseline.pth", weights_only=False)["arch"]["input_norm"]
+    students = torch.load(tmp_path / "b" / "student_baseline.pth", weights_only=True)["arch"]["input_norm"]
     assert students == norm
 
 
@@ -308,7 +308,10 @@ def test_seeds_and_kd_grid_report_paired_statistics(mnist_root, tmp_path):
     s = json.loads((tmp_path / "seeds" / "summary.json").read_text())
     alone = [s["students"][f"student_baseline_seed{i}"]["test_acc"] for i in range(3)]
     dist = [s["students"][f"student_distill_seed{i}"]["test_acc"] for i in range(3)]
-    assert s["paired"] == pytest.approx(paired(dist, alone)) and s["paired"]["seeds"] == 3
+    want = paired(dist, alone)
+    assert s["paired"]["seeds"] == want["seeds"] == 3
+    assert [s["paired"][k] for k in ("mean", "std")] == pytest.approx([want["mean"], want["std"]])
+    assert s["paired"]["ci95"] == pytest.approx(want["ci95"])
     assert set(s["paired"]) == {"mean", "std", "seeds", "ci95"}
     assert "Distilled - alone (paired)" in (tmp_path / "seeds" / "results.md").read_text()
     p = run_cli("exercise2.py", *base, "--run_name", "grid", "--study", "kd_grid", "--temperatures", "2", "8",

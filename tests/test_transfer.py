@@ -79,8 +79,8 @@ def test_all_modes_through_the_cli(pretrained, mnist_root, tmp_path):
     assert all(0 <= r["test_acc"] <= 1 and r["train_time_s"] >= 0 for r in s.values())
     for f in ("results.md", "comparison.png", "features.pt", "finetune/metrics.jsonl", "scratch/metrics.jsonl"):
         assert (run / f).exists(), f
-    pre = torch.load(pretrained, weights_only=False)["model"]
-    tuned = torch.load(run / "finetune" / "best.pt", weights_only=False)
+    pre = torch.load(pretrained, weights_only=True)["model"]
+    tuned = torch.load(run / "finetune" / "best.pt", weights_only=True)
     assert torch.equal(pre["stem.0.weight"], tuned["model"]["stem.0.weight"])  # frozen
     assert tuned["arch"]["num_classes"] == 10 and tuned["arch"]["in_shape"] == [3, 32, 32]
 
