@@ -7,6 +7,7 @@ the training loop only ever see those dataclasses, never `args`.
 """
 import argparse
 import dataclasses
+import errno
 import signal
 import sys
 import time
@@ -69,10 +70,20 @@ def given(args):
 
 
 def from_dict(cls, d):
-    """Rebuild a frozen config dataclass from its JSON form (lists back to tuples; unknown keys ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """Rebuild a frozen config dataclass from its JSON form (lists back to tuples; unknown keys ignored). A value of
+    another type than its field's default (a config.json that lies) is a TypeError, not a surprise later."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__} is not a mapping")
     tup = lambda v: tuple(tup(x) for x in v) if isinstance(v, list) else v  # noqa: E731
-    return cls(**{k: tup(v) for k, v in d.items() if k in names})
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in d:
+            value, default = tup(d[f.name]), f.default
+            if default not in (None, dataclasses.MISSING) and not isinstance(value, type(default)) and not (
+                    isinstance(default, float) and isinstance(value, int)):
+                raise TypeError(f"{cls.__name__}.{f.name} = {value!r}")
+            out[f.name] = value
+    return cls(**out)
 
 
 def config_dict(**parts):
@@ -168,6 +179,11 @@ def run_main(main, argv=None):
         code = 3
     except DiskFull as e:
         print(f"error: {e}", file=sys.stderr)
+        code = 1
+    except OSError as e:  # a full disk outside the checkpoint writer (a metrics line, a figure), or a lost folder
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOENT, errno.EACCES):
+            raise
+        print(f"error: {e.strerror or e}: {e.filename or ''}; the files written before are intact", file=sys.stderr)
         code = 1
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)

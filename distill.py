@@ -8,19 +8,19 @@ skips finished phases and continues an interrupted one from its last.pt.
 """
 import hashlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from checkpoint import (FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json,
-                        save_checkpoint, write_report)
+                        read_jsonl, save_checkpoint, write_report)
 from cli import config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
 from config import OutputConfig, RunConfig
 import study
-from lifecycle import arch_of, model_from_checkpoint, new_model, open_logger, publish, train
+from lifecycle import arch_of, loaders_for, model_from_checkpoint, new_model, open_logger, publish, train
 from study import Child
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
@@ -248,7 +248,6 @@ def _wandb(run_dir, name):
 
 def tested(name, model, ds, pcfg, where, how, saved=None):
     """Test a model that is not trained here (given, or finished earlier): its predictions for the agreement."""
-    from lifecycle import loaders_for
     model.to(pcfg.train.device)
     test = evaluate(model, loaders_for(ds, pcfg).test, make_autocast(pcfg.train), return_preds=True,
                     desc=f"{name}: test")
@@ -260,7 +259,6 @@ def tested(name, model, ds, pcfg, where, how, saved=None):
 
 
 def _history(where):
-    from checkpoint import read_jsonl
     return read_jsonl(Path(where) / "metrics.jsonl") if Path(where).is_dir() else []
 
 
@@ -356,4 +354,4 @@ def report_multi(results, cfg, run_dir):
 
 
 __all__ = ["DistillConfig", "ExperimentConfig", "PHASES", "given_teacher", "logits_key", "check_logits",
-           "teacher_logits", "distill_loss", "publish_teacher", "run_phases", "report", "asdict"]
+           "teacher_logits", "distill_loss", "publish_teacher", "run_phases", "report"]

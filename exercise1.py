@@ -16,11 +16,13 @@ A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, la
 best.pt (the best-on-validation model), summary.json, curves.png, grads.png and confusion.png; its path is
 the last line printed.
 """
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import distributed
 import study
-from checkpoint import write_json
+from checkpoint import read_json, write_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
 from dataloader import load_dataset
 from config import OutputConfig, RunConfig, add_run_flags, data_and_train
@@ -118,10 +120,10 @@ def main(argv=None):
         raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
     run_dir, plan = None, None
     if args.resume:
-        run_dir, saved = resume_dir(args.resume, ("exercise1", "study"), given(args),
-                                    ("resume", "epochs", "workers", "report", "notify"))
-        plan = saved if saved.get("kind") == "study" else None
-        cfg = RunConfig.from_dict(plan["base"] if plan else saved)
+        run_dir, saved, cfg = resume_dir(
+            args.resume, ("exercise1", "study"), given(args), ("resume", "epochs", "workers", "report", "notify"),
+            build=lambda c: RunConfig.from_dict(c["base"] if c["kind"] == "study" else c))
+        plan = saved if saved["kind"] == "study" else None
         if args.epochs is not None:
             if args.epochs < cfg.train.epochs:
                 raise UsageError(f"--epochs {args.epochs} beside --resume may only extend the run's "
@@ -184,8 +186,6 @@ def study_folder(cfg, plan, args):
 
 def existing_study(cfg, name, plan, args):
     """A study folder of this name that holds the same study: continued (another worker, or a re-run)."""
-    from checkpoint import read_json
-    from pathlib import Path
     folder = Path(cfg.output.save_dir) / name
     if args.overwrite or not (folder / "config.json").exists():
         return None
@@ -199,7 +199,6 @@ def existing_study(cfg, name, plan, args):
 
 def _identity(plan):
     """What makes two studies the same: everything but where files live and how results are reported."""
-    import json
     plan = json.loads(json.dumps(plan))
     base = plan.get("base", {})
     for part, keys in (("data", ("data_root", "num_workers")), ("output", ("save_dir", "wandb", "wandb_project"))):

@@ -90,10 +90,10 @@ def main(argv=None):
         raise UsageError("exercise2.py runs in one process; for data-parallel training use torchrun with exercise1.py")
     run_dir = None
     if args.resume:
-        run_dir, saved = resume_dir(args.resume, ("exercise2", "finetune"), given(args) - {"task"})
+        run_dir, saved, cfg = resume_dir(args.resume, ("exercise2", "finetune"), given(args) - {"task"}, build=lambda c: (
+            transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)))
         if saved["kind"] == "finetune":
             return transfer.main(args, run_dir, saved)
-        cfg = distill.ExperimentConfig.from_dict(saved)
         if args.epochs is not None:
             if args.epochs < cfg.train.epochs:
                 raise UsageError(f"--epochs beside --resume may only extend the run's {cfg.train.epochs} epochs")

@@ -29,7 +29,8 @@ from checkpoint import (FORMAT, CheckpointError, RunLock, append_jsonl, load_che
 from cli import Stopped, UsageError, from_dict
 from config import RunConfig
 from dataloader import check_sizes, make_loaders, stratified_kfold, stratified_subset
-from engine import STOP, Diverged, Optim, Progress, StopRequested, evaluate, fit, make_autocast, place
+from engine import (STOP, Diverged, Optim, Progress, StopRequested, channels_last_for, evaluate, fit, make_autocast,
+                    place)
 from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
 from plots import plot_confusion, plot_curves, plot_grads
@@ -127,7 +128,7 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resume_dir(path, kind, given, allowed=("resume", "epochs")):
+def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     """The run folder that `--resume PATH` (the folder, or its last.pt) continues, and its config.json.
 
     Only a run of this script's kind, and only with nothing but `allowed` flags beside it; anything else is one
@@ -152,7 +153,11 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs")):
     if found not in kind:
         raise UsageError(f"{run_dir} is a {found} run, not one of {sys.argv[0]}'s; it is continued by its own command "
                          f"({(run_dir / 'command.txt').read_text().strip() if (run_dir / 'command.txt').exists() else '?'})")
-    return run_dir, {**config, "kind": found}
+    config = {**config, "kind": found}
+    try:  # a config.json that lies about what it holds is one line, like any damaged file
+        return run_dir, config, build(config) if build else None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
 
 
 def _kind(config):
@@ -328,8 +333,9 @@ def loaders_for(ds, cfg: RunConfig):
     if data.fold:
         y = ds.train_y[stratified_subset(ds.train_y, data.subset, seed)] if data.subset else ds.train_y
         fold = stratified_kfold(y, data.k_folds, seed)[data.fold - 1]
-    return make_loaders(ds, data, seed, cfg.train.device, fold, channels_last=is_cnn(cfg.model.name) and
-                        cfg.train.device.startswith("cuda"), shard=(distributed.rank(), distributed.world()))
+    return make_loaders(ds, data, seed, cfg.train.device, fold,
+                        channels_last=channels_last_for(cfg.train.device, is_cnn(cfg.model.name)),
+                        shard=(distributed.rank(), distributed.world()))
 
 
 def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_groups=None, wandb=None):

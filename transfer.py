@@ -161,6 +161,12 @@ def report(results, run_dir):
     write_report(run_dir, results, lines)
 
 
+def from_saved(saved):
+    """The configs of a finetune run folder's config.json: data, train, transfer, output."""
+    return (from_dict(DataConfig, saved["data"]), from_dict(TrainConfig, saved["train"]),
+            from_dict(TransferConfig, saved["transfer"]), from_dict(OutputConfig, saved["output"]))
+
+
 def main(args, run_dir=None, saved=None):
     """--task finetune (new, or continued with --resume RUN_DIR): each mode in its own sub-folder."""
     if saved is None:
@@ -172,8 +178,7 @@ def main(args, run_dir=None, saved=None):
         out = OutputConfig(save_dir=args.save_dir or "runs", run_name=args.run_name or "", wandb=args.wandb or "auto",
                            wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}")
     else:
-        data, train_cfg = from_dict(DataConfig, saved["data"]), from_dict(TrainConfig, saved["train"])
-        tc, out = from_dict(TransferConfig, saved["transfer"]), from_dict(OutputConfig, saved["output"])
+        data, train_cfg, tc, out = from_saved(saved)
     pretrained, arch = load_pretrained(tc.pretrained)
     ds, changes = adapt_inputs(load_dataset(data.dataset, data.data_root), tuple(arch["in_shape"]))
     check_sizes(ds, data, train_cfg.seed)

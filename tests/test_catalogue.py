@@ -68,6 +68,13 @@ def files(tmp_path_factory):
     (crafted_run / "config.json").write_text((runs / "mlp" / "config.json").read_text())
     (crafted_run / ".lock").touch()  # as in every run folder lab1 makes
     (crafted_run / "last.pt").write_bytes(f["crafted"].read_bytes())
+    for name, text in (("lying_run", None), ("list_run", "[1, 2]")):  # config.json that lies about what it holds
+        d = runs / name
+        d.mkdir()
+        (d / ".lock").touch()
+        cfg = json.loads((runs / "mlp" / "config.json").read_text())
+        cfg["train"]["epochs"] = "ten"
+        (d / "config.json").write_text(text or json.dumps(cfg))
     # Broken data sets, one per kind of damage.
     for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb)):
         root = write_mnist(base / name)
@@ -172,6 +179,8 @@ CASES = [
     (["exercise1.py", "--resume", f"{R}/kd/teacher"], "part of the run"),
     (["exercise2.py", "--resume", f"{R}/mlp"], "exercise1"),
     (["exercise1.py", "--resume", f"{R}/crafted_run"], "could run code"),
+    (["exercise1.py", "--resume", f"{R}/lying_run"], "damaged"),
+    (["exercise1.py", "--resume", f"{R}/list_run"], "exercise1"),
     # corrupt data
     (["exercise1.py", "--data_root", "{garbled}"], "corrupt"),
     (["exercise1.py", "--data_root", "{labels}"], "label"),
