@@ -16,6 +16,10 @@ A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, la
 best.pt (the best-on-validation model), summary.json, curves.png, grads.png and confusion.png; its path is
 the last line printed.
 """
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
+
 import json
 from dataclasses import replace
 from pathlib import Path

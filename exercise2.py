@@ -15,6 +15,10 @@ labels only) and student_distill (the same initial weights), whose loss is
 The run folder also gets teacher.pth, student_baseline.pth, student_distill.pth (the phases' best models),
 summary.json, results.md, comparison.png and curves.png; its path is the last line printed.
 """
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
+
 from dataclasses import fields, replace
 
 import distill

@@ -3,15 +3,17 @@
 Every plot function saves one titled PNG and returns the data it drew, read back from the figure.
 
     python plots.py compare runs/A runs/B --metric val_acc --out cmp.png
-    python plots.py table runs/A runs/B
+    python plots.py table runs/A runs/B          # a study's or exercise2's folder: a row per run in it
 """
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed, ever
+warnings.filterwarnings("ignore", "Glyph .* missing from")  # a run named in another script: boxes, not a warning
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -26,8 +28,6 @@ def save_figure(fig, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-_save = save_figure  # the old name
 
 
 def _num(v):
@@ -243,7 +243,11 @@ def main(argv=None):
         return
     cols = (("params", ","), ("best_val_acc", ".4f"), ("test_acc", ".4f"), ("test_loss", ".4f"), ("epochs_run", ""),
             ("train_time_s", ".1f"))
-    summaries = {Path(r).name: _read(t, Path(r) / "summary.json") for r in args.runs}
+    summaries = {}
+    for r in map(Path, args.runs):  # a study's or exercise2's folder: one row per run folder in it
+        s = _read(t, r / "summary.json")
+        subs = [] if "test_acc" in s else sorted(d for d in r.iterdir() if (d / "summary.json").is_file())
+        summaries.update({f"{r.name}/{d.name}": _read(t, d / "summary.json") for d in subs} or {r.name: s})
     print("| Run | Params | Best val acc | Test acc | Test loss | Epochs | Train time (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, s in summaries.items():

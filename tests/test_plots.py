@@ -29,10 +29,6 @@ def visible_xticks(ax):
     return [t for t in ax.get_xticks() if lo <= t <= hi]
 
 
-def test_save_figure_keeps_the_old_name():
-    assert plots._save is plots.save_figure
-
-
 def test_one_epoch_curves_show_points_titles_full_labels_and_integer_epochs(figs, tmp_path):
     drawn = plots.plot_curves([record(1)], tmp_path / "curves.png")
     assert drawn == {"train_loss": ([1], [2.0]), "val_loss": ([1], [3.0]), "train_acc": ([1], [0.515625]),
@@ -228,6 +224,16 @@ def test_table_prints_every_run_with_dashes_for_missing_numbers(tmp_path, capsys
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| a | 1,234,567 | - | 0.9100 | 0.3000 | 2 | 12.3 |"
     assert lines[3] == "| b | - | - | - | - | - | - |" and len(lines) == 4
+
+
+def test_table_of_a_study_folder_has_a_row_per_run_in_it(tmp_path, capsys):
+    write_run(tmp_path / "study", summary={"status": "finished", "configurations": []})
+    for name, acc in (("plain2_seed0", 0.9), ("residual2_seed0", 0.95)):
+        write_run(tmp_path / "study" / name, summary={"test_acc": acc})
+    (tmp_path / "study" / "not_a_run").mkdir()
+    plots.main(["table", str(tmp_path / "study")])
+    rows = [line.split(" | ")[:4] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["| study/plain2_seed0", "-", "-", "0.9000"], ["| study/residual2_seed0", "-", "-", "0.9500"]]
 
 
 @pytest.mark.parametrize("content,what", [(None, "not found"), ("{oops", "cannot be read"), ("[]", "JSON object")])

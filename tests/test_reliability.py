@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,17 @@ def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_ro
     assert metrics(run) == metrics(tmp_path / "a" / "r")
     a, b = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "a" / "r", run))
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+
+
+@pytest.mark.parametrize("script", ["exercise1.py", "exercise2.py"])
+def test_ctrl_c_while_torch_loads_ends_quietly(script):
+    """Ctrl-C in the first seconds, while the imports run, before run_main's handlers: no traceback."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / script)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text(), proc)  # inside `import torch`
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGINT, 130) and "Traceback" not in err, (proc.returncode, err)
 
 
 def test_sigterm_before_the_first_checkpoint_resumes_from_the_start(mnist_root, tmp_path):
