@@ -41,13 +41,13 @@ def atomic_write(path, write, needed=0):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        if isinstance(e, OSError) and e.errno != errno.ENOSPC and "No space left" not in str(e) or \
-                isinstance(e, RuntimeError) and "No space left" not in str(e) and "file write failed" not in str(e):
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as one of many RuntimeErrors
+        full_now = shutil.disk_usage(path.parent).free  # the partial file still takes its space
+        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or full_now < max(needed, 2**20)):
             raise
-        free = shutil.disk_usage(path.parent).free
-        raise DiskFull(f"no space left on device writing {path}: {free / 2**20:.0f} MiB free, about "
-                       f"{max(needed, 1) / 2**20:.0f} MiB needed; the files written before are intact") from None
+        tmp.unlink(missing_ok=True)
+        raise DiskFull(f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
+                       f"about {size(needed)} needed; the files written before are intact") from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -55,6 +55,14 @@ def atomic_write(path, write, needed=0):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def size(nbytes):
+    """Bytes for people: "12 KiB", "3.4 MiB", "1.2 GiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 1024:.0f} KiB"
 
 
 def remove_stale_tmp(folder):

@@ -6,8 +6,11 @@ and `from_args` builds the frozen config with the dataclass's own defaults for t
 the training loop only ever see those dataclasses, never `args`.
 """
 import argparse
+import contextlib
 import dataclasses
 import errno
+import os
+import shutil
 import signal
 import sys
 import time
@@ -52,6 +55,8 @@ def add_flags(group, cls, prefix="", who="", defaults=None, shown=None):
         help_ = f"{who}{kw.pop('help')} (default: {text})".replace("%", "%%")
         if not kw and isinstance(getattr(defaults, f.name), bool):
             kw["action"] = "store_true"
+        if f.type in (str, "str") and not kw.keys() & {"choices", "type"}:
+            kw["type"] = nonempty  # "" would read as "not given" and quietly fall back to the default
         group.add_argument(f"--{prefix}{f.name}", dest=prefix + f.name, default=None, help=help_, **kw)
 
 
@@ -112,6 +117,22 @@ fraction = _checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 unit = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def nonempty(text):
+    """A name or path flag given as "" (an unset shell variable, a stray `=`) is an error, not the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("it is empty; give a name or path")
+    return text
+
+
+class Distinct(argparse.Action):
+    """A list flag whose values must differ: a repeated seed or depth would be counted twice in the statistics."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if (repeated := next((v for i, v in enumerate(values) if v in values[:i]), None)) is not None:
+            parser.error(f"{option_string} lists {repeated} more than once")
+        setattr(namespace, self.dest, values)
+
+
 def skip_pair(text):
     try:
         target, source = (int(v) for v in text.split(":"))
@@ -165,7 +186,7 @@ def run_main(main, argv=None):
     130 / 143 interrupted by Ctrl-C / SIGTERM (one line saying how to continue, where work can be continued)."""
     import engine
     import lifecycle
-    from checkpoint import CheckpointError, DiskFull
+    from checkpoint import CheckpointError, DiskFull, size
     from dataloader import DataError
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, engine.STOP.handler)
@@ -183,7 +204,11 @@ def run_main(main, argv=None):
     except OSError as e:  # a full disk outside the checkpoint writer (a metrics line, a figure), or a lost folder
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOENT, errno.EACCES):
             raise
-        print(f"error: {e.strerror or e}: {e.filename or ''}; the files written before are intact", file=sys.stderr)
+        where = f": {e.filename}" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
+            with contextlib.suppress(OSError):
+                where += f" ({size(shutil.disk_usage(os.path.dirname(os.path.abspath(e.filename))).free)} free)"
+        print(f"error: {e.strerror or e}{where}; the files written before are intact", file=sys.stderr)
         code = 1
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)

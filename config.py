@@ -6,7 +6,7 @@ OutputConfig here); exercise1 and exercise2 add the same data, optimisation and 
 """
 from dataclasses import dataclass
 
-from cli import UsageError, add_flags, config_dict, flag, from_args, from_dict, resolve_amp, resolve_device
+from cli import UsageError, add_flags, config_dict, flag, from_args, from_dict, nonempty, resolve_amp, resolve_device
 from dataloader import DataConfig
 from engine import TrainConfig
 from models import ModelConfig
@@ -52,7 +52,7 @@ def add_run_flags(p, project_help, resume_help):
     add_flags(g, OutputConfig, shown={"wandb_project": project_help, "run_name": "key flags + time stamp"})
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run folder of the "
                    "same name (default: off)")
-    g.add_argument("--resume", default=None, metavar="PATH", help=f"{resume_help} (default: a new run)")
+    g.add_argument("--resume", default=None, metavar="PATH", type=nonempty, help=f"{resume_help} (default: a new run)")
     g.add_argument("--notify", choices=("telegram",), default=None, help="message at the end of a run or study, and "
                    "on failure (Telegram: TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID; default: off)")
 

@@ -15,12 +15,12 @@ import torch
 
 from checkpoint import (FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json,
                         read_jsonl, save_checkpoint, write_report)
-from cli import config_dict, flag, from_dict, nonneg_int, pos_float, unit
+from cli import Distinct, config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
 from config import OutputConfig, RunConfig
 import study
-from lifecycle import arch_of, loaders_for, model_from_checkpoint, new_model, open_logger, publish, train
+from lifecycle import arch_of, finished, loaders_for, model_from_checkpoint, new_model, open_logger, publish, train
 from study import Child
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
@@ -38,11 +38,11 @@ class DistillConfig:
     alpha_end: float = flag(None, "anneal alpha linearly to this value over the epochs", type=unit)
     seeds: tuple = flag((), "train the students (alone and distilled) once per seed against the one teacher; "
                         "report mean ± std and the paired difference distilled - alone with a 95% CI",
-                        type=nonneg_int, nargs="+")
+                        type=nonneg_int, nargs="+", action=Distinct)
     study: str = flag("", "kd_grid: one distilled student per --temperatures x --alphas (x --seeds), the teacher "
                       "trained and cached once", choices=("kd_grid",))
-    temperatures: tuple = flag((), "kd_grid: the temperatures", type=pos_float, nargs="+")
-    alphas: tuple = flag((), "kd_grid: the alphas", type=unit, nargs="+")
+    temperatures: tuple = flag((), "kd_grid: the temperatures", type=pos_float, nargs="+", action=Distinct)
+    alphas: tuple = flag((), "kd_grid: the alphas", type=unit, nargs="+", action=Distinct)
     cache_teacher: bool = flag(False, "compute the teacher's logits on the whole (un-augmented) training set once, "
                                "keep them in the run folder, and train the distilled student on un-augmented data "
                                "from them")
@@ -208,7 +208,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     tdir, tcfg = run_dir / "teacher", cfg.phase("teacher")
     if given:
         results["teacher"] = tested("teacher", teacher, ds, tcfg, run_dir / "teacher.pth", "given by --teacher_ckpt")
-    elif study.finished(tdir):
+    elif finished(tdir):
         publish(tdir / "best.pt", run_dir / "teacher.pth")
         load_weights(teacher, load_checkpoint(run_dir / "teacher.pth")["model"], run_dir / "teacher.pth")
         results["teacher"] = tested("teacher", teacher, ds, tcfg, tdir, "finished earlier", read_json(tdir / "summary.json"))

@@ -21,7 +21,7 @@ import signal
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import distributed
@@ -30,8 +30,8 @@ from checkpoint import read_json, write_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
 from dataloader import load_dataset
 from config import OutputConfig, RunConfig, add_run_flags, data_and_train
-from lifecycle import command, done, continuing, create_run_dir, describe_data, new_model, resume_dir, short_name, train
-from models import MODEL_NAMES, ModelConfig, is_cnn, summary
+from lifecycle import command, done, continuing, create_run_dir, describe_data, extend_epochs, new_model, resume_dir, short_name, train
+from models import MODEL_NAMES, ModelConfig, is_cnn, summary, unread_flags
 from notify import notify
 
 def get_args_parser():
@@ -65,8 +65,11 @@ def build_config(args):
         raise UsageError("give either --seed or --seeds")
     if args.depths and not args.study:
         raise UsageError("--depths belongs to --study")
-    if args.study and (args.model or args.hidden_sizes or args.skips):
-        raise UsageError(f"--study {args.study} chooses the models itself; leave out --model, --hidden_sizes, --skips")
+    model_flags = given(args) & {f.name for f in fields(ModelConfig)}
+    if args.study and (clash := ["model"] * bool(args.model) + sorted(model_flags & study.MODEL_FLAGS_SET[args.study])):
+        raise UsageError(f"--study {args.study} chooses the models itself; leave out --{', --'.join(clash)}")
+    if unread := unread_flags(name, model_flags):
+        raise UsageError(f"--{unread[0]} does not apply to {name}")
     if args.k_folds and args.val_split is not None:
         raise UsageError("--k_folds replaces the validation split; leave out --val_split")
     if args.report and not args.study and not args.seeds and not args.k_folds:
@@ -129,10 +132,7 @@ def main(argv=None):
             build=lambda c: RunConfig.from_dict(c["base"] if c["kind"] == "study" else c))
         plan = saved if saved["kind"] == "study" else None
         if args.epochs is not None:
-            if args.epochs < cfg.train.epochs:
-                raise UsageError(f"--epochs {args.epochs} beside --resume may only extend the run's "
-                                 f"{cfg.train.epochs} epochs")
-            cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+            cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs))
             saved = {**saved, "base": cfg.to_dict()} if plan else cfg.to_dict()
             write_json(run_dir / "config.json", saved)
             plan = saved if plan else None
@@ -195,8 +195,8 @@ def existing_study(cfg, name, plan, args):
         return None
     saved = read_json(folder / "config.json", "study config")
     if _identity(saved) != _identity(plan):
-        raise UsageError(f"{folder} holds another study or configuration; pass another --run_name, or delete that "
-                         "folder to start again")
+        raise UsageError(f"{folder} holds another study or configuration; pass another --run_name, or --overwrite "
+                         "to replace it")
     print(f"continuing {folder}")
     return folder
 

@@ -29,8 +29,8 @@ from cli import Parser, UsageError, add_flags, from_args, from_dict, given, reso
 from config import OutputConfig, add_run_flags, data_and_train
 from dataloader import load_dataset, make_loaders
 from engine import Diverged
-from lifecycle import command, done, continuing, create_run_dir, describe_data, new_model, resume_dir, short_name
-from models import MODEL_NAMES, ModelConfig, is_cnn, summary
+from lifecycle import command, done, continuing, create_run_dir, describe_data, extend_epochs, new_model, resume_dir, short_name
+from models import MODEL_NAMES, ModelConfig, is_cnn, summary, unread_flags
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
 
@@ -70,6 +70,10 @@ def build_config(args):
     if args.k_folds:
         raise UsageError("--k_folds is exercise1's; exercise2 uses one validation split")
     dataset = args.dataset or "cifar10"
+    for prefix, role, name in (("t_", "teacher", args.teacher), ("s_", "student", args.student))[
+            bool(args.teacher_ckpt):]:  # a given teacher's flags are checked against its checkpoint instead
+        if unread := unread_flags(name or "FlexibleCNN", {k[2:] for k in given(args) if k.startswith(prefix)}):
+            raise UsageError(f"--{prefix}{unread[0]} does not apply to the {name or 'FlexibleCNN'} {role}")
 
     def arch(prefix, default):
         name = (args.teacher if prefix == "t_" else args.student) or "FlexibleCNN"
@@ -99,9 +103,7 @@ def main(argv=None):
         if saved["kind"] == "finetune":
             return transfer.main(args, run_dir, saved)
         if args.epochs is not None:
-            if args.epochs < cfg.train.epochs:
-                raise UsageError(f"--epochs beside --resume may only extend the run's {cfg.train.epochs} epochs")
-            cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+            cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs))
             write_json(run_dir / "config.json", cfg.to_dict())
     elif args.task == "finetune":
         distilling = {f.name for f in fields(distill.DistillConfig)} | {"teacher", "student", "use_skip"} | {
@@ -120,7 +122,15 @@ def main(argv=None):
     teacher, given_ = None, bool(cfg.distill.teacher_ckpt)
     if given_:
         teacher, tckpt = distill.given_teacher(source, ds, cfg.data.dataset)
-        cfg = replace(cfg, teacher=from_dict(ModelConfig, tckpt["arch"]["model"]))
+        saved = from_dict(ModelConfig, tckpt["arch"]["model"])
+        for k in sorted(given(args) & ({"teacher"} | {"t_" + f.name for f in fields(ModelConfig)})):
+            mine, theirs = (args.teacher, saved.name) if k == "teacher" else (getattr(cfg.teacher, k[2:]),
+                                                                               getattr(saved, k[2:]))
+            if mine != theirs:
+                show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
+                raise UsageError(f"--{k} {show(mine)} disagrees with the teacher in {source} ({show(theirs)}); "
+                                 "leave it out: the teacher comes from --teacher_ckpt")
+        cfg = replace(cfg, teacher=saved)
         norm = tckpt["arch"].get("input_norm")  # absent in checkpoints written before it was recorded
         if norm and not cfg.data.norm:
             # Every phase normalises as the teacher was trained, so it sees exactly its own inputs; the students

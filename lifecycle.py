@@ -11,6 +11,7 @@ only) if the epoch improved, then the metrics line. last.pt is the truth: a resu
 metrics.jsonl from it and best.pt if it is stale, so a kill before any write resumes to the same result.
 summary.json is written last and marks a run finished.
 """
+import json
 import os
 import random
 import shlex
@@ -18,7 +19,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -151,13 +152,52 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     config = read_json(run_dir / "config.json", "run config")
     found = _kind(config) if isinstance(config, dict) else "?"
     if found not in kind:
-        raise UsageError(f"{run_dir} is a {found} run, not one of {sys.argv[0]}'s; it is continued by its own command "
-                         f"({(run_dir / 'command.txt').read_text().strip() if (run_dir / 'command.txt').exists() else '?'})")
+        script = "exercise2.py" if found in ("exercise2", "finetune") else "exercise1.py"
+        raise UsageError(f"{run_dir} is a run of {script}, not of {Path(sys.argv[0]).name}; continue it with: "
+                         f"{shlex.join(['python', script, '--resume', str(run_dir)])}")
+    if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
+        differ = _differences(config, load_checkpoint(run_dir / "last.pt").get("config") or config)
+        if differ:
+            raise CheckpointError(f"{run_dir / 'config.json'} no longer says what {run_dir / 'last.pt'} was trained "
+                                  f"with ({differ[0]}); the folder was edited: restore config.json")
+    elif found == "exercise1" and finished(run_dir):
+        raise CheckpointError(f"{run_dir} is finished but its last.pt is gone, so it cannot be extended; its results "
+                              "are in summary.json (start a new run to train again)")
+    elif found == "exercise1":
+        print(f"{run_dir} has no last.pt (it stopped before its first checkpoint): training it from the start")
     config = {**config, "kind": found}
     try:  # a config.json that lies about what it holds is one line, like any damaged file
         return run_dir, config, build(config) if build else None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def finished(run_dir):
+    """Whether the run in run_dir (a run, a phase, a child or a whole study) says it finished."""
+    try:
+        return read_json(Path(run_dir) / "summary.json").get("status") == "finished"
+    except (CheckpointError, AttributeError):  # not there yet, or damaged
+        return False
+
+
+def _differences(a, b, where=""):
+    """The dotted keys whose values differ between two configs (keys only one has, and train.epochs, aside)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() & b.keys()) if where + k != "train.epochs"
+                for d in _differences(a[k], b[k], f"{where}{k}.")]
+    return [] if json.dumps(a) == json.dumps(b) else [where.rstrip(".")]
+
+
+def extend_epochs(train, epochs):
+    """A resumed run's TrainConfig with --epochs EPOCHS (raised, never lowered); says when that stretches a schedule."""
+    if epochs is None or epochs == train.epochs:
+        return train
+    if epochs < train.epochs:
+        raise UsageError(f"--epochs {epochs} beside --resume may only extend the run's {train.epochs} epochs")
+    if train.scheduler != "none":
+        print(f"note: the {train.scheduler} learning-rate schedule now spans {epochs} epochs instead of "
+              f"{train.epochs}; the epochs still to come follow the longer one")
+    return replace(train, epochs=epochs)
 
 
 def _kind(config):

@@ -7,6 +7,7 @@ Every plot function saves one titled PNG and returns the data it drew, read back
 """
 import argparse
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -24,9 +25,18 @@ FAMILIES = {"plain": "Blues", "residual": "Oranges"}  # colour family per kind, 
 
 
 def save_figure(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Save and close fig; written under a temporary name, then renamed: a full disk leaves no half figure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png")
+        os.replace(tmp, path)
+    except OSError as e:  # matplotlib's own errors name no file
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 

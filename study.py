@@ -17,12 +17,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from checkpoint import RunLock, read_json, read_jsonl, write_json, write_report
-from cli import UsageError, flag, nonneg_int, pos_int
-from lifecycle import duration
+from cli import Distinct, UsageError, flag, nonneg_int, pos_int
+from lifecycle import duration, finished
 from models import PRESETS, ModelConfig
 from plots import plot_layer_grads, plot_study
 from stats import mean_std, paired
@@ -31,14 +31,19 @@ STUDIES = ("mlp_depth", "cnn_depth")
 DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
 
 
+# The model flags a study sets itself (cnn_depth: He et al.'s presets, as published).
+MODEL_FLAGS_SET = {"mlp_depth": {"depth", "hidden_sizes", "skips", "residual"},
+                   "cnn_depth": {f.name for f in fields(ModelConfig)} - {"name"}}
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     study: str = flag("", "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
                       "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/", choices=STUDIES)
     depths: tuple = flag((), "depths of the study (default: 2 4 8 16 32 for mlp_depth, 20 32 44 56 for "
-                         "cnn_depth)", type=pos_int, nargs="+")
+                         "cnn_depth)", type=pos_int, nargs="+", action=Distinct)
     seeds: tuple = flag((), "train every configuration once per seed and report mean ± std (also without "
-                        "--study)", type=nonneg_int, nargs="+")
+                        "--study)", type=nonneg_int, nargs="+", action=Distinct)
     workers: int = flag(1, "start N local worker processes that share the study (one child each at a time; CPU "
                         "threads split between them, GPUs assigned round-robin)", type=pos_int)
     report: bool = flag(False, "rebuild the study's report from its folder (after, or during, the study)")
@@ -76,13 +81,6 @@ def children(study, base, depths, seeds):
             out += [Child(f"{kind}{depth}_seed{s}", kind, depth,
                           replace(base, model=model, train=replace(base.train, seed=s))) for s in seeds]
     return out
-
-
-def finished(run_dir):
-    try:
-        return read_json(Path(run_dir) / "summary.json").get("status") == "finished"
-    except Exception:
-        return False
 
 
 def work(kids, study_dir, train_child, workers=1, write_config=True):

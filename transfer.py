@@ -23,8 +23,8 @@ from cli import UsageError, flag, from_args, from_dict, nonneg_int, pos_float, t
 from config import OutputConfig, RunConfig, data_and_train
 from dataloader import DataConfig, DataSet, check_sizes, load_dataset, make_loaders
 from engine import TrainConfig, make_autocast
-from lifecycle import (command, continuing, create_run_dir, done, model_from_arch, model_from_checkpoint, new_model,
-                       short_name, train)
+from lifecycle import (command, continuing, create_run_dir, done, extend_epochs, model_from_arch, model_from_checkpoint,
+                       new_model, short_name, train)
 from models import ModelConfig, summary
 
 MODES = ("linear", "svm", "finetune", "scratch")
@@ -179,6 +179,9 @@ def main(args, run_dir=None, saved=None):
                            wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}")
     else:
         data, train_cfg, tc, out = from_saved(saved)
+        if (longer := extend_epochs(train_cfg, args.epochs)) != train_cfg:
+            train_cfg = longer
+            write_json(run_dir / "config.json", {**saved, "train": asdict(train_cfg)})
     pretrained, arch = load_pretrained(tc.pretrained)
     ds, changes = adapt_inputs(load_dataset(data.dataset, data.data_root), tuple(arch["in_shape"]))
     check_sizes(ds, data, train_cfg.seed)

@@ -63,6 +63,17 @@ def is_cnn(name):
     return name != "FlexibleMLP"
 
 
+MLP_ONLY = {"hidden_size", "depth", "hidden_sizes", "skips", "activation", "dropout", "input_dropout"}
+CNN_ONLY = {"layers", "block", "width"}
+
+
+def unread_flags(name, given):
+    """The ModelConfig fields among `given` that model `name` never reads (a preset fixes all but max_norm, norm)."""
+    unread = CNN_ONLY if name == "FlexibleMLP" else MLP_ONLY if name == "FlexibleCNN" else MLP_ONLY | CNN_ONLY | {
+        "residual"}
+    return sorted(unread & set(given))
+
+
 def build_model(cfg: ModelConfig, in_shape, num_classes):
     """in_shape = (C, H, W) of one example."""
     if cfg.name == "FlexibleMLP":
@@ -87,5 +98,5 @@ def summary(name, model):
     return f"{name}: {n:,} parameters ({n / 1e6:.2f}M)"
 
 
-__all__ = ["ModelConfig", "build_model", "summary", "count_params", "is_cnn", "PRESETS", "MODEL_NAMES",
+__all__ = ["ModelConfig", "build_model", "summary", "count_params", "is_cnn", "unread_flags", "PRESETS", "MODEL_NAMES",
            "max_norm_", "FlexibleMLP", "FlexibleCNN", "BasicBlock", "Bottleneck", "BLOCKS", "ACTIVATIONS", "NORMS"]

@@ -75,6 +75,13 @@ def files(tmp_path_factory):
         cfg = json.loads((runs / "mlp" / "config.json").read_text())
         cfg["train"]["epochs"] = "ten"
         (d / "config.json").write_text(text or json.dumps(cfg))
+    import shutil
+    for name in ("edited_run", "no_last_run"):  # a run folder edited by hand, one whose last.pt was deleted
+        shutil.copytree(runs / "mlp", runs / name)
+    cfg = json.loads((runs / "edited_run" / "config.json").read_text())
+    cfg["model"]["dropout"] = 0.5
+    (runs / "edited_run" / "config.json").write_text(json.dumps(cfg))
+    (runs / "no_last_run" / "last.pt").unlink()
     # Broken data sets, one per kind of damage.
     for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb)):
         root = write_mnist(base / name)
@@ -113,6 +120,7 @@ M, C, B = "{mnist}", "{cifar}", "{base}"
 R = "{base}/runs"
 KD = ["exercise2.py", "--dataset", "mnist", "--data_root", M, "--teacher", "FlexibleMLP", "--t_hidden_sizes", "8",
       "--student", "FlexibleMLP", "--s_hidden_sizes", "4"]
+KS = KD[:5] + KD[9:]  # the student only: the teacher comes from --teacher_ckpt
 FT = ["exercise2.py", "--task", "finetune", "--dataset", "mnist", "--data_root", M]
 E1 = ["exercise1.py", "--data_root", M]
 CASES = [
@@ -190,20 +198,20 @@ CASES = [
     # distillation
     (KD + ["--alpha", "1.5"], "--alpha"),
     (KD + ["--temperature", "0"], "--temperature"),
-    (KD + ["--teacher_ckpt", "{base}/nowhere.pth"], "does not exist"),
-    (KD + ["--teacher_ckpt", "{crafted}"], "could run code"),
-    (KD + ["--teacher_ckpt", "{base}/legacy.pt"], "could run code"),
-    (KD + ["--teacher_ckpt", "{base}/garbage.pt"], "corrupt"),
-    (KD + ["--teacher_ckpt", "{base}/no_arch.pt"], "damaged"),
-    (KD + ["--teacher_ckpt", "{base}/bad_shapes.pt"], "another architecture"),
-    (KD + ["--teacher_ckpt", "{base}/nan.pt"], "NaN"),
-    (KD + ["--teacher_ckpt", f"{R}/fashion/best.pt"], "another data set"),
+    (KS + ["--teacher_ckpt", "{base}/nowhere.pth"], "does not exist"),
+    (KS + ["--teacher_ckpt", "{crafted}"], "could run code"),
+    (KS + ["--teacher_ckpt", "{base}/legacy.pt"], "could run code"),
+    (KS + ["--teacher_ckpt", "{base}/garbage.pt"], "corrupt"),
+    (KS + ["--teacher_ckpt", "{base}/no_arch.pt"], "damaged"),
+    (KS + ["--teacher_ckpt", "{base}/bad_shapes.pt"], "another architecture"),
+    (KS + ["--teacher_ckpt", "{base}/nan.pt"], "NaN"),
+    (KS + ["--teacher_ckpt", f"{R}/fashion/best.pt"], "another data set"),
     (KD + ["--teacher_logits", "x.pt"], "--teacher_logits"),
-    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/nowhere.pt"],
+    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/nowhere.pt"],
      "does not exist"),
-    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/logits_other.pt"],
+    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/logits_other.pt"],
      "another teacher"),
-    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{crafted}"], "run code"),
+    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{crafted}"], "run code"),
     (KD + ["--teacher_amp", "fp16", "--device", "cpu"], "--teacher_amp fp16"),
     (KD + ["--pretrained", f"{R}/cnn/best.pt"], "--task finetune"),
     (KD + ["--k_folds", "3"], "--k_folds"),
@@ -276,9 +284,25 @@ MORE = [
     (E1 + ["--warmup_epochs", "5", "--epochs", "1"], "--warmup_epochs"),
     (E1 + ["--save_dir="], "--save_dir"),
     (FT + ["--pretrained", f"{R}/cnn/best.pt", "--temperature", "5"], "distillation flags"),
-    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_nan.pt"],
+    (E1 + ["--seeds", "0", "1", "0"], "--seeds lists 0 more than once"),
+    (E1 + ["--study", "mlp_depth", "--depths", "2", "2"], "--depths lists 2"),
+    (KD + ["--study", "kd_grid", "--alphas", "0.5", "0.50"], "--alphas lists 0.5"),
+    (E1 + ["--resume="], "--resume: it is empty"),
+    (E1 + ["--run_name", ""], "--run_name: it is empty"),
+    (KD + ["--teacher_ckpt", ""], "--teacher_ckpt: it is empty"),
+    (E1 + ["--layers", "1", "1"], "--layers does not apply to FlexibleMLP"),
+    (E1 + ["--model", "resnet20", "--width", "8"], "--width does not apply to resnet20"),
+    (E1 + ["--model", "FlexibleCNN", "--dropout", "0.5"], "--dropout does not apply"),
+    (E1 + ["--study", "mlp_depth", "--depth", "3"], "leave out --depth"),
+    (E1 + ["--study", "cnn_depth", "--max_norm", "2"], "leave out --max_norm"),
+    (KD + ["--t_layers", "2"], "--t_layers does not apply to the FlexibleMLP teacher"),
+    (KD + ["--teacher_ckpt", f"{R}/kd/teacher.pth"], "--t_hidden_sizes 8 disagrees with the teacher"),
+    (["exercise1.py", "--resume", f"{R}/edited_run"], "model.dropout"),
+    (["exercise1.py", "--resume", f"{R}/no_last_run"], "last.pt is gone"),
+    (["exercise2.py", "--resume", f"{R}/mlp"], "continue it with: python exercise1.py --resume /"),
+    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_nan.pt"],
      "damaged"),
-    (KD + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_short.pt"],
+    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_short.pt"],
      "damaged"),
 ]
 

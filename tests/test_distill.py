@@ -142,7 +142,7 @@ def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
     b = json.loads((tmp_path / "b" / "summary.json").read_text())["teacher"]
     assert a["test_acc"] == b["test_acc"] and a["params"] == b["params"]
     # A cache of another teacher is refused.
-    other = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "c",
+    other = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY[:2], *TINY[7:], "--run_name", "c",
                     "--teacher_ckpt", tmp_path / "a" / "student_distill.pth", "--cache_teacher", "--teacher_logits",
                     tmp_path / "a" / "teacher_logits.pt")
     assert other.returncode == 2 and "another teacher" in other.stderr and "Traceback" not in other.stderr

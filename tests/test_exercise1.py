@@ -118,13 +118,18 @@ def test_resume_after_sigkill_matches_uninterrupted(mnist_root, tmp_path):
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
 
 
-def test_resume_may_extend_epochs(mnist_root, tmp_path):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                *QUIET)
+@pytest.mark.parametrize("scheduler", ["none", "cosine"])
+def test_resume_may_extend_epochs(mnist_root, tmp_path, scheduler):
+    """A schedule is stretched to the new length, and says so: the added epoch learns (cosine had reached 0)."""
+    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "2",
+                "--scheduler", scheduler, *QUIET)
     assert p.returncode == 0, p.stderr
-    p = run_cli("exercise1.py", "--resume", tmp_path / "r" / "last.pt", "--epochs", "2")
+    p = run_cli("exercise1.py", "--resume", tmp_path / "r" / "last.pt", "--epochs", "3")
     assert p.returncode == 0, p.stderr
-    assert len(read_metrics(tmp_path / "r")) == 2
+    assert ("schedule now spans 3 epochs instead of 2" in p.stdout) == (scheduler == "cosine")
+    lrs = [m["lr"] for m in read_metrics(tmp_path / "r")]
+    assert lrs == ([1e-3] * 3 if scheduler == "none" else pytest.approx([1e-3, 0.5e-3, 0.25e-3]))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["epochs"] == 3
 
 
 def test_wandb_offline_holds_the_logged_metrics_summary_and_figures(mnist_root, tmp_path):

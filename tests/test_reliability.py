@@ -160,6 +160,35 @@ def test_disk_full_is_one_line_naming_the_path_and_the_space(mnist_root, tmp_pat
     assert not list((tmp_path / "r").glob(".*tmp*"))
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system of its own (needs root and a mountable tmpfs, else the test is skipped)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", disk], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", disk])
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "figures"])
+def test_a_really_full_disk_is_one_line_naming_a_file(mnist_root, small_disk, tmp_path, full_at):
+    """torch.save on a full disk raises RuntimeErrors of its own, matplotlib OSErrors without a file name."""
+    args = ["--data_root", mnist_root, "--run_name", "r", "--epochs", "1", "--hidden_size", "32", "--depth", "2", *QUIET]
+    free = 100 * 1024  # less than last.pt
+    if full_at == "figures":  # room for everything written before the first figure
+        assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "ok").returncode == 0
+        free = sum(4096 + f.stat().st_size for f in (tmp_path / "ok" / "r").iterdir() if f.suffix in (".pt", ".json",
+                                                                                                    ".jsonl", ".txt"))
+    (small_disk / "filler").write_bytes(bytes(2**20 - free - 16 * 1024))
+    p = run_cli("exercise1.py", *args, "--save_dir", small_disk, process=True)
+    line = p.stderr.strip().splitlines()[-1].split("\r")[-1]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "no space left on device" in line.lower() and str(small_disk / "r") in line and "free" in line, line
+    assert (".png" in line) == (full_at == "figures"), line
+    assert not list((small_disk / "r").glob(".*tmp*"))
+
+
 def test_stale_temporary_files_of_killed_writers_are_removed(mnist_root, tmp_path):
     ok = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
                  *QUIET)
