@@ -15,7 +15,7 @@ import torch
 
 from checkpoint import (FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json,
                         read_jsonl, save_checkpoint, write_report)
-from cli import Distinct, config_dict, flag, from_dict, nonneg_int, pos_float, unit
+from cli import Distinct, UsageError, config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
 from config import OutputConfig, RunConfig
@@ -89,17 +89,29 @@ class ExperimentConfig:
         return RunConfig(model, data, self.train, self.output)
 
 
-def given_teacher(path, ds, dataset):
-    """(model, checkpoint) of a trained teacher, checked against the data set it is to teach."""
+def given_teacher(path, ds, cfg, told=None):
+    """(model, cfg with its architecture and input normalisation) of a trained teacher, checked against the data
+    set it is to teach and against the teacher flags the user gave (`told`: ModelConfig field -> value)."""
     ckpt = load_checkpoint(path)
     arch = ckpt["arch"]
     if arch["num_classes"] != ds.num_classes or tuple(arch["in_shape"]) != ds.in_shape:
         raise CheckpointError(f"teacher checkpoint {path} was trained on {arch['num_classes']} classes of "
                               f"{tuple(arch['in_shape'])} inputs; this data set has {ds.num_classes} of {ds.in_shape}")
-    if arch.get("dataset") not in (None, dataset) or arch.get("classes") not in (None, list(ds.classes)):
+    if arch.get("dataset") not in (None, cfg.data.dataset) or arch.get("classes") not in (None, list(ds.classes)):
         raise CheckpointError(f"teacher checkpoint {path} was trained on another data set ({arch.get('dataset')}, "
-                              f"classes {arch.get('classes', [])[:3]}...); this run uses {dataset}")
-    return model_from_checkpoint(path, ckpt), ckpt
+                              f"classes {arch.get('classes', [])[:3]}...); this run uses {cfg.data.dataset}")
+    saved = from_dict(ModelConfig, arch["model"])
+    for k, mine in sorted((told or {}).items()):
+        if mine != getattr(saved, k):
+            show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
+            raise UsageError(f"--{'teacher' if k == 'name' else 't_' + k} {show(mine)} disagrees with the teacher in "
+                             f"{path} ({show(getattr(saved, k))}); leave it out: the teacher comes from --teacher_ckpt")
+    cfg = replace(cfg, teacher=saved)
+    if (norm := arch.get("input_norm")) and not cfg.data.norm:  # absent in checkpoints written before it was recorded
+        # Every phase normalises as the teacher was trained, so it sees exactly its own inputs; the students
+        # are trained from scratch and do not care whose split the statistics came from.
+        cfg = replace(cfg, data=replace(cfg.data, norm=tuple(map(tuple, norm))))
+    return model_from_checkpoint(path, ckpt), cfg
 
 
 def shared_teacher(cfg, ds):

@@ -25,7 +25,7 @@ import distill
 import distributed
 import transfer
 from checkpoint import RunLock, write_json
-from cli import Parser, UsageError, add_flags, from_args, from_dict, given, resolve_amp, run_main, timestamp
+from cli import Parser, UsageError, add_flags, from_args, given, resolve_amp, run_main, timestamp
 from config import OutputConfig, add_run_flags, data_and_train
 from dataloader import load_dataset, make_loaders
 from engine import Diverged
@@ -121,21 +121,9 @@ def main(argv=None):
         else cfg.distill.teacher_ckpt  # a resumed run uses its own copy of the given teacher
     teacher, given_ = None, bool(cfg.distill.teacher_ckpt)
     if given_:
-        teacher, tckpt = distill.given_teacher(source, ds, cfg.data.dataset)
-        saved = from_dict(ModelConfig, tckpt["arch"]["model"])
-        for k in sorted(given(args) & ({"teacher"} | {"t_" + f.name for f in fields(ModelConfig)})):
-            mine, theirs = (args.teacher, saved.name) if k == "teacher" else (getattr(cfg.teacher, k[2:]),
-                                                                               getattr(saved, k[2:]))
-            if mine != theirs:
-                show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
-                raise UsageError(f"--{k} {show(mine)} disagrees with the teacher in {source} ({show(theirs)}); "
-                                 "leave it out: the teacher comes from --teacher_ckpt")
-        cfg = replace(cfg, teacher=saved)
-        norm = tckpt["arch"].get("input_norm")  # absent in checkpoints written before it was recorded
-        if norm and not cfg.data.norm:
-            # Every phase normalises as the teacher was trained, so it sees exactly its own inputs; the students
-            # are trained from scratch and do not care whose split the statistics came from.
-            cfg = replace(cfg, data=replace(cfg.data, norm=tuple(map(tuple, norm))))
+        told = {"name" if k == "teacher" else k[2:]: args.teacher if k == "teacher" else getattr(cfg.teacher, k[2:])
+                for k in given(args) if k == "teacher" or k.startswith("t_")}
+        teacher, cfg = distill.given_teacher(source, ds, cfg, told)
     describe_data(ds, cfg.phase("teacher"))
     if cfg.distill.teacher_logits:
         distill.check_logits(cfg.distill.teacher_logits, distill.logits_key(teacher, ds, cfg))

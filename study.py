@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 from checkpoint import RunLock, read_json, read_jsonl, write_json, write_report
 from cli import Distinct, UsageError, flag, nonneg_int, pos_int
