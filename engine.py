@@ -75,6 +75,8 @@ class Stop:
             yield
         finally:
             self.deferred = False
+        if self.requested is not None:  # asked after the loop's last check (the last validation or checkpoint)
+            raise Stopped(self.requested)
 
     def check(self, accum=None):
         if self.requested is not None:

@@ -149,7 +149,8 @@ def main(argv=None):
             if run_dir is None:
                 run_dir = study_folder(cfg, plan, args)
             if (args.workers or 1) > 1 and not args.report:
-                study.spawn_workers(args.workers, run_dir)  # they share the folder; this process then reports
+                with continuing(command("--resume", run_dir)):
+                    study.spawn_workers(args.workers, run_dir)  # they share the folder; this process then reports
             message = run_study(plan, ds, run_dir, args)
         else:
             model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists

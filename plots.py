@@ -3,7 +3,8 @@
 Every plot function saves one titled PNG and returns the data it drew, read back from the figure.
 
     python plots.py compare runs/A runs/B --metric val_acc --out cmp.png
-    python plots.py table runs/A runs/B          # a study's or exercise2's folder: a row per run in it
+    python plots.py table runs/A runs/B
+A study's or exercise2's folder stands for the runs in it.
 """
 import argparse
 import json
@@ -230,6 +231,16 @@ def _read(p, path, lines=False):
     return records if lines else records[0]
 
 
+def _runs(folders, filename, whole):
+    """[(label, folder)]: each folder, or where whole(folder) is false (a study's or exercise2's folder), the run
+    folders in it that hold `filename`."""
+    out = []
+    for r in map(Path, folders):
+        subs = [] if not r.is_dir() or whole(r) else sorted(d for d in r.iterdir() if (d / filename).is_file())
+        out += [(f"{r.name}/{d.name}", d) for d in subs] or [(r.name, r)]
+    return out
+
+
 def main(argv=None):
     p = _Parser(prog="plots.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -241,7 +252,8 @@ def main(argv=None):
     t.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
     args = p.parse_args(argv)
     if args.cmd == "compare":
-        curves = {Path(r).name: _read(c, Path(r) / "metrics.jsonl", lines=True) for r in args.runs}
+        curves = {name: _read(c, r / "metrics.jsonl", lines=True)
+                  for name, r in _runs(args.runs, "metrics.jsonl", lambda r: (r / "metrics.jsonl").exists())}
         numeric = sorted({k for h in curves.values() for r in h for k, v in r.items() if _num(v)} - {"epoch"})
         if args.metric not in numeric:
             c.error(f"no numeric metric {args.metric!r} in these runs; plottable: {', '.join(numeric) or 'none'}")
@@ -253,11 +265,8 @@ def main(argv=None):
         return
     cols = (("params", ","), ("best_val_acc", ".4f"), ("test_acc", ".4f"), ("test_loss", ".4f"), ("epochs_run", ""),
             ("train_time_s", ".1f"))
-    summaries = {}
-    for r in map(Path, args.runs):  # a study's or exercise2's folder: one row per run folder in it
-        s = _read(t, r / "summary.json")
-        subs = [] if "test_acc" in s else sorted(d for d in r.iterdir() if (d / "summary.json").is_file())
-        summaries.update({f"{r.name}/{d.name}": _read(t, d / "summary.json") for d in subs} or {r.name: s})
+    summaries = {name: _read(t, r / "summary.json")
+                 for name, r in _runs(args.runs, "summary.json", lambda r: "test_acc" in _read(t, r / "summary.json"))}
     print("| Run | Params | Best val acc | Test acc | Test loss | Epochs | Train time (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, s in summaries.items():

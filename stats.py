@@ -32,8 +32,9 @@ def paired(a, b):
 
 def gap_closed(student, alone, teacher):
     """Fraction of the teacher's lead over the student trained alone that distillation recovers, on test
-    accuracy: 1 = matches the teacher, 0 = no gain, < 0 = worse than alone. None when teacher == alone."""
-    return None if teacher == alone else (student - alone) / (teacher - alone)
+    accuracy: 1 = matches the teacher, 0 = no gain, < 0 = worse than alone. None when the teacher is no better
+    than the student alone: there is no gap to close, and the ratio would be a meaningless -400%."""
+    return None if teacher <= alone else (student - alone) / (teacher - alone)
 
 
 def format_paired(p, scale=1.0, digits=4):

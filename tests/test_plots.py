@@ -226,6 +226,15 @@ def test_table_prints_every_run_with_dashes_for_missing_numbers(tmp_path, capsys
     assert lines[3] == "| b | - | - | - | - | - | - |" and len(lines) == 4
 
 
+def test_compare_of_an_exercise2_folder_draws_its_phases(tmp_path, capsys):
+    write_run(tmp_path / "kd", summary={"status": "finished"})
+    for phase in ("student_baseline", "student_distill"):
+        write_run(tmp_path / "kd" / phase, records=[{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}])
+    out = tmp_path / "c.png"
+    plots.main(["compare", str(tmp_path / "kd"), "--out", str(out)])
+    assert out.stat().st_size > 0 and capsys.readouterr().out.strip() == str(out)
+
+
 def test_table_of_a_study_folder_has_a_row_per_run_in_it(tmp_path, capsys):
     write_run(tmp_path / "study", summary={"status": "finished", "configurations": []})
     for name, acc in (("plain2_seed0", 0.9), ("residual2_seed0", 0.95)):

@@ -218,6 +218,27 @@ def test_a_signal_outside_the_training_loop_is_one_line(sig, code, capsys):
     assert e.value.code == code and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_signal_during_the_last_epochs_checkpoint_is_not_lost(mnist_root, tmp_path, monkeypatch):
+    """Asked after the loop's last check (the last validation, the last checkpoint): the run stops right after
+    the loop, with the continue line and exit 143, instead of testing and exiting 0 as if nothing was asked."""
+    import engine
+    import lifecycle
+    real = lifecycle.append_jsonl
+
+    def signal_while_saving(path, rec):
+        real(path, rec)
+        if rec["epoch"] == 2:
+            engine.STOP.handler(signal.SIGTERM, None)  # what the operating system's signal does at this moment
+    monkeypatch.setattr(lifecycle, "append_jsonl", signal_while_saving)
+    args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "2", *QUIET]
+    p = run_cli("exercise1.py", *args)
+    assert p.returncode == 143 and "continue with:" in p.stderr.strip().splitlines()[-1], p.stderr
+    assert not (tmp_path / "r" / "summary.json").exists()
+    monkeypatch.setattr(lifecycle, "append_jsonl", real)
+    assert run_cli("exercise1.py", *printed_command(p.stderr)).returncode == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+
+
 def test_standard_loader_with_workers_resumes_exactly(mnist_root, tmp_path, monkeypatch):
     """--loader standard --num_workers 2: killed after epoch 1's checkpoint and resumed, the same as uninterrupted
     (its augmentation depends on (seed, epoch, index) only, not on when the DataLoader workers started)."""

@@ -36,6 +36,7 @@ def test_gap_closed():
     assert gap_closed(0.99, 0.98, 0.99) == pytest.approx(1.0)
     assert gap_closed(0.97, 0.98, 0.99) == pytest.approx(-1.0)
     assert gap_closed(0.97, 0.98, 0.98) is None
+    assert gap_closed(0.99, 0.98, 0.97) is None  # a teacher worse than the student alone: no gap
 
 
 def test_format_paired():

@@ -61,3 +61,20 @@ def test_three_workers_and_a_killed_one_give_the_one_worker_results(mnist_root, 
     rerun = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path / "killed", *STUDY)
     assert rerun.returncode == 0 and "finished earlier" in rerun.stdout
     assert (tmp_path / "killed" / "mlp_depth" / "summary.json").read_text() == report  # nothing changes
+
+
+def test_ctrl_c_to_a_study_with_workers_says_how_to_continue(mnist_root, tmp_path):
+    """The spawning process waits for its --workers; a Ctrl-C there stops them and names the study's --resume."""
+    main = subprocess.Popen([sys.executable, str(ROOT / "exercise1.py"), "--data_root", str(mnist_root), "--save_dir",
+                             str(tmp_path), *STUDY, "--epochs", "50", "--workers", "2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "mlp_depth" / "plain1_seed0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (first.exists() and first.read_text()):
+        assert main.poll() is None and time.time() < deadline, main.communicate()
+        time.sleep(0.02)
+    main.send_signal(signal.SIGINT)
+    _, err = main.communicate(timeout=120)
+    assert main.returncode == 130, err
+    assert err.strip().splitlines()[-1].endswith(f"continue with: python {ROOT / 'exercise1.py'} --resume "
+                                                 f"{tmp_path / 'mlp_depth'}"), err
