@@ -30,7 +30,7 @@ from checkpoint import read_json, write_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
 from dataloader import load_dataset
 from config import OutputConfig, RunConfig, add_run_flags, data_and_train
-from lifecycle import command, done, continuing, create_run_dir, describe_data, extend_epochs, new_model, resume_dir, short_name, train
+from lifecycle import command, done, continuing, create_run_dir, describe_data, extend_epochs, finished, new_model, resume_dir, short_name, train
 from models import MODEL_NAMES, ModelConfig, is_cnn, summary, unread_flags
 from notify import notify
 
@@ -148,10 +148,11 @@ def main(argv=None):
         if plan is not None:
             if run_dir is None:
                 run_dir = study_folder(cfg, plan, args)
-            if (args.workers or 1) > 1 and not args.report:
+            spawned = (args.workers or 1) > 1 and not args.report
+            if spawned:
                 with continuing(command("--resume", run_dir)):
-                    study.spawn_workers(args.workers, run_dir)  # they share the folder; this process then reports
-            message = run_study(plan, ds, run_dir, args)
+                    study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
+            message = "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
         else:
             model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists
             print(summary(cfg.model.name, model))

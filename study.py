@@ -119,6 +119,9 @@ def work(kids, study_dir, train_child, workers=1, write_config=True):
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
 
 
+SPAWNED = "LAB1_STUDY_WORKER"  # set in the environment of the workers spawn_workers starts
+
+
 def spawn_workers(n, study_dir):
     """n worker processes on study_dir (`--resume STUDY_DIR`); CPU threads split between them, worker i on GPU
     i mod the GPU count. Returns when all have ended; a failed worker is one line (its children stay to resume)."""
@@ -126,7 +129,7 @@ def spawn_workers(n, study_dir):
     gpus, threads = torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i in range(n):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", SPAWNED: "1"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         procs.append(subprocess.Popen([sys.executable, sys.argv[0], "--resume", str(study_dir)], env=env))
@@ -225,8 +228,9 @@ def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
             return "report written by another worker"
         if rebuild or not finished(study_dir):
             return report(study_dir, title, kids)
-        print(f"{study_dir} was finished earlier:\n" + ((study_dir / "results.md").read_text()
-                                                      if (study_dir / "results.md").exists() else ""))
+        if not os.environ.get(SPAWNED):  # a worker of --workers N: the one that wrote the report printed it
+            print(f"{study_dir} was finished earlier:\n" + ((study_dir / "results.md").read_text()
+                                                          if (study_dir / "results.md").exists() else ""))
         return json.dumps(read_json(study_dir / "summary.json").get("val_acc_mean", ""))
     finally:
         lock.release()
