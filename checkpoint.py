@@ -95,15 +95,16 @@ def save_checkpoint(path, ckpt):
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp), needed=_nbytes(ckpt))
 
 
-def load_file(path, what="checkpoint"):
-    """torch.load with weights_only=True: tensors and plain data only; anything else is refused, not run."""
+def load_file(path, what="checkpoint", mmap=False):
+    """torch.load with weights_only=True: tensors and plain data only; anything else is refused, not run.
+    mmap: tensors stay on disk until read (for a look at the plain data only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         culprit = re.search(r"GLOBAL (\S+)", str(e))
         if not culprit:
@@ -115,9 +116,9 @@ def load_file(path, what="checkpoint"):
         raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
 
 
-def load_checkpoint(path, need=("model", "arch")):
+def load_checkpoint(path, need=("model", "arch"), mmap=False):
     """A lab1 checkpoint, checked for the format tag and the keys `need`."""
-    ckpt = load_file(path)
+    ckpt = load_file(path, mmap=mmap)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lab1 checkpoint")
     missing = [k for k in need if k not in ckpt]

@@ -71,8 +71,6 @@ def command(*args):
 
 def check_run_name(save_dir, name):
     """A plain, not too long name in a writable save_dir; checked before any work."""
-    if not str(save_dir):
-        raise UsageError("--save_dir is empty; name a folder (default: runs)")
     if not name or os.sep in name or "/" in name or name in (".", "..") or "\0" in name:
         raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator")
     if len(name.encode()) > NAME_MAX:
@@ -156,7 +154,7 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
         raise UsageError(f"{run_dir} is a run of {script}, not of {Path(sys.argv[0]).name}; continue it with: "
                          f"{shlex.join(['python', script, '--resume', str(run_dir)])}")
     if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
-        differ = _differences(config, load_checkpoint(run_dir / "last.pt").get("config") or config)
+        differ = _differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
         if differ:
             raise CheckpointError(f"{run_dir / 'config.json'} no longer says what {run_dir / 'last.pt'} was trained "
                                   f"with ({differ[0]}); the folder was edited: restore config.json")
