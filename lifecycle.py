@@ -183,7 +183,8 @@ def _differences(a, b, where=""):
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(a.keys() & b.keys()) if where + k != "train.epochs"
                 for d in _differences(a[k], b[k], f"{where}{k}.")]
-    return [] if json.dumps(a) == json.dumps(b) else [where.rstrip(".")]
+    same = json.dumps(a, default=repr) == json.dumps(b, default=repr)  # a tensor where a number belongs: differs
+    return [] if same else [where.rstrip(".") or "all of it"]
 
 
 def extend_epochs(train, epochs):

@@ -82,6 +82,9 @@ def files(tmp_path_factory):
     cfg["model"]["dropout"] = 0.5
     (runs / "edited_run" / "config.json").write_text(json.dumps(cfg))
     (runs / "no_last_run" / "last.pt").unlink()
+    shutil.copytree(runs / "mlp", runs / "lying_last_run")  # a last.pt whose config holds a tensor, not settings
+    last = torch.load(runs / "mlp" / "last.pt", weights_only=True)
+    torch.save({**last, "config": {**last["config"], "train": torch.zeros(2)}}, runs / "lying_last_run" / "last.pt")
     # Broken data sets, one per kind of damage.
     for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb)):
         root = write_mnist(base / name)
@@ -299,6 +302,7 @@ MORE = [
     (KD + ["--teacher_ckpt", f"{R}/kd/teacher.pth"], "--t_hidden_sizes 8 disagrees with the teacher"),
     (["exercise1.py", "--resume", f"{R}/edited_run"], "model.dropout"),
     (["exercise1.py", "--resume", f"{R}/no_last_run"], "last.pt is gone"),
+    (["exercise1.py", "--resume", f"{R}/lying_last_run"], "(train)"),
     (["exercise2.py", "--resume", f"{R}/mlp"], "continue it with: python exercise1.py --resume /"),
     (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_nan.pt"],
      "damaged"),
