@@ -21,6 +21,8 @@ import signal
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
 import json
+import os
+from contextlib import nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -118,6 +120,12 @@ def run_study(plan, ds, study_dir, args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    # A stop before the run's own hint is set (while the data load) continues the same way: --resume is idempotent.
+    with continuing(command("--resume", args.resume)) if args.resume else nullcontext():
+        return _main(args)
+
+
+def _main(args):
     distributed.setup()
     multi = args.study or args.seeds or args.k_folds
     if distributed.world() > 1 and (multi or args.workers):
@@ -171,7 +179,7 @@ def main(argv=None):
         raise
     if args.notify and distributed.is_main():
         notify(args.notify, f"lab1 {label} finished: {message} ({run_dir})")
-    done(run_dir)
+    done(None if os.environ.get(study.SPAWNED) else run_dir)  # the spawner prints the study's folder, once
     distributed.teardown()
     return 0
 

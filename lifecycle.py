@@ -499,6 +499,7 @@ def close_wandb():
 
 
 def done(run_dir):
-    """The last lines of a successful command: the W&B upload command if any, then the run folder."""
+    """The last lines of a successful command: the W&B upload command if any, then the run folder (if given)."""
     close_wandb()
-    print(run_dir, flush=True)
+    if run_dir is not None:
+        print(run_dir, flush=True)
