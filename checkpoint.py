@@ -35,7 +35,7 @@ def atomic_write(path, write, needed=0):
     needed: the bytes the write is expected to take, for the message when the disk is full.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = tmp_name(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -65,11 +65,20 @@ def size(nbytes):
     return f"{nbytes / 1024:.0f} KiB"
 
 
+TMP = ".lab1-tmp"  # what marks lab1's temporary names: nothing else is ever cleaned up
+
+
+def tmp_name(path):
+    """Where `path` is written before it is renamed into place: `.NAME.lab1-tmpPID` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP}{os.getpid()}")
+
+
 def remove_stale_tmp(folder):
-    """Delete `.NAME.tmpPID` files (and folders) left by writers that were killed (their PID is gone)."""
-    for p in Path(folder).glob(".*.tmp*"):
-        pid = p.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+    """Delete lab1's temporary files (and folders) left by writers that were killed (their PID is gone)."""
+    for p in Path(folder).glob(f".*{TMP}*"):
+        pid = p.name.rsplit(TMP, 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)) and not p.is_symlink():
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -122,14 +131,30 @@ def load_checkpoint(path, need=("model", "arch"), mmap=False):
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lab1 checkpoint")
     missing = [k for k in need if k not in ckpt]
-    arch = ckpt.get("arch")
-    if not missing and not (isinstance(arch, dict) and isinstance(arch.get("model"), dict)
-                            and isinstance(arch.get("in_shape"), (list, tuple)) and len(arch["in_shape"]) == 3
-                            and isinstance(arch.get("num_classes"), int) and arch["num_classes"] >= 2):
+    if not missing and "arch" in need and not _valid_arch(ckpt["arch"]):
         missing = ["a valid arch"]
     if missing:
         raise CheckpointError(f"{path} is a damaged lab1 checkpoint (missing {', '.join(missing)})")
     return ckpt
+
+
+def _valid_arch(arch):
+    """What rebuilds and feeds the model: a model config, an image shape (C, H, W) of sensible size, a class count,
+    and an input normalisation (if recorded) with one mean and one std > 0 per channel."""
+    from dataloader import check_norm
+    from models import is_cnn
+    try:
+        c, h, w = arch["in_shape"]
+        ok = all(type(v) is int for v in (c, h, w)) and 1 <= c <= 4 and 1 <= h <= 4096 and 1 <= w <= 4096
+        ok = ok and type(arch["num_classes"]) is int and 2 <= arch["num_classes"] <= 100_000
+        name = arch["model"].get("name")
+        ok = ok and arch.get("is_cnn", is_cnn(name)) == is_cnn(name)
+        if ok and arch.get("input_norm"):
+            check_norm(arch["input_norm"])
+            ok = len(arch["input_norm"][0]) == c
+        return ok
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
 
 
 def load_weights(model, state, path="checkpoint"):
@@ -187,13 +212,17 @@ def read_json(path, what="file"):
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
         raise CheckpointError(f"{what} {path} is unreadable or damaged ({type(e).__name__})") from None
 
 
 def read_jsonl(path):
+    """The records of a JSON-lines file ([] if it is missing), or a one-line CheckpointError if one is damaged."""
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} is unreadable or damaged ({type(e).__name__})") from None
 
 
 def write_jsonl(path, records):

@@ -44,12 +44,13 @@ def _shown(value):
     return "unset" if value in ("", None) else str(value)
 
 
-def add_flags(group, cls, prefix="", who="", defaults=None, shown=None):
-    """One --PREFIXname option per flag field of dataclass `cls`; help ends with the default (or `shown`)."""
+def add_flags(group, cls, prefix="", who="", defaults=None, shown=None, skip=()):
+    """One --PREFIXname option per flag field of dataclass `cls` (but `skip`); help ends with the default (or
+    `shown`)."""
     defaults = defaults or cls()
     for f in dataclasses.fields(cls):
         kw = dict(f.metadata)
-        if "help" not in kw:
+        if "help" not in kw or f.name in skip:
             continue
         text = (shown or {}).get(f.name, _shown(getattr(defaults, f.name)))
         help_ = f"{who}{kw.pop('help')} (default: {text})".replace("%", "%%")
@@ -87,8 +88,29 @@ def from_dict(cls, d):
             if default not in (None, dataclasses.MISSING) and not isinstance(value, type(default)) and not (
                     isinstance(default, float) and isinstance(value, int)):
                 raise TypeError(f"{cls.__name__}.{f.name} = {value!r}")
+            if value is not None and value != default and not _as_flag_value(f.metadata, value):
+                raise ValueError(f"{cls.__name__}.{f.name} = {str(value)[:60]} is not a value its flag takes")
             out[f.name] = value
-    return cls(**out)
+    obj = cls(**out)
+    if hasattr(obj, "check_restored"):  # what no single flag can say (several fields, this machine)
+        obj.check_restored()
+    return obj
+
+
+def _as_flag_value(meta, value):
+    """Whether the flag would accept `value` from the command line (its type, choices and distinct values): a
+    config file is checked as the flags are."""
+    values = value if meta.get("nargs") in ("+", "*") else (value,)
+    if not isinstance(values, tuple) or meta.get("action") is Distinct and len(set(values)) < len(values):
+        return False
+    for v in values:
+        text = ":".join(map(str, v)) if isinstance(v, tuple) else str(v)  # a --skips pair is typed T:S
+        try:
+            if "type" in meta and meta["type"](text) != v or v not in meta.get("choices", (v,)):
+                return False
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            return False
+    return True
 
 
 def config_dict(**parts):
@@ -110,6 +132,9 @@ def _checked(cast, ok, what):
 
 MAX_INT = 2**31 - 1  # counts (epochs, widths, seeds) beyond this are typos, and overflow torch's generators
 pos_int = _checked(int, lambda v: 0 < v <= MAX_INT, "a positive integer")
+count = _checked(int, lambda v: 0 < v <= 10_000, "a positive integer up to 10000")  # layers, blocks, depths
+processes = _checked(int, lambda v: 0 <= v <= 256, "an integer from 0 to 256")   # processes to start
+pos_processes = _checked(int, lambda v: 0 < v <= 256, "an integer from 1 to 256")
 nonneg_int = _checked(int, lambda v: 0 <= v <= MAX_INT, "a non-negative integer")
 pos_float = _checked(float, lambda v: 0 < v < 1e6, "a positive number below 1e6")
 nonneg_float = _checked(float, lambda v: 0 <= v < 1e6, "a non-negative number below 1e6")
@@ -201,15 +226,18 @@ def run_main(main, argv=None):
     except DiskFull as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
-    except OSError as e:  # a full disk outside the checkpoint writer (a metrics line, a figure), or a lost folder
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOENT, errno.EACCES):
+    except OSError as e:  # a full disk outside the checkpoint writer (a metrics line, a figure), a lost folder,
+        # or a path that cannot be one (too long, a file where a folder belongs): bad input, exit 2
+        bad_path = e.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP)
+        if not bad_path and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENOENT,
+                                            errno.EACCES):
             raise
-        where = f": {e.filename}" if e.filename else ""
+        where = f": {str(e.filename)[:200]}" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
             with contextlib.suppress(OSError):
                 where += f" ({size(shutil.disk_usage(os.path.dirname(os.path.abspath(e.filename))).free)} free)"
         print(f"error: {e.strerror or e}{where}; the files written before are intact", file=sys.stderr)
-        code = 1
+        code = 2 if bad_path else 1
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         what = str(e) or "interrupted by SIGINT"

@@ -40,13 +40,12 @@ class RunConfig:
                    from_dict(TrainConfig, d["train"]), from_dict(OutputConfig, d["output"]))
 
 
-def add_run_flags(p, project_help, resume_help):
-    """Data, optimisation and output flags (both scripts take the same ones)."""
+def add_run_flags(p, project_help, resume_help, skip=()):
+    """Data, optimisation and output flags (both scripts take the same ones, but `skip`)."""
     g = p.add_argument_group("Data")
     add_flags(g, DataConfig, shown={"dataset": "mnist for FlexibleMLP, cifar10 for CNNs",
-                                    "augment": "on for colour data, off for grey"})
-    g.add_argument("--no_augment", dest="augment", action="store_false", default=None,
-                   help="no augmentation (default: see --augment)")
+                                    "augment": "on for colour data, off for grey"}, skip=skip)
+    g.add_argument("--no_augment", action="store_true", default=None, help="no augmentation (default: see --augment)")
     add_flags(p.add_argument_group("Optimisation"), TrainConfig)
     g = p.add_argument_group("Output")
     add_flags(g, OutputConfig, shown={"wandb_project": project_help, "run_name": "key flags + time stamp"})
@@ -59,9 +58,26 @@ def add_run_flags(p, project_help, resume_help):
 
 def data_and_train(args, dataset):
     """DataConfig and TrainConfig from the flags."""
-    augment = args.augment if args.augment is not None else dataset in COLOUR
+    unread = [("--augment and --no_augment", args.augment and args.no_augment, "give one of them"),
+              ("--momentum", args.momentum is not None and (args.optimizer or TrainConfig.optimizer) != "sgd",
+               "it is SGD's: add --optimizer sgd"),
+              ("--num_workers", args.num_workers is not None and (args.loader or DataConfig.loader) != "standard",
+               "they are --loader standard's"),
+              ("--early_stopping", args.early_stopping and args.val_split == 0 and not getattr(args, "k_folds", 0),
+               "it needs a validation split (--val_split > 0)")]
+    for name, wrong, why in unread:
+        if wrong:
+            raise UsageError(f"{name}: {why}")
+    augment = True if args.augment else False if args.no_augment else dataset in COLOUR
     if (args.warmup_epochs or 0) >= (args.epochs or TrainConfig.epochs) and args.warmup_epochs:
         raise UsageError("--warmup_epochs must be shorter than --epochs (the learning rate would never peak)")
     device = resolve_device(args.device or "auto")
     train = from_args(TrainConfig, args, device=device, amp=resolve_amp(args.amp or "auto", device))
     return from_args(DataConfig, args, dataset=dataset, augment=augment), train
+
+
+def check_batch_norm(batch_size, *norms):
+    """Batch norm cannot train on batches of one example (each channel's variance would be 0)."""
+    if batch_size == 1 and "batch" in norms:
+        raise UsageError("--batch_size 1 cannot train a model with batch norm (one example per batch has no "
+                         "variance): use --batch_size 2 or more, or --norm none")

@@ -9,8 +9,10 @@ mnist, fashion-mnist (IDX .gz files) and cifar10, cifar100 (python pickles) are 
 data_root when missing; `folder` is an ImageFolder tree ROOT/{train,test[,val]}/<class>/*, decoded once and
 cached as one tensor file. The test set is only ever read by the final evaluation.
 """
+import contextlib
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import stat
@@ -25,8 +27,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from cli import flag, fraction, nonneg_int, pos_int
+from checkpoint import tmp_name
+from cli import flag, fraction, nonneg_int, pos_int, processes
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -51,11 +55,26 @@ class DataConfig:
     batch_size: int = flag(128, "training batch size", type=pos_int)
     loader: str = flag("tensor", "tensor: data resident on the device, batched augmentation (fast); standard: "
                        "torch DataLoader + torchvision transforms", choices=("tensor", "standard"))
-    num_workers: int = flag(2, "DataLoader workers for --loader standard", type=nonneg_int)
+    num_workers: int = flag(2, "DataLoader workers for --loader standard", type=processes)
     k_folds: int = flag(0, "stratified K-fold cross-validation on the training set instead of one split (K >= 2); "
                         "0 = off", type=nonneg_int, metavar="K")
     fold: int = 0                 # which fold (1..k_folds) a k-fold child trains on
     norm: tuple = ()              # (mean, std) per channel, in [0, 1] units; () = from the training split
+
+    def check_restored(self):
+        """Read back from a run folder: the fields no flag sets must fit the others."""
+        if self.k_folds == 1 or not 0 <= self.fold <= self.k_folds:
+            raise ValueError(f"fold {self.fold} of k_folds {self.k_folds}")
+        if self.norm:
+            check_norm(self.norm)
+
+
+def check_norm(norm):
+    """(mean, std): two equally long tuples of finite numbers, the stds positive; else ValueError."""
+    ok = isinstance(norm, (tuple, list)) and len(norm) == 2 and all(isinstance(v, (tuple, list)) for v in norm)
+    if not (ok and 1 <= len(norm[0]) == len(norm[1]) <= 4 and all(
+            type(x) in (int, float) and math.isfinite(x) for v in norm for x in v) and min(norm[1]) > 0):
+        raise ValueError(f"input normalisation {str(norm)[:60]} is not (mean, std) per channel with std > 0")
 
 
 @dataclass
@@ -88,10 +107,14 @@ class Batch(NamedTuple):
 def _download(tv_name, root, name, expected, how):
     """Let torchvision fetch a data set into root; any failure is one DataError line, no traceback."""
     import torchvision
+    made = [p for p in (Path(root), Path(root) / tv_name, Path(root) / tv_name / "raw") if not p.exists()]
     try:
         for train in (True, False):
             getattr(torchvision.datasets, tv_name)(root, train=train, download=True)
     except Exception:  # URLError, RuntimeError("...corrupted"), PermissionError: all mean the same to the user
+        for p in reversed(made):  # the folders the failed download made, if it left them empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
         raise DataError(f"{name} not found: expected {expected} under {root} and the download failed (offline?); "
                         f"{how}") from None
 
@@ -106,6 +129,8 @@ def _read_idx(path):
                 raise ValueError("bad magic number")
             shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
             n = torch.Size(shape).numel()
+            if n == 0:
+                raise ValueError(f"header shape {shape} holds no data")
             if n > 2**34:
                 raise ValueError(f"header shape {shape} is implausibly large")
             data = f.read(n + 1)  # never more than the header promises: a gzip bomb is not inflated
@@ -248,9 +273,14 @@ def _load_folder(root):
     if cache.exists():
         try:
             cached = DataSet(**torch.load(cache, weights_only=True))
-            if all(x is None or x.dtype == torch.uint8 for x in (cached.train_x, cached.test_x, cached.val_x)):
+            labels_ok = cached.classes == classes and all(  # the labels the listing gives, in its order
+                torch.equal(getattr(cached, f"{s}_y"), torch.tensor([i for _, i in files], dtype=torch.long))
+                for s, (_, files) in splits.items())
+            if labels_ok and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and len(x) ==
+                                 len(splits[s][1]) for s, x in (("train", cached.train_x), ("test", cached.test_x),
+                                                                ("val", cached.val_x)) if s in splits):
                 return cached
-            raise ValueError("not uint8 images")
+            raise ValueError("not the listing's images and labels")
         except Exception:
             cache.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
     from PIL import Image
@@ -259,7 +289,8 @@ def _load_folder(root):
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for s, (_, files) in splits.items():
-            images = list(pool.map(_decode, (p for p, _ in files)))
+            images = list(tqdm(pool.map(_decode, (p for p, _ in files)), total=len(files), leave=False,
+                               desc=f"decoding {root / s} (once; cached)", mininterval=1, dynamic_ncols=True))
             if len(shapes := {tuple(im.shape) for im in images}) > 1:
                 raise DataError(f"folder data set: mixed image sizes under {root}/{s}: {sorted(shapes)[:3]}; "
                                 "resize them to one size first")
@@ -268,13 +299,19 @@ def _load_folder(root):
     if len({tuple(arrays[f"{s}_x"].shape[1:]) for s in splits}) > 1:
         raise DataError(f"folder data set: image sizes differ between splits under {root}")
     ds = DataSet(classes=classes, **arrays)
+    tmp = tmp_name(cache)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
         torch.save({k: v for k, v in vars(ds).items() if v is not None}, tmp)
         os.replace(tmp, cache)
-    except OSError:
+        for old in cache.parent.glob(cache.name.split(".lab1_cache_")[0] + ".lab1_cache_*.pt"):
+            if old != cache:  # the same folder's cache of an earlier listing: stale for good
+                old.unlink(missing_ok=True)
+    except (OSError, RuntimeError):  # torch.save reports a full disk as a RuntimeError
         pass  # caching is an optimisation: an unwritable cache only costs the next load its time
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return ds
 
 
@@ -293,6 +330,13 @@ def load_dataset(name, root):
             raise DataError(f"{where}: the {split} split has {len(x)} images and {len(y)} labels")
         if (bad := (y < 0) | (y >= k)).any():
             raise DataError(f"{where}: {split} label {y[bad][0].item()} is outside 0..{k - 1} (the {k} classes)")
+        if x.ndim != 4 or x.shape[1:] != ds.train_x.shape[1:] or x.dtype != torch.uint8:
+            raise DataError(f"{where}: {split} images are {tuple(x.shape[1:])} {x.dtype}, the training images "
+                            f"{tuple(ds.train_x.shape[1:])} {ds.train_x.dtype}; every split needs one image size")
+    # A channel of one value everywhere would be normalised by a std of 0 (infinities, then NaN losses).
+    if (ds.train_x.amax(dim=(0, 2, 3)) == ds.train_x.amin(dim=(0, 2, 3))).any():
+        raise DataError(f"{where}: every training image has one and the same value in a whole channel; there is "
+                        "nothing to learn from (constant images)")
     return ds
 
 

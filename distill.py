@@ -105,7 +105,7 @@ def given_teacher(path, ds, cfg, told=None):
         if mine != getattr(saved, k):
             show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
             raise UsageError(f"--{'teacher' if k == 'name' else 't_' + k} {show(mine)} disagrees with the teacher in "
-                             f"{path} ({show(getattr(saved, k))}); leave it out: the teacher comes from --teacher_ckpt")
+                             f"{path} ({show(getattr(saved, k))}); leave it out: the teacher comes from its checkpoint")
     cfg = replace(cfg, teacher=saved)
     if (norm := arch.get("input_norm")) and not cfg.data.norm:  # absent in checkpoints written before it was recorded
         # Every phase normalises as the teacher was trained, so it sees exactly its own inputs; the students
@@ -117,6 +117,8 @@ def given_teacher(path, ds, cfg, told=None):
 def shared_teacher(cfg, ds):
     """--teacher_dir: the teacher trained once into DIR and reused; a run that finds it in training waits."""
     folder = Path(cfg.distill.teacher_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--teacher_dir {folder} is a file; give a folder (made if missing)")
     folder.mkdir(parents=True, exist_ok=True)
     while not (lock := RunLock(folder)).held:
         print(f"waiting for the teacher that another run trains in {folder}", flush=True)
@@ -145,15 +147,16 @@ def logits_key(teacher, ds, cfg):
             "labels": hashlib.sha256(loaders.train_y.numpy().tobytes()).hexdigest()[:16]}
 
 
-def check_logits(path, key):
+def check_logits(path, key, classes):
     """Refuse a --teacher_logits file of another teacher or data set (before anything is trained)."""
     cache = load_file(path, "teacher logits cache")
     logits = cache.get("logits") if isinstance(cache, dict) else None
     if not isinstance(cache, dict) or cache.get("key") != key or not isinstance(logits, torch.Tensor):
         raise CheckpointError(f"teacher logits cache {path} belongs to another teacher or data set, or is damaged")
-    if logits.ndim != 2 or len(logits) != key["n"] or not torch.isfinite(logits).all():
-        raise CheckpointError(f"teacher logits cache {path} is damaged (shape {tuple(logits.shape)} for {key['n']} "
-                              "examples, or values that are not finite)")
+    if (logits.layout != torch.strided or logits.device.type != "cpu" or not logits.dtype.is_floating_point
+            or tuple(logits.shape) != (key["n"], classes) or not torch.isfinite(logits).all()):
+        raise CheckpointError(f"teacher logits cache {path} is damaged (shape {tuple(logits.shape)} {logits.dtype} for "
+                              f"{key['n']} examples of {classes} classes, or values that are not finite)")
     return logits
 
 
@@ -164,7 +167,7 @@ def teacher_logits(teacher, ds, cfg: ExperimentConfig, run_dir):
     for source in (cfg.distill.teacher_logits, Path(run_dir) / "teacher_logits.pt"):
         if source and Path(source).exists():
             print(f"teacher logits: reusing {source}")
-            return check_logits(source, key).to(cfg.train.device)
+            return check_logits(source, key, ds.num_classes).to(cfg.train.device)
     loaders = make_loaders(ds, replace(cfg.data, augment=False), cfg.train.seed, cfg.train.device)
     teacher.eval()
     logits = torch.empty(len(loaders.train_y), ds.num_classes, device=cfg.train.device)
@@ -338,8 +341,7 @@ def report_multi(results, cfg, run_dir):
     for (t, a), accs in sorted(configs.items()):
         pm, ps = mean_std(accs.values())
         p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
-        gaps = [gap_closed(accs[s], alone[s], teacher["test_acc"]) for s in seeds]
-        gap = mean_std(gaps)[0] if None not in gaps else None
+        gap = gap_closed(pm, m, teacher["test_acc"])  # from the table's means, so a reader can recompute it
         rows.append({"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p,
                      "gap_closed": gap})
         lines.append(f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 import distributed
 from models import max_norm_
-from cli import Stopped, flag, fraction, nonneg_float, nonneg_int, pos_float, pos_int, unit
+from cli import (Stopped, UsageError, flag, fraction, nonneg_float, nonneg_int, pos_float, pos_int, resolve_amp,
+                 resolve_device, unit)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class TrainConfig:
                     "README, Measured speed)", choices=("auto", "bf16", "fp16", "off"))
     compile: bool = flag(False, "torch.compile the model (pays off on CUDA)")
     log_every: int = 25              # steps between progress-bar updates (each one reads the device)
+
+    def check_restored(self):
+        """Read back from a run folder: its device and precision must exist on this machine."""
+        try:
+            resolve_amp(self.amp, resolve_device(self.device))
+        except UsageError:
+            raise UsageError(f"the run was trained with --device {self.device} --amp {self.amp}, which this machine "
+                             "cannot run; continue it where that device is") from None
 
 
 class Diverged(Exception):

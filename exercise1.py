@@ -28,12 +28,13 @@ from pathlib import Path
 
 import distributed
 import study
-from checkpoint import read_json, write_json
+from checkpoint import read_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
 from dataloader import load_dataset
-from config import OutputConfig, RunConfig, add_run_flags, data_and_train
-from lifecycle import command, done, continuing, create_run_dir, describe_data, extend_epochs, finished, new_model, resume_dir, short_name, train
-from models import MODEL_NAMES, ModelConfig, is_cnn, summary, unread_flags
+from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
+from lifecycle import (check_model, check_run_dir, command, continuing, create_run_dir, describe_data, done,
+                       extend_epochs, finished, new_model, record_epochs, resume_dir, short_name, train)
+from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 from notify import notify
 
 def get_args_parser():
@@ -46,7 +47,8 @@ def get_args_parser():
                   "continue an interrupted run or study from its folder (or its last.pt); settings come from the "
                   "folder, and only --epochs may be raised beside it")
     add_flags(p.add_argument_group("Studies", "many runs from one command; re-running the same command, or "
-                                   "starting it again elsewhere on the same folder, continues it"), study.StudyConfig)
+                                   "starting it again elsewhere on the same folder, continues it"), study.StudyConfig,
+              shown={"depths": "2 4 8 16 32 for mlp_depth, 20 32 44 56 for cnn_depth"})
     return p
 
 
@@ -57,12 +59,12 @@ def build_config(args):
     norm = args.norm or ("none" if name in ("FlexibleMLP", "FlexibleCNN") else "batch")
     if is_cnn(name) and norm == "layer":
         raise UsageError("--norm layer is for FlexibleMLP; CNNs take none or batch")
+    if name in PRESETS and norm != "batch":
+        raise UsageError(f"--norm {norm}: the {name} preset always uses batch norm")
     if args.k_folds and (args.study or args.seeds):
         raise UsageError("--k_folds cannot be combined with --study or --seeds")
     if args.k_folds == 1:
         raise UsageError("--k_folds needs K >= 2")
-    if args.early_stopping and args.val_split == 0 and not args.k_folds:
-        raise UsageError("--early_stopping needs a validation split (--val_split > 0)")
     if args.seeds and args.seed is not None:
         raise UsageError("give either --seed or --seeds")
     if args.depths and not args.study:
@@ -72,11 +74,14 @@ def build_config(args):
         raise UsageError(f"--study {args.study} chooses the models itself; leave out --{', --'.join(clash)}")
     if unread := unread_flags(name, model_flags):
         raise UsageError(f"--{unread[0]} does not apply to {name}")
+    if args.hidden_sizes and (args.depth or args.hidden_size):
+        raise UsageError("--hidden_sizes gives every width; leave out --depth and --hidden_size")
     if args.k_folds and args.val_split is not None:
         raise UsageError("--k_folds replaces the validation split; leave out --val_split")
     if args.report and not args.study and not args.seeds and not args.k_folds:
         raise UsageError("--report rebuilds a study's report: give the study's command or --resume STUDY_DIR")
     data, train = data_and_train(args, dataset)
+    check_batch_norm(data.batch_size, "batch" if args.study == "cnn_depth" else norm)
     out = from_args(OutputConfig, args, wandb_project=args.wandb_project or ("Lab1_DLA_CNN" if cnn else "Lab1_DLA_MLP"))
     return RunConfig(from_args(ModelConfig, args, name=name, norm=norm), data, train, out)
 
@@ -139,23 +144,35 @@ def _main(args):
             args.resume, ("exercise1", "study"), given(args), ("resume", "epochs", "workers", "report", "notify"),
             build=lambda c: RunConfig.from_dict(c["base"] if c["kind"] == "study" else c))
         plan = saved if saved["kind"] == "study" else None
-        if args.epochs is not None:
-            cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs))
-            saved = {**saved, "base": cfg.to_dict()} if plan else cfg.to_dict()
-            write_json(run_dir / "config.json", saved)
-            plan = saved if plan else None
+        if (args.workers or 1) > 1 and not plan:
+            raise UsageError("--workers splits a study; a single run has one worker")
+        if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):  # nothing to do: say so
+            result = read_json(run_dir / "summary.json")
+            print(f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "
+                  f"{result.get('best_epoch')}); raise --epochs beside --resume to train it further")
+            done(run_dir)
+            return 0
+        cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir if plan else None))
+        if plan:
+            plan = {**plan, "base": cfg.to_dict()}
     else:
         cfg = build_config(args)
         plan = study_plan(args, cfg) if multi else None
+        # A bad name or save_dir, or an existing folder, is said before the data load (a study's may be continued).
+        check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name or bool(plan))
     if plan is not None:
         study.children(plan["study"], cfg, plan["depths"], plan["seeds"])  # bad depths fail before any work
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     describe_data(ds, cfg)
+    if plan is not None:  # every model of the study fits, before its folder exists
+        for model_cfg in {c.cfg.model for c in study.children(plan["study"], cfg, plan["depths"], plan["seeds"])}:
+            check_model(model_cfg, ds, cfg.train.device)
     label = args.study or cfg.output.run_name or cfg.model.name
     try:
         if plan is not None:
             if run_dir is None:
                 run_dir = study_folder(cfg, plan, args)
+            record_epochs(run_dir, cfg.train.epochs)  # the data loaded and the children check out
             spawned = (args.workers or 1) > 1 and not args.report
             if spawned:
                 with continuing(command("--resume", run_dir)):
@@ -187,7 +204,8 @@ def _main(args):
 def study_folder(cfg, plan, args):
     """The study's folder: made, or continued when it holds the same study (also when another worker started
     the same command a moment before and made it first)."""
-    name = cfg.output.run_name or args.study or short_name(default_run_name(cfg).rsplit("_", 1)[0])
+    kind = f"kfold{cfg.data.k_folds}" if cfg.data.k_folds else "seeds"  # a k-fold run and a seeds run never meet
+    name = cfg.output.run_name or args.study or short_name(f"{default_run_name(cfg).rsplit('_', 1)[0]}_{kind}")
     try:
         return existing_study(cfg, name, plan, args) or create_run_dir(cfg.output.save_dir, name, plan,
                                                                        args.overwrite)

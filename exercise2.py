@@ -26,11 +26,12 @@ import distributed
 import transfer
 from checkpoint import RunLock, write_json
 from cli import Parser, UsageError, add_flags, from_args, given, resolve_amp, run_main, timestamp
-from config import OutputConfig, add_run_flags, data_and_train
+from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
 from dataloader import load_dataset, make_loaders
 from engine import Diverged
-from lifecycle import command, done, continuing, create_run_dir, describe_data, extend_epochs, new_model, resume_dir, short_name
-from models import MODEL_NAMES, ModelConfig, is_cnn, summary, unread_flags
+from lifecycle import (check_run_dir, command, continuing, create_run_dir, describe_data, done, extend_epochs,
+                       new_model, record_epochs, resume_dir, short_name)
+from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
 
@@ -55,7 +56,8 @@ def get_args_parser():
     t = p.add_argument_group("Transfer (--task finetune)")
     add_flags(t, transfer.TransferConfig)
     add_run_flags(p, "distillation_<dataset>", "continue an interrupted run from its folder: finished phases are "
-                  "skipped, an interrupted phase continues from its last.pt; only --epochs may be raised beside it")
+                  "skipped, an interrupted phase continues from its last.pt; only --epochs may be raised beside it",
+                  skip=("k_folds",))  # one validation split: the phases are compared on it
     return p
 
 
@@ -67,8 +69,15 @@ def build_config(args):
                          "teacher)")
     if args.pretrained or args.mode or args.freeze_stages is not None or args.backbone_lr_scale is not None:
         raise UsageError("--pretrained, --mode, --freeze_stages and --backbone_lr_scale belong to --task finetune")
-    if args.k_folds:
-        raise UsageError("--k_folds is exercise1's; exercise2 uses one validation split")
+    grid = args.study == "kd_grid"
+    for name, wrong, why in (
+            ("--temperatures/--alphas", (args.temperatures or args.alphas) and not grid,
+             "they belong to --study kd_grid"),
+            ("--study kd_grid", grid and not (args.temperatures or args.alphas), "give --temperatures and/or --alphas"),
+            ("--temperature", grid and args.temperature is not None and args.temperatures, "--temperatures replace it"),
+            ("--alpha", grid and args.alpha is not None and args.alphas, "--alphas replace it")):
+        if wrong:
+            raise UsageError(f"{name}: {why}")
     dataset = args.dataset or "cifar10"
     for prefix, role, name in (("t_", "teacher", args.teacher), ("s_", "student", args.student))[
             bool(args.teacher_ckpt):]:  # a given teacher's flags are checked against its checkpoint instead
@@ -78,6 +87,8 @@ def build_config(args):
     def arch(prefix, default):
         name = (args.teacher if prefix == "t_" else args.student) or "FlexibleCNN"
         norm = getattr(args, prefix + "norm") or ("batch" if is_cnn(name) else "none")
+        if name in PRESETS and norm != "batch":
+            raise UsageError(f"--{prefix}norm {norm}: the {name} preset always uses batch norm")
         if is_cnn(name) and norm == "layer":
             raise UsageError(f"--{prefix}norm layer is for FlexibleMLP; CNNs take none or batch")
         cfg = from_args(ModelConfig, args, prefix, default, name=name, norm=norm)
@@ -88,7 +99,9 @@ def build_config(args):
     if d.teacher_amp != "auto":
         d = replace(d, teacher_amp=resolve_amp(d.teacher_amp, train.device, "--teacher_amp"))
     out = from_args(OutputConfig, args, wandb_project=args.wandb_project or f"distillation_{dataset.replace('-', '_')}")
-    return distill.ExperimentConfig(arch("t_", None), arch("s_", STUDENT_DEFAULTS), d, data, train, out)
+    teacher, student = arch("t_", None), arch("s_", STUDENT_DEFAULTS)
+    check_batch_norm(data.batch_size, teacher.norm, student.norm)
+    return distill.ExperimentConfig(teacher, student, d, data, train, out)
 
 
 def main(argv=None):
@@ -102,9 +115,7 @@ def main(argv=None):
             transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)))
         if saved["kind"] == "finetune":
             return transfer.main(args, run_dir, saved)
-        if args.epochs is not None:
-            cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs))
-            write_json(run_dir / "config.json", cfg.to_dict())
+        cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir))
     elif args.task == "finetune":
         distilling = {f.name for f in fields(distill.DistillConfig)} | {"teacher", "student", "use_skip"} | {
             k for k in vars(args) if k.startswith(("t_", "s_"))}
@@ -113,6 +124,7 @@ def main(argv=None):
         return transfer.main(args)
     else:
         cfg = build_config(args)
+        check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
@@ -126,18 +138,21 @@ def main(argv=None):
         teacher, cfg = distill.given_teacher(source, ds, cfg, told)
     describe_data(ds, cfg.phase("teacher"))
     if cfg.distill.teacher_logits:
-        distill.check_logits(cfg.distill.teacher_logits, distill.logits_key(teacher, ds, cfg))
+        distill.check_logits(cfg.distill.teacher_logits, distill.logits_key(teacher, ds, cfg), ds.num_classes)
     teacher = teacher or new_model(cfg.teacher, ds, seed, cfg.train.device)
     student = new_model(cfg.student, ds, seed, cfg.train.device)  # the same initial weights for both students
     print(f"teacher {summary(cfg.teacher.name, teacher)}\nstudent {summary(cfg.student.name, student)}")
     if run_dir is None:
+        d = cfg.distill
+        what = "kd_grid" if d.study else f"T{d.temperature:g}_a{d.alpha:g}"
         name = cfg.output.run_name or short_name(f"distill_{cfg.data.dataset}_{cfg.teacher.name}-{cfg.student.name}_"
-                                                 f"T{cfg.distill.temperature:g}_a{cfg.distill.alpha:g}_{timestamp()}")
+                                                 f"{what}_{timestamp()}")
         cfg = replace(cfg, output=replace(cfg.output, run_name=name))
         run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
                                  auto_named=not args.run_name)
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
+    record_epochs(run_dir, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept
     with continuing(command("--resume", run_dir)):
         try:
             results = distill.run_phases(cfg, ds, run_dir, teacher, given_)

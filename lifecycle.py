@@ -26,7 +26,7 @@ import torch
 
 import distributed
 from checkpoint import (FORMAT, CheckpointError, RunLock, append_jsonl, load_checkpoint, load_file, load_weights,
-                        read_json, remove_stale_tmp, save_checkpoint, write_json, write_jsonl)
+                        read_json, remove_stale_tmp, save_checkpoint, tmp_name, TMP, write_json, write_jsonl)
 from cli import Stopped, UsageError, from_dict
 from config import RunConfig
 from dataloader import check_sizes, make_loaders, stratified_kfold, stratified_subset
@@ -71,8 +71,12 @@ def command(*args):
 
 def check_run_name(save_dir, name):
     """A plain, not too long name in a writable save_dir; checked before any work."""
-    if not name or os.sep in name or "/" in name or name in (".", "..") or "\0" in name:
-        raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator")
+    if not name or os.sep in name or "/" in name or name in (".", "..") or "\0" in name or TMP in name:
+        raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator (or {TMP})")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"--run_name {name!r} is not valid UTF-8 text") from None
     if len(name.encode()) > NAME_MAX:
         raise UsageError(f"--run_name is {len(name.encode())} bytes long; folder names may have at most {NAME_MAX}")
     probe = Path(save_dir)
@@ -90,15 +94,30 @@ def short_name(name):
     return f"{name.encode()[:NAME_MAX - 12].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
+def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
+    """What create_run_dir would refuse, said before any work: a bad name or save_dir, an existing folder (without
+    --overwrite), or, with it, something that is not a lab1 run folder."""
+    check_run_name(save_dir, name)
+    target = Path(save_dir) / name
+    if not (target.exists() or target.is_symlink()) or auto_named and not overwrite:
+        return
+    if not overwrite:
+        raise UsageError(f"run folder {target} already exists; pass --overwrite or another --run_name "
+                         f"(or continue it: {command('--resume', target)})")
+    if target.is_symlink() or not (target / "config.json").is_file():
+        raise UsageError(f"{target} is not a lab1 run folder (no config.json); --overwrite replaces run folders only: "
+                         "pass another --run_name")
+
+
 def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
     """SAVE_DIR/NAME with config.json and command.txt, made atomically: it appears whole or not at all, and two
     runs with one name never share it. An existing folder is an error unless overwrite (an automatic name gets
     a numeric suffix instead)."""
-    check_run_name(save_dir, name)
+    check_run_dir(save_dir, name, overwrite, auto_named)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(save_dir)
-    tmp = save_dir / f".{name}.tmp{os.getpid()}"
+    tmp = tmp_name(save_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -143,16 +162,21 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
         raise CheckpointError(f"--resume takes a run folder or its last.pt, not {path.name} (a published model such "
                               "as best.pt holds weights only)")
     run_dir = path if path.is_dir() else path.parent
+    if (run_dir.parent / "config.json").exists():  # a study's child or an exercise2 phase: continued by its whole
+        outer = read_json(run_dir.parent / "config.json", "run config")
+        outer = _kind(outer) if isinstance(outer, dict) else "exercise1"
+        if outer != "exercise1":
+            raise UsageError(f"{run_dir} is part of the run {run_dir.parent}; continue that: "
+                             f"{shlex.join(['python', _script(outer), '--resume', str(run_dir.parent)])}")
     if not (run_dir / "config.json").exists():
-        if (run_dir.parent / "config.json").exists():
-            raise UsageError(f"{run_dir} is part of the run {run_dir.parent}; resume that run instead")
         raise CheckpointError(f"--resume {path}: no lab1 run folder there (config.json missing)")
     config = read_json(run_dir / "config.json", "run config")
-    found = _kind(config) if isinstance(config, dict) else "?"
+    found = _kind(config) if isinstance(config, dict) else None
+    if found not in ("exercise1", "study", "exercise2", "finetune"):
+        raise CheckpointError(f"{run_dir / 'config.json'} is damaged (not a lab1 run config)")
     if found not in kind:
-        script = "exercise2.py" if found in ("exercise2", "finetune") else "exercise1.py"
-        raise UsageError(f"{run_dir} is a run of {script}, not of {Path(sys.argv[0]).name}; continue it with: "
-                         f"{shlex.join(['python', script, '--resume', str(run_dir)])}")
+        raise UsageError(f"{run_dir} is a run of {_script(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
+                         f"{shlex.join(['python', _script(found), '--resume', str(run_dir)])}")
     if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
         differ = _differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
         if differ:
@@ -187,16 +211,40 @@ def _differences(a, b, where=""):
     return [] if same else [where.rstrip(".") or "all of it"]
 
 
-def extend_epochs(train, epochs):
-    """A resumed run's TrainConfig with --epochs EPOCHS (raised, never lowered); says when that stretches a schedule."""
+def extend_epochs(train, epochs, parts_of=None):
+    """A resumed run's TrainConfig with --epochs EPOCHS (raised, never lowered); says when that stretches a schedule.
+    parts_of: a study's or exercise2's folder, whose parts must all still be unfinished (else they would differ)."""
     if epochs is None or epochs == train.epochs:
         return train
     if epochs < train.epochs:
         raise UsageError(f"--epochs {epochs} beside --resume may only extend the run's {train.epochs} epochs")
+    if parts_of is not None and (ended := sorted(p.parent.name for p in Path(parts_of).glob("*/summary.json")
+                                                 if finished(p.parent))):
+        raise UsageError(f"--epochs: {parts_of} has finished parts trained for {train.epochs} epochs "
+                         f"({', '.join(ended[:3])}"
+                         f"{' ...' if len(ended) > 3 else ''}); the rest would differ from them. Continue it as it is, "
+                         f"or start a new one with --epochs {epochs}")
     if train.scheduler != "none":
         print(f"note: the {train.scheduler} learning-rate schedule now spans {epochs} epochs instead of "
               f"{train.epochs}; the epochs still to come follow the longer one")
     return replace(train, epochs=epochs)
+
+
+def record_epochs(run_dir, epochs):
+    """Write a raised --epochs into run_dir/config.json: called once everything the run needs has loaded, so that a
+    resume refused on the way changes nothing."""
+    path = Path(run_dir) / "config.json"
+    if not distributed.is_main() or not path.exists():
+        return
+    saved = read_json(path, "run config")
+    train = saved["base"]["train"] if "base" in saved else saved["train"]
+    if train["epochs"] != epochs:
+        train["epochs"] = epochs
+        write_json(path, saved)
+
+
+def _script(kind):
+    return "exercise2.py" if kind in ("exercise2", "finetune") else "exercise1.py"
 
 
 def _kind(config):
@@ -208,8 +256,16 @@ def _kind(config):
 # ---------------------------------------------------------------- models
 
 def new_model(cfg: ModelConfig, ds, seed, device="cpu"):
-    """Seeded construction. Bad architecture values become one line; so does a model too large for the memory
-    (sized on the meta device first, so nothing is allocated)."""
+    """Seeded construction, after check_model."""
+    check_model(cfg, ds, device)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return build_model(cfg, ds.in_shape, ds.num_classes)
+
+
+def check_model(cfg: ModelConfig, ds, device="cpu"):
+    """Bad architecture values become one line; so does a model too large for the memory (sized on the meta
+    device, so nothing is allocated)."""
     try:
         with torch.device("meta"):
             n = sum(p.numel() for p in build_model(cfg, ds.in_shape, ds.num_classes).parameters())
@@ -221,9 +277,6 @@ def new_model(cfg: ModelConfig, ds, seed, device="cpu"):
     if need > free:
         raise UsageError(f"{cfg.name} has {n:,} parameters and needs about {need / 2**30:.1f} GiB for weights, "
                          f"gradients and optimizer state; {free / 2**30:.1f} GiB are free on {device}")
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return build_model(cfg, ds.in_shape, ds.num_classes)
 
 
 def arch_of(cfg: ModelConfig, ds, dataset, norm):
@@ -243,16 +296,22 @@ def model_from_checkpoint(path, ckpt):
     """The model a checkpoint holds, with its weights; NaN or infinite weights are refused in one line."""
     model = model_from_arch(ckpt["arch"], path)
     load_weights(model, ckpt["model"], path)
-    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
-        raise CheckpointError(f"{path} holds NaN or infinite weights")
+    check_finite(model, path)
     return model
+
+
+def check_finite(model, path):
+    """Weights that are all finite numbers of the model's own dtypes, else one line."""
+    state = model.state_dict()
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise CheckpointError(f"{path} holds NaN or infinite weights")
 
 
 def publish(src, dst):
     """dst as a second name of the finished model src (a hard link; a copy where links are impossible)."""
     if Path(dst).exists() and os.path.samefile(src, dst):
         return
-    tmp = Path(dst).with_name(f".{Path(dst).name}.tmp{os.getpid()}")
+    tmp = tmp_name(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
@@ -319,7 +378,7 @@ class Saver:
     def print_epoch(self, rec):
         epochs, done = self.meta["config"]["train"]["epochs"], rec["epoch"]
         val = f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f} | " if rec["val_acc"] is not None else ""
-        per_epoch = (time.perf_counter() - self.t_start) / max(1, done - self.epoch_start)
+        per_epoch = (time.perf_counter() - self.t_start) / max(done - self.epoch_start, 1e-3)
         left = f" | about {duration(per_epoch * (epochs - done))} left" if done < epochs else ""
         if distributed.is_main():
             print(f"{self.meta['desc']} epoch {done:3d}/{epochs} | train loss {rec['train_loss']:.4f} acc "
@@ -347,14 +406,20 @@ def wandb_record(rec):
 
 def _resume(run_dir, model, opt, loaders, desc):
     """Restore last.pt into model / optimizer / RNG; returns (progress, accumulators of a part-done epoch, best)."""
-    ckpt = load_checkpoint(run_dir / "last.pt", need=("model", "arch", "optimizer", "scheduler", "rng", "epoch"))
-    load_weights(model, ckpt["model"], run_dir / "last.pt")
+    path = run_dir / "last.pt"
+    ckpt = load_checkpoint(path, need=("model", "arch", "optimizer", "scheduler", "rng", "epoch"))
+    for key in ("model", "best_model"):
+        if key in ckpt:
+            load_weights(model, ckpt[key], path)
+            check_finite(model, path)
+    load_weights(model, ckpt["model"], path)
     try:
         opt.load_state_dict(ckpt)
         progress = Progress(**{f.name: ckpt[f.name] for f in fields(Progress)})
+        _check_progress(progress, ckpt.get("partial"), len(loaders.train))
         set_rng_state(ckpt["rng"])
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-        raise CheckpointError(f"{run_dir / 'last.pt'} holds a damaged training state ({type(e).__name__})") from None
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{path} holds a damaged training state ({type(e).__name__}: {str(e)[:80]})") from None
     best = ckpt.get("best_model", ckpt["model"] if progress.best_epoch == progress.epoch and progress.epoch else None)
     partial = ckpt.get("partial")
     if partial is not None:
@@ -364,6 +429,29 @@ def _resume(run_dir, model, opt, loaders, desc):
         where = f"the end of epoch {progress.epoch}"
     print(f"{desc}: resuming at {where} ({run_dir})")
     return progress, partial, best, ckpt.get("wandb_id")
+
+
+def _check_progress(p, partial, steps):
+    """The progress fields of a last.pt, as training wrote them; anything else is a ValueError or TypeError."""
+    number = lambda v: type(v) in (int, float) and v == v  # noqa: E731 (not NaN)
+    if not (type(p.epoch) is int and type(p.best_epoch) is int and type(p.bad_epochs) is int
+            and 0 <= p.best_epoch <= p.epoch and 0 <= p.bad_epochs <= p.epoch and number(p.best_val_acc)
+            and number(p.elapsed) and isinstance(p.history, list) and len(p.history) == p.epoch):
+        raise ValueError("progress fields")
+    for i, rec in enumerate(p.history, 1):
+        if not (isinstance(rec, dict) and rec.get("epoch") == i and number(rec.get("train_loss"))
+                and number(rec.get("lr"))):
+            raise ValueError(f"history record {i}")
+    if partial is None:
+        return
+    a, where = partial["accum"], partial["loader"]  # the accumulators of the epoch stopped part-way, and its position
+    tensors = [a["loss_sum"], a["correct"], a["grad_sum"], *a["parts_sum"].values()]
+    if not (type(a["step"]) is int and 0 < a["step"] < steps and where["step"] == a["step"]
+            and where["epoch"] == p.epoch and type(a["seen"]) is int and a["seen"] > 0 and number(partial["lr"])
+            and number(partial["elapsed"])
+            and all(isinstance(t, torch.Tensor) for t in tensors) and a["grad_sum"].ndim == 1
+            and isinstance(where.get("generator", torch.empty(0)), torch.Tensor)):
+        raise ValueError("partial epoch")
 
 
 def loaders_for(ds, cfg: RunConfig):
@@ -401,10 +489,13 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
     progress, partial, best, wandb_id = Progress(), None, None, None
     if (run_dir / "last.pt").exists():
         progress, partial, best, wandb_id = _resume(run_dir, model, opt, loaders, desc)
+    record_epochs(run_dir, t.epochs)  # a run or study child: its config.json (the phases of the others have none)
     logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
     meta = {"format": FORMAT, "arch": arch_of(cfg.model, ds, cfg.data.dataset, loaders.norm),
             "config": cfg.to_dict(), "wandb_id": logger.id if logger else None, "desc": desc}
     saver = Saver(run_dir, meta, model, opt, progress, logger, best)
+    if partial:  # the time-left estimate counts the part of an epoch already done before this session
+        saver.epoch_start += partial["accum"]["step"] / len(loaders.train)
     if main:
         write_jsonl(run_dir / "metrics.jsonl", progress.history)  # the checkpoint's history is the truth
         if best is not None and _stale(run_dir / "best.pt", progress.best_epoch):

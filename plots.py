@@ -7,8 +7,10 @@ Every plot function saves one titled PNG and returns the data it drew, read back
 A study's or exercise2's folder stands for the runs in it.
 """
 import argparse
+import errno
 import json
 import os
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from checkpoint import tmp_name  # noqa: E402
+
 MARKERS_UP_TO = 20  # a line of this many points or fewer marks each point, so one epoch still shows
 WORDS = {"train": "training", "val": "validation", "acc": "accuracy", "lr": "learning rate", "s": "(s)"}
 FAMILIES = {"plain": "Blues", "residual": "Oranges"}  # colour family per kind, the same in every figure
@@ -28,8 +32,11 @@ FAMILIES = {"plain": "Blues", "residual": "Oranges"}  # colour family per kind, 
 def save_figure(fig, path):
     """Save and close fig; written under a temporary name, then renamed: a full disk leaves no half figure."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = tmp_name(path)
     try:
+        if path.is_symlink() or path.exists() and not path.is_file():  # a link, device or FIFO: never replaced
+            raise OSError(errno.EEXIST, "it exists and is not a regular file", str(path))
+        _wrap_titles(fig)
         fig.tight_layout()
         fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png")
         os.replace(tmp, path)
@@ -41,8 +48,20 @@ def save_figure(fig, path):
 
 
 
+def _wrap_titles(fig):
+    """Break titles (long run names) into lines that fit their axes, or the figure for its suptitle."""
+    width_in = fig.get_figwidth()
+    parts = [(ax.title, ax.get_position().width * width_in) for ax in fig.axes]
+    parts += [(fig._suptitle, width_in)] if fig._suptitle is not None else []
+    for text, inches in parts:
+        chars = max(20, int(inches * 72 / (0.6 * text.get_fontsize())))  # about 0.6 em per character
+        text.set_text("\n".join(textwrap.fill(line, chars, break_long_words=True) for line in
+                                 text.get_text().splitlines()))
+
+
 def _num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A number a figure or table can show (finite, and not so large that float() overflows)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300
 
 
 def _pretty(key):
@@ -224,9 +243,9 @@ def _read(p, path, lines=False):
         records = [json.loads(x) for x in text.splitlines() if x.strip()] if lines else [json.loads(text)]
     except FileNotFoundError:
         p.error(f"{path} not found")
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        p.error(f"{path} cannot be read ({type(e).__name__}: {e})")
-    if not all(isinstance(r, dict) and (not lines or "epoch" in r) for r in records):
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
+        p.error(f"{path} cannot be read ({type(e).__name__}: {str(e)[:100]})")
+    if not all(isinstance(r, dict) and (not lines or _num(r.get("epoch")) and 0 <= r["epoch"] <= 1e6) for r in records):
         p.error(f"{path}: each {'line' if lines else 'file'} must be a JSON object{' with an epoch' * lines}")
     return records if lines else records[0]
 
@@ -266,10 +285,12 @@ def main(argv=None):
     cols = (("params", ","), ("best_val_acc", ".4f"), ("test_acc", ".4f"), ("test_loss", ".4f"), ("epochs_run", ""),
             ("train_time_s", ".1f"))
     summaries = {name: _read(t, r / "summary.json")
-                 for name, r in _runs(args.runs, "summary.json", lambda r: "test_acc" in _read(t, r / "summary.json"))}
+                 for name, r in _runs(args.runs, "summary.json", lambda r: (r / "summary.json").is_file()
+                                                          and "test_acc" in _read(t, r / "summary.json"))}
     print("| Run | Params | Best val acc | Test acc | Test loss | Epochs | Train time (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, s in summaries.items():
+        name = name.replace("|", "\\|").replace("\n", " ")  # a folder name must not break the table
         print(f"| {name} | " + " | ".join(format(s.get(k), f) if _num(s.get(k)) else "-" for k, f in cols) + " |")
 
 

@@ -13,14 +13,15 @@ dead worker is resumed from its last.pt by the next worker that finds it free. W
 finished writes the report (summary.json, results.md, comparison.png, grads.png), once.
 """
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, fields, replace
 
-from checkpoint import RunLock, read_json, read_jsonl, write_json, write_report
-from cli import Distinct, UsageError, flag, nonneg_int, pos_int
+from checkpoint import CheckpointError, RunLock, read_json, read_jsonl, write_json, write_report
+from cli import Distinct, UsageError, count, flag, nonneg_int, pos_processes
 from lifecycle import duration, finished
 from models import PRESETS, ModelConfig
 from plots import plot_layer_grads, plot_study
@@ -39,12 +40,11 @@ MODEL_FLAGS_SET = {"mlp_depth": {"depth", "hidden_sizes", "skips", "residual"},
 class StudyConfig:
     study: str = flag("", "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
                       "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/", choices=STUDIES)
-    depths: tuple = flag((), "depths of the study (default: 2 4 8 16 32 for mlp_depth, 20 32 44 56 for "
-                         "cnn_depth)", type=pos_int, nargs="+", action=Distinct)
+    depths: tuple = flag((), "depths of the study", type=count, nargs="+", action=Distinct)
     seeds: tuple = flag((), "train every configuration once per seed and report mean ± std (also without "
                         "--study)", type=nonneg_int, nargs="+", action=Distinct)
     workers: int = flag(1, "start N local worker processes that share the study (one child each at a time; CPU "
-                        "threads split between them, GPUs assigned round-robin)", type=pos_int)
+                        "threads split between them, GPUs assigned round-robin)", type=pos_processes)
     report: bool = flag(False, "rebuild the study's report from its folder (after, or during, the study)")
 
 
@@ -174,9 +174,20 @@ def residual_minus_plain(kids, results):
     return out
 
 
+def _summary(path):
+    """A child's summary.json with the figures the report needs, as training wrote them; else one line."""
+    s = read_json(path, "summary")
+    number = lambda v: type(v) in (int, float) and math.isfinite(v)  # noqa: E731
+    if not (isinstance(s, dict) and number(s.get("test_acc")) and number(s.get("train_time_s"))
+            and type(s.get("params")) is int and (s.get("best_val_acc") is None or number(s["best_val_acc"]))):
+        raise CheckpointError(f"{path} is damaged (test_acc, best_val_acc, params or train_time_s is not a number); "
+                              "restore it or train that child again")
+    return s
+
+
 def report(study_dir, title, kids):
     """summary.json, results.md and the figures, from the children's folders."""
-    results = {c.name: {**read_json(study_dir / c.name / "summary.json"),
+    results = {c.name: {**_summary(study_dir / c.name / "summary.json"),
                         "history": read_jsonl(study_dir / c.name / "metrics.jsonl")} for c in kids}
     if kids[0].kind == "fold":
         accs = [results[c.name]["best_val_acc"] for c in kids]
@@ -198,16 +209,18 @@ def report(study_dir, title, kids):
         from stats import format_paired
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
-    curves = {}
+    curves, seed = {}, kids[0].cfg.train.seed  # the curves and gradients drawn are of the first seed's runs
     for c in kids:
-        curves.setdefault((c.kind, c.depth), results[c.name]["history"])
-    plot_study(rows, curves, study_dir / "comparison.png", title)
+        if c.cfg.train.seed == seed:
+            curves.setdefault((c.kind, c.depth), results[c.name]["history"])
+    plot_study(rows, curves, study_dir / "comparison.png", title + (f" (curves: seed {seed})" if len(rows) < len(kids)
+                                                                    else ""))
     deepest = {}
     for c in kids:
-        if c.depth >= deepest.get(c.kind, (0, None))[0]:
+        if c.cfg.train.seed == seed and c.depth >= deepest.get(c.kind, (0, None))[0]:
             deepest[c.kind] = (c.depth, c.name)
     plot_layer_grads({f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()}, study_dir / "grads.png",
-                     title="vanishing gradients: deepest net of each kind (epoch 1)")
+                     title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})")
     write_report(study_dir, {"status": "finished", "study": title, "configurations": rows,
                              "residual_minus_plain": diff}, lines)
     best = max(rows, key=lambda r: r["test_acc_mean"])

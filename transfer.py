@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from checkpoint import (CheckpointError, load_checkpoint, load_file, read_json, save_checkpoint,
                         write_json, write_report)
-from cli import UsageError, flag, from_args, from_dict, nonneg_int, pos_float, timestamp
+from cli import UsageError, flag, from_args, from_dict, given, nonneg_int, pos_float, timestamp
 from config import OutputConfig, RunConfig, data_and_train
-from dataloader import DataConfig, DataSet, check_sizes, load_dataset, make_loaders
+from dataloader import DataConfig, DataSet, load_dataset, make_loaders
 from engine import TrainConfig, make_autocast
-from lifecycle import (command, continuing, create_run_dir, done, extend_epochs, model_from_arch, model_from_checkpoint,
-                       new_model, short_name, train)
+from lifecycle import (check_run_dir, command, continuing, create_run_dir, describe_data, done, extend_epochs,
+                       model_from_arch, model_from_checkpoint, new_model, record_epochs, short_name, train)
 from models import ModelConfig, summary
 
 MODES = ("linear", "svm", "finetune", "scratch")
@@ -81,11 +82,11 @@ def adapt_inputs(ds, in_shape):
 
 
 @torch.no_grad()
-def extract_features(model, loader, device, autocast):
+def extract_features(model, loader, device, autocast, desc="data"):
     """Penultimate features of every example in `loader`, in index order: (N, D) float32, and labels (N,)."""
     model.eval().to(device)
     feats, labels = None, None
-    for batch in loader:
+    for batch in tqdm(loader, desc=f"features of {desc}", leave=False, mininterval=1, dynamic_ncols=True):
         with autocast():
             f = model.features(batch.x).float()
         if feats is None:
@@ -109,7 +110,7 @@ def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
             return cache["splits"]
     loaders = make_loaders(ds, replace(data_cfg, augment=False), train_cfg.seed, train_cfg.device)
     autocast = make_autocast(train_cfg)
-    splits = {name: extract_features(model, loader, train_cfg.device, autocast)
+    splits = {name: extract_features(model, loader, train_cfg.device, autocast, name)
               for name, loader in (("train", loaders.train), ("val", loaders.val), ("test", loaders.test))
               if loader is not None}
     save_checkpoint(path, {"key": key, "splits": splits})
@@ -175,20 +176,24 @@ def main(args, run_dir=None, saved=None):
         dataset = args.dataset or "cifar100"
         data, train_cfg = data_and_train(args, dataset)
         tc = from_args(TransferConfig, args)
+        if tc.mode not in ("finetune", "all") and {"freeze_stages", "backbone_lr_scale"} & given(args):
+            raise UsageError(f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode "
+                             f"{tc.mode}")
         out = OutputConfig(save_dir=args.save_dir or "runs", run_name=args.run_name or "", wandb=args.wandb or "auto",
                            wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}")
+        check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
     else:
         data, train_cfg, tc, out = from_saved(saved)
-        if (longer := extend_epochs(train_cfg, args.epochs)) != train_cfg:
-            train_cfg = longer
-            write_json(run_dir / "config.json", {**saved, "train": asdict(train_cfg)})
+        train_cfg = extend_epochs(train_cfg, args.epochs, run_dir)
     pretrained, arch = load_pretrained(tc.pretrained)
+    mcfg = from_dict(ModelConfig, arch["model"])
+    print(f"loading {data.dataset} (the pretrained network takes {'x'.join(map(str, arch['in_shape']))} inputs)",
+          flush=True)
     ds, changes = adapt_inputs(load_dataset(data.dataset, data.data_root), tuple(arch["in_shape"]))
-    check_sizes(ds, data, train_cfg.seed)
+    describe_data(ds, RunConfig(mcfg, data, train_cfg, out))
     if changes:
         print(f"adapting inputs to the pretrained network: {', '.join(changes)}")
     modes = MODES if tc.mode == "all" else (tc.mode,)
-    mcfg = from_dict(ModelConfig, arch["model"])
     if "finetune" in modes:
         prepare_finetune(model_from_arch(arch), ds.num_classes, 1.0, 1.0, tc.freeze_stages)  # validate
     print(f"pretrained {summary(mcfg.name, pretrained)} from {tc.pretrained}")
@@ -199,6 +204,7 @@ def main(args, run_dir=None, saved=None):
                                                       "input_changes": changes, "model": asdict(mcfg),
                                                       "data": asdict(data), "train": asdict(train_cfg),
                                                       "output": asdict(out)}, args.overwrite, not args.run_name)
+    record_epochs(run_dir, train_cfg.epochs)  # the data and the pretrained network loaded: a raised --epochs is kept
     with continuing(command("--resume", run_dir)):
         results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
     report(results, run_dir)

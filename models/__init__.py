@@ -9,7 +9,7 @@ from functools import partial
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
 from .constraints import max_norm_
 from .mlp import ACTIVATIONS, NORMS, FlexibleMLP
-from cli import flag, fraction, nonneg_float, pos_int, skip_pair
+from cli import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_pair
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,11 @@ class ModelConfig:
     """Architecture flags; exercise2 gives them twice, as --t_* (teacher) and --s_* (student)."""
     name: str = "FlexibleMLP"
     hidden_size: int = flag(128, "FlexibleMLP: width of every hidden layer", type=pos_int)
-    depth: int = flag(4, "FlexibleMLP: number of hidden layers", type=pos_int)
+    depth: int = flag(4, "FlexibleMLP: number of hidden layers", type=count)
     hidden_sizes: tuple = flag((), "FlexibleMLP: explicit hidden widths, e.g. 1200 1200 (overrides depth and "
                                "hidden_size)", type=pos_int, nargs="+")
     skips: tuple = flag((), "FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0", type=skip_pair,
-                        nargs="+")
+                        nargs="+", action=Distinct)
     activation: str = flag("relu", "FlexibleMLP activation", choices=sorted(ACTIVATIONS))
     dropout: float = flag(0.0, "FlexibleMLP dropout probability on hidden units", type=fraction)
     input_dropout: float = flag(0.0, "FlexibleMLP dropout probability on the flattened input (Hinton et al.'s "
@@ -30,7 +30,7 @@ class ModelConfig:
                            "filters, the head included) to L2 norm <= C (Srivastava et al. 2014); 0 = off",
                            type=nonneg_float, metavar="C")
     layers: tuple = flag((2, 2, 2, 2), "FlexibleCNN: blocks per stage, any number of stages, e.g. 3 4 6 3 or 3 3 3",
-                         type=pos_int, nargs="+")
+                         type=count, nargs="+")
     block: str = flag("basic", "FlexibleCNN block type", choices=sorted(BLOCKS))
     width: int = flag(64, "FlexibleCNN: channels of the first stage, doubled per stage", type=pos_int)
     residual: bool = flag(False, "FlexibleMLP/FlexibleCNN: identity skips around every block")

@@ -6,8 +6,10 @@ import gzip
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,7 +77,6 @@ def files(tmp_path_factory):
         cfg = json.loads((runs / "mlp" / "config.json").read_text())
         cfg["train"]["epochs"] = "ten"
         (d / "config.json").write_text(text or json.dumps(cfg))
-    import shutil
     for name in ("edited_run", "no_last_run"):  # a run folder edited by hand, one whose last.pt was deleted
         shutil.copytree(runs / "mlp", runs / name)
     cfg = json.loads((runs / "edited_run" / "config.json").read_text())
@@ -85,8 +86,34 @@ def files(tmp_path_factory):
     shutil.copytree(runs / "mlp", runs / "lying_last_run")  # a last.pt whose config holds a tensor, not settings
     last = torch.load(runs / "mlp" / "last.pt", weights_only=True)
     torch.save({**last, "config": {**last["config"], "train": torch.zeros(2)}}, runs / "lying_last_run" / "last.pt")
+    # Run folders damaged in the ways an edit, a crash or another machine leaves them (each refused before any write).
+    for name, edit in (("progress_run", lambda ck: {**ck, "history": "notalist"}),
+                       ("nan_last_run", lambda ck: {**ck, "model": {k: v * float("nan") for k, v in ck["model"].items()}}),
+                       ("gpu_run", lambda ck: {**ck, "config": {**ck["config"], "train": {**ck["config"]["train"],
+                                                                                          "device": "cuda"}}})):
+        shutil.copytree(runs / "mlp", runs / name)
+        torch.save(edit(last), runs / name / "last.pt")
+        (runs / name / "summary.json").unlink()
+    cfg = json.loads((runs / "gpu_run" / "config.json").read_text())
+    cfg["train"]["device"] = "cuda"
+    (runs / "gpu_run" / "config.json").write_text(json.dumps(cfg))
+    shutil.copytree(runs / "no_last_run", runs / "bs0_run")
+    (runs / "bs0_run" / "summary.json").unlink()
+    cfg = json.loads((runs / "bs0_run" / "config.json").read_text())
+    cfg["data"]["batch_size"] = 0
+    (runs / "bs0_run" / "config.json").write_text(json.dumps(cfg))
+    (runs / "docs").mkdir()  # not a run: --overwrite must leave it alone
+    (runs / "docs" / "thesis.tex").write_text("mine")
+    r = run_cli("exercise1.py", "--data_root", f["mnist"], "--save_dir", runs, "--run_name", "seeds", "--seeds", "0",
+                "1", "--hidden_size", "8", "--depth", "1", *QUIET)
+    assert r.returncode == 0, r.stderr
+    torch.save({**cache, "logits": cache["logits"][:, :3]}, base / "logits_classes.pt")
+    bad_norm = torch.load(runs / "kd" / "teacher.pth", weights_only=True)
+    bad_norm["arch"]["input_norm"] = ((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+    torch.save(bad_norm, base / "bad_norm.pt")
     # Broken data sets, one per kind of damage.
-    for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb)):
+    for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb), ("sizes", _test_size),
+                         ("constant", _constant)):
         root = write_mnist(base / name)
         damage(root / "MNIST" / "raw")
         f[name] = root
@@ -110,6 +137,18 @@ def _bomb(raw):
     """Far more bytes than the header declares (a decompression bomb in small): refused without inflating it all."""
     p = raw / "train-images-idx3-ubyte.gz"
     p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes()) + bytes(50_000_000), compresslevel=1))
+
+
+def _test_size(raw):
+    """Test images of another size than the training images."""
+    from conftest import write_idx
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((100, 32, 32), dtype=np.uint8))
+
+
+def _constant(raw):
+    """Training images that are all one colour: nothing to learn, and a std of 0 to normalise by."""
+    from conftest import write_idx
+    write_idx(raw / "train-images-idx3-ubyte.gz", np.full((300, 28, 28), 7, dtype=np.uint8))
 
 
 def _bad_label(raw):
@@ -191,7 +230,7 @@ CASES = [
     (["exercise2.py", "--resume", f"{R}/mlp"], "exercise1"),
     (["exercise1.py", "--resume", f"{R}/crafted_run"], "could run code"),
     (["exercise1.py", "--resume", f"{R}/lying_run"], "damaged"),
-    (["exercise1.py", "--resume", f"{R}/list_run"], "exercise1"),
+    (["exercise1.py", "--resume", f"{R}/list_run"], "is damaged (not a lab1 run config)"),
     # corrupt data
     (["exercise1.py", "--data_root", "{garbled}"], "corrupt"),
     (["exercise1.py", "--data_root", "{labels}"], "label"),
@@ -308,7 +347,36 @@ MORE = [
      "damaged"),
     (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_short.pt"],
      "damaged"),
+    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits",
+           "{base}/logits_classes.pt"], "of 10 classes"),
+    (KS + ["--teacher_ckpt", "{base}/bad_norm.pt"], "damaged lab1 checkpoint"),
+    (["exercise1.py", "--resume", f"{R}/progress_run", "--epochs", "2"], "damaged training state"),
+    (["exercise1.py", "--resume", f"{R}/nan_last_run", "--epochs", "2"], "NaN"),
+    (["exercise1.py", "--resume", f"{R}/bs0_run"], "batch_size = 0"),
+    (["exercise1.py", "--resume", f"{R}/seeds/seed0"], "continue that: python exercise1.py --resume"),
+    (["exercise1.py", "--resume", f"{R}/seeds", "--epochs", "3"], "finished parts"),
+    (["exercise1.py", "--resume", f"{R}/mlp", "--workers", "2"], "--workers"),
+    (E1 + ["--save_dir", R, "--run_name", "docs", "--overwrite"], "not a lab1 run folder"),
+    (E1 + ["--save_dir", R, "--run_name", "mlp"], "already exists"),
+    (E1 + ["--save_dir", R, "--run_name", ".x.lab1-tmp1"], "--run_name"),
+    (["exercise1.py", "--data_root", "{sizes}"], "one image size"),
+    (["exercise1.py", "--data_root", "{constant}"], "constant images"),
+    (E1 + ["--momentum", "0.5"], "--momentum"),
+    (E1 + ["--num_workers", "3"], "--num_workers"),
+    (E1 + ["--augment", "--no_augment"], "--no_augment"),
+    (E1 + ["--hidden_sizes", "8", "8", "--depth", "2"], "--hidden_sizes"),
+    (E1 + ["--model", "resnet8", "--norm", "none"], "always uses batch norm"),
+    (E1 + ["--norm", "batch", "--batch_size", "1"], "--batch_size 1"),
+    (E1 + ["--depth", "20000"], "--depth"),
+    (E1 + ["--skips", "1:0", "1:0"], "--skips lists"),
+    (E1 + ["--early_stopping", "2", "--val_split", "0"], "--early_stopping"),
+    (KD + ["--temperatures", "2", "3"], "kd_grid"),
+    (KD + ["--study", "kd_grid"], "--temperatures"),
+    (KD + ["--study", "kd_grid", "--temperatures", "2", "3", "--temperature", "4"], "--temperature"),
+    (FT + ["--pretrained", f"{R}/cnn/best.pt", "--mode", "linear", "--freeze_stages", "1"], "--freeze_stages"),
 ]
+if not torch.cuda.is_available():
+    MORE.append((["exercise1.py", "--resume", f"{R}/gpu_run"], "cannot run"))
 
 
 @pytest.mark.parametrize("argv,message", MORE, ids=[" ".join(a[1:])[:70] for a, _ in MORE])

@@ -147,7 +147,7 @@ def test_disk_full_is_one_line_naming_the_path_and_the_space(mnist_root, tmp_pat
     real = checkpoint.torch.save
 
     def full(obj, f, *a, **k):
-        if str(f).endswith(f".tmp{os.getpid()}") and ".last.pt" in str(f):
+        if str(f).endswith(f"lab1-tmp{os.getpid()}") and ".last.pt" in str(f):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(obj, f, *a, **k)
 
@@ -195,10 +195,15 @@ def test_stale_temporary_files_of_killed_writers_are_removed(mnist_root, tmp_pat
     assert ok.returncode == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / "r" / f".last.pt.tmp{dead.pid}"
+    stale = tmp_path / "r" / f".last.pt.lab1-tmp{dead.pid}"
     stale.write_bytes(b"half")
+    users = [tmp_path / f".notes.tmp{dead.pid}", tmp_path / "r" / f".draft.tmp{dead.pid}"]  # not lab1's: kept
+    for f in users:
+        f.write_text("mine")
     assert run_cli("exercise1.py", "--resume", tmp_path / "r", "--epochs", "2").returncode == 0
-    assert not stale.exists()
+    assert run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1",
+                   *QUIET).returncode == 0
+    assert not stale.exists() and all(f.read_text() == "mine" for f in users)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -64,6 +64,16 @@ def test_seeds_without_study(mnist_root, tmp_path):
     rows = json.loads((tmp_path / "s" / "summary.json").read_text())["configurations"]
     assert len(rows) == 1 and rows[0]["seeds"] == 2
     assert json.loads((tmp_path / "s" / "seed4" / "config.json").read_text())["train"]["seed"] == 4
+    # --epochs raised for a study none of whose children has finished (here: their summaries removed): every child
+    # trains on to the new length, and the study's and the children's config.json say so.
+    for f in [tmp_path / "s" / "summary.json", *(tmp_path / "s").glob("seed*/summary.json")]:
+        f.unlink()
+    p = run_cli("exercise1.py", "--resume", tmp_path / "s", "--epochs", "2")
+    assert p.returncode == 0, p.stderr
+    for f in ("config.json", "seed3/config.json", "seed4/config.json"):
+        c = json.loads((tmp_path / "s" / f).read_text())
+        assert (c["base"] if "base" in c else c)["train"]["epochs"] == 2, f
+    assert [m["epoch"] for m in map(json.loads, (tmp_path / "s" / "seed3" / "metrics.jsonl").open())] == [1, 2]
 
 
 def test_confusion_matrix_and_per_class_accuracy(mnist_root, tmp_path):
