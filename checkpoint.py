@@ -173,21 +173,21 @@ class RunLock:
     POSIX record locks (fcntl.lockf) also work on NFS where the server supports locking (NFSv4, or lockd).
     """
 
-    def __init__(self, folder):
-        self.fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, folder, name=".lock", shared=False):
+        self.fd = os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(self.fd)
             self.fd = None
         self.held_then = self.fd is not None
 
     @staticmethod
-    def busy(folder):
+    def busy(folder, name=".lock"):
         """Whether another process holds the lock of `folder` right now (a lock file is needed to hold one)."""
-        if not (Path(folder) / ".lock").exists():
+        if not (Path(folder) / name).exists():
             return False
-        lock = RunLock(folder)
+        lock = RunLock(folder, name)
         lock.release()
         return not lock.held_then
 

@@ -246,6 +246,7 @@ def run_main(main, argv=None):
     finally:
         lifecycle.close_wandb()
         lifecycle.take_hint()
+        lifecycle.vacate()
         for s in (signal.SIGINT, signal.SIGTERM):  # the work is over: a late Ctrl-C must not print a traceback
             signal.signal(s, signal.SIG_IGN)
     sys.stdout.flush()

@@ -299,6 +299,10 @@ def fit(step_model, loaders, opt: Optim, cfg: TrainConfig, loss_fn, progress: Pr
     autocast = make_autocast(cfg)
     with STOP.deferring():
         for epoch in range(progress.epoch, cfg.epochs):
+            if cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping:  # here: also when resumed after it
+                print(f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
+                      f"restoring epoch {progress.best_epoch}", flush=True)
+                break
             STOP.check()                                          # asked during validation or a checkpoint
             t0 = time.perf_counter()
             if partial is None:
@@ -327,7 +331,3 @@ def fit(step_model, loaders, opt: Optim, cfg: TrainConfig, loss_fn, progress: Pr
             else:
                 progress.bad_epochs += 1
             on_epoch_end(rec, improved)
-            if cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping:
-                print(f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
-                      f"restoring epoch {progress.best_epoch}", flush=True)
-                break

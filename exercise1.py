@@ -22,7 +22,6 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 
 import json
 import os
-from contextlib import nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from checkpoint import read_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
 from dataloader import load_dataset
 from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
-from lifecycle import (check_model, check_run_dir, command, continuing, create_run_dir, describe_data, done,
-                       extend_epochs, finished, new_model, record_epochs, resume_dir, short_name, train)
+from lifecycle import (check_model, check_run_dir, command, continue_with, create_run_dir, describe_data, done,
+                       extend_epochs, finished, new_model, occupy, record_epochs, resume_dir, short_name, train)
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 from notify import notify
 
@@ -119,15 +118,16 @@ def run_study(plan, ds, study_dir, args):
             print(f"fold {child.depth}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})")
 
     title = plan["study"] or study_dir.name
-    with continuing(command("--resume", study_dir)):
-        return study.run(kids, study_dir, title, train_child, args.workers or 1, rebuild=bool(args.report))
+    continue_with(command("--resume", study_dir))
+    occupy(study_dir)
+    return study.run(kids, study_dir, title, train_child, args.workers or 1, rebuild=bool(args.report))
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    # A stop before the run's own hint is set (while the data load) continues the same way: --resume is idempotent.
-    with continuing(command("--resume", args.resume)) if args.resume else nullcontext():
-        return _main(args)
+    if args.resume:  # a stop from here on, even while the data load, continues the same way
+        continue_with(command("--resume", args.resume))
+    return _main(args)
 
 
 def _main(args):
@@ -140,21 +140,10 @@ def _main(args):
         raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
     run_dir, plan = None, None
     if args.resume:
-        run_dir, saved, cfg = resume_dir(
-            args.resume, ("exercise1", "study"), given(args), ("resume", "epochs", "workers", "report", "notify"),
-            build=lambda c: RunConfig.from_dict(c["base"] if c["kind"] == "study" else c))
-        plan = saved if saved["kind"] == "study" else None
-        if (args.workers or 1) > 1 and not plan:
-            raise UsageError("--workers splits a study; a single run has one worker")
-        if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):  # nothing to do: say so
-            result = read_json(run_dir / "summary.json")
-            print(f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "
-                  f"{result.get('best_epoch')}); raise --epochs beside --resume to train it further")
+        run_dir, cfg, plan = resumed(args)
+        if cfg is None:  # a finished run, and nothing to add
             done(run_dir)
             return 0
-        cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir if plan else None))
-        if plan:
-            plan = {**plan, "base": cfg.to_dict()}
     else:
         cfg = build_config(args)
         plan = study_plan(args, cfg) if multi else None
@@ -175,8 +164,9 @@ def _main(args):
             record_epochs(run_dir, cfg.train.epochs)  # the data loaded and the children check out
             spawned = (args.workers or 1) > 1 and not args.report
             if spawned:
-                with continuing(command("--resume", run_dir)):
-                    study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
+                continue_with(command("--resume", run_dir))
+                occupy(run_dir)
+                study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
             message = "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
         else:
             model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists
@@ -187,8 +177,9 @@ def _main(args):
                 run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
                                          auto_named=not args.run_name)
             run_dir = distributed.broadcast(run_dir)
-            with continuing(command("--resume", run_dir)):
-                result = train(model, ds, cfg, run_dir)
+            continue_with(command("--resume", run_dir))
+            occupy(run_dir)
+            result = train(model, ds, cfg, run_dir)
             message = f"test acc {result['test_acc']:.4f} in {result['train_time_s']:.0f}s"
     except BaseException as e:
         if args.notify and distributed.is_main():
@@ -199,6 +190,24 @@ def _main(args):
     done(None if os.environ.get(study.SPAWNED) else run_dir)  # the spawner prints the study's folder, once
     distributed.teardown()
     return 0
+
+
+def resumed(args):
+    """--resume RUN: (run folder, its RunConfig with a raised --epochs, the study plan or None); cfg None for a
+    finished single run that --epochs does not extend (its result is printed)."""
+    run_dir, saved, cfg = resume_dir(
+        args.resume, ("exercise1", "study"), given(args), ("resume", "epochs", "workers", "report", "notify"),
+        build=lambda c: RunConfig.from_dict(c["base"] if c["kind"] == "study" else c))
+    plan = saved if saved["kind"] == "study" else None
+    if (args.workers or 1) > 1 and not plan:
+        raise UsageError("--workers splits a study; a single run has one worker")
+    if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):
+        result = read_json(run_dir / "summary.json")
+        print(f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "
+              f"{result.get('best_epoch')}); raise --epochs beside --resume to train it further")
+        return run_dir, None, None
+    cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir if plan else None))
+    return run_dir, cfg, {**plan, "base": cfg.to_dict()} if plan else None
 
 
 def study_folder(cfg, plan, args):

@@ -29,8 +29,8 @@ from cli import Parser, UsageError, add_flags, from_args, given, resolve_amp, ru
 from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
 from dataloader import load_dataset, make_loaders
 from engine import Diverged
-from lifecycle import (check_run_dir, command, continuing, create_run_dir, describe_data, done, extend_epochs,
-                       new_model, record_epochs, resume_dir, short_name)
+from lifecycle import (check_run_dir, command, continue_with, create_run_dir, describe_data, done, extend_epochs,
+                       new_model, occupy, record_epochs, resume_dir, short_name)
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
@@ -111,6 +111,7 @@ def main(argv=None):
         raise UsageError("exercise2.py runs in one process; for data-parallel training use torchrun with exercise1.py")
     run_dir = None
     if args.resume:
+        continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
         run_dir, saved, cfg = resume_dir(args.resume, ("exercise2", "finetune"), given(args) - {"task"}, build=lambda c: (
             transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)))
         if saved["kind"] == "finetune":
@@ -150,23 +151,24 @@ def main(argv=None):
         cfg = replace(cfg, output=replace(cfg.output, run_name=name))
         run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
                                  auto_named=not args.run_name)
+    continue_with(command("--resume", run_dir))
+    occupy(run_dir)
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
     record_epochs(run_dir, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept
-    with continuing(command("--resume", run_dir)):
-        try:
-            results = distill.run_phases(cfg, ds, run_dir, teacher, given_)
-        except Diverged as e:  # the phase's own summary says so too
-            write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
-            raise
-        lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
-        try:
-            if lock.held:
-                distill.report(results, cfg, run_dir)
-            else:
-                print("report: written by another worker")
-        finally:
-            lock.release()
+    try:
+        results = distill.run_phases(cfg, ds, run_dir, teacher, given_)
+    except Diverged as e:  # the phase's own summary says so too
+        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+        raise
+    lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
+    try:
+        if lock.held:
+            distill.report(results, cfg, run_dir)
+        else:
+            print("report: written by another worker")
+    finally:
+        lock.release()
     done(run_dir)
     return 0
 

@@ -18,7 +18,6 @@ import shlex
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -44,17 +43,25 @@ NAME_MAX = 200  # bytes of a folder name; file systems allow 255, and temporary 
 _hints = []
 
 
-@contextmanager
-def continuing(hint):
-    """While the block runs, a stop prints `hint` (the outermost one wins: a study's, not its child's)."""
-    _hints.append(hint)
-    try:
-        yield
-    except BaseException:
-        if len(_hints) > 1:  # the outermost hint stays for run_main to print
-            _hints.pop()
-        raise
-    _hints.pop()
+BUSY = ".busy"  # held shared by every command working in a run folder, training or not: --overwrite waits for none
+_occupied = []
+
+
+def occupy(run_dir):
+    """Mark run_dir in use by this command until it ends (released by run_main), so that --overwrite refuses it."""
+    _occupied.append(RunLock(run_dir, BUSY, shared=True))
+
+
+def vacate():
+    while _occupied:
+        _occupied.pop().release()
+
+
+def continue_with(hint):
+    """From now until the command ends, a stop prints `hint`, also once the work is done (a resume of a finished run
+    says so). The first one set wins: a study's, not its child's."""
+    if not _hints:
+        _hints.append(hint)
 
 
 def take_hint():
@@ -125,7 +132,8 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
         (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
         (tmp / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
         if overwrite and (save_dir / name).exists():
-            busy = [p.parent for p in (save_dir / name).rglob(".lock") if RunLock.busy(p.parent)]
+            busy = [p.parent for lock in (".lock", BUSY) for p in (save_dir / name).rglob(lock)
+                    if RunLock.busy(p.parent, lock)]
             if busy:
                 raise UsageError(f"{busy[0]} is being trained by another process right now; --overwrite would "
                                  "destroy its work")
@@ -189,9 +197,11 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
         print(f"{run_dir} has no last.pt (it stopped before its first checkpoint): training it from the start")
     config = {**config, "kind": found}
     try:  # a config.json that lies about what it holds is one line, like any damaged file
-        return run_dir, config, build(config) if build else None
+        built = build(config) if build else None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
+    remove_stale_tmp(run_dir)  # what writers killed in this folder left (its parts clean their own on resume)
+    return run_dir, config, built
 
 
 def finished(run_dir):

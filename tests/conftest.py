@@ -100,11 +100,13 @@ def folder_root(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def lock_held_elsewhere(folder):
-    """Another process holds the run lock of `folder` (as a process training in it would) while the block runs."""
+def lock_held_elsewhere(folder, name=".lock", shared=False):
+    """Another process holds the run lock of `folder` (as a process training in it would; shared on .busy: one
+    working in it, e.g. an exercise2 run between its phases) while the block runs."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from checkpoint import RunLock; l = RunLock(sys.argv[2]); print(l.held, flush=True);"
-                               "time.sleep(120)", str(ROOT), str(folder)], stdout=subprocess.PIPE, text=True)
+                               "from checkpoint import RunLock; l = RunLock(sys.argv[2], sys.argv[3], sys.argv[4] == "
+                               "'True'); print(l.held, flush=True); time.sleep(120)", str(ROOT), str(folder), name,
+                               str(shared)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "True"
         yield

@@ -75,6 +75,11 @@ def test_early_stopping_stops_and_restores_best(mnist_root, tmp_path):
     assert p.returncode == 0, p.stderr
     s = json.loads((last_line(p) / "summary.json").read_text())
     assert s["epochs_run"] == 3 and s["best_epoch"] == 1 and "early stopping" in p.stdout
+    (last_line(p) / "summary.json").unlink()  # as if stopped during the final test: the resume stops again at once
+    again = run_cli("exercise1.py", "--resume", last_line(p))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((last_line(p) / "summary.json").read_text()) == {**s, "train_time_s": pytest.approx(
+        s["train_time_s"])}
 
 
 def test_k_fold_prints_k_results(mnist_root, tmp_path):

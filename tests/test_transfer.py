@@ -105,3 +105,17 @@ def test_errors(pretrained, mnist_root, tmp_path):
         p = run_cli("exercise2.py", *base, *extra)
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (extra, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_finetune_is_reproducible(pretrained, mnist_root, tmp_path):
+    """The new head is drawn from --seed: the same command gives the same training, whatever ran before it."""
+    def metrics(name):
+        p = run_cli("exercise2.py", "--task", "finetune", "--pretrained", pretrained, "--dataset", "mnist",
+                    "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", name, "--mode", "finetune",
+                    "--epochs", "1", *QUIET)
+        assert p.returncode == 0, p.stderr
+        torch.rand(7)  # moves the global generator, as anything else in the process might
+        return [{k: v for k, v in json.loads(line).items() if "time" not in k}
+                for line in (tmp_path / name / "finetune" / "metrics.jsonl").read_text().splitlines()]
+
+    assert metrics("a") == metrics("b")
