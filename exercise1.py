@@ -197,7 +197,7 @@ def resumed(args):
     finished single run that --epochs does not extend (its result is printed)."""
     run_dir, saved, cfg = resume_dir(
         args.resume, ("exercise1", "study"), given(args), ("resume", "epochs", "workers", "report", "notify"),
-        build=lambda c: RunConfig.from_dict(c["base"] if c["kind"] == "study" else c))
+        build=_config_of)
     plan = saved if saved["kind"] == "study" else None
     if (args.workers or 1) > 1 and not plan:
         raise UsageError("--workers splits a study; a single run has one worker")
@@ -208,6 +208,14 @@ def resumed(args):
         return run_dir, None, None
     cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir if plan else None))
     return run_dir, cfg, {**plan, "base": cfg.to_dict()} if plan else None
+
+
+def _config_of(saved):
+    """The RunConfig of a run's config.json, or of a study's (whose plan is checked as its flags would be)."""
+    if saved["kind"] != "study":
+        return RunConfig.from_dict(saved)
+    study.check_plan(saved)
+    return RunConfig.from_dict(saved["base"])
 
 
 def study_folder(cfg, plan, args):

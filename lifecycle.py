@@ -12,6 +12,7 @@ metrics.jsonl from it and best.pt if it is stale, so a kill before any write res
 summary.json is written last and marks a run finished.
 """
 import json
+import math
 import os
 import random
 import shlex
@@ -78,7 +79,7 @@ def command(*args):
 
 def check_run_name(save_dir, name):
     """A plain, not too long name in a writable save_dir; checked before any work."""
-    if not name or os.sep in name or "/" in name or name in (".", "..") or "\0" in name or TMP in name:
+    if not name or os.sep in name or name in (".", "..") or not name.isprintable() or TMP in name:
         raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator (or {TMP})")
     try:
         name.encode()
@@ -186,7 +187,7 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
         raise UsageError(f"{run_dir} is a run of {_script(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
                          f"{shlex.join(['python', _script(found), '--resume', str(run_dir)])}")
     if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
-        differ = _differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
+        differ = differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
         if differ:
             raise CheckpointError(f"{run_dir / 'config.json'} no longer says what {run_dir / 'last.pt'} was trained "
                                   f"with ({differ[0]}); the folder was edited: restore config.json")
@@ -212,11 +213,11 @@ def finished(run_dir):
         return False
 
 
-def _differences(a, b, where=""):
-    """The dotted keys whose values differ between two configs (keys only one has, and train.epochs, aside)."""
+def differences(a, b, where="", skip=("train.epochs",)):
+    """The dotted keys whose values differ between two configs (keys only one has, and `skip`, aside)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(a.keys() & b.keys()) if where + k != "train.epochs"
-                for d in _differences(a[k], b[k], f"{where}{k}.")]
+        return [d for k in sorted(a.keys() & b.keys()) if where + k not in skip
+                for d in differences(a[k], b[k], f"{where}{k}.", skip)]
     same = json.dumps(a, default=repr) == json.dumps(b, default=repr)  # a tensor where a number belongs: differs
     return [] if same else [where.rstrip(".") or "all of it"]
 
@@ -443,14 +444,15 @@ def _resume(run_dir, model, opt, loaders, desc):
 
 def _check_progress(p, partial, steps):
     """The progress fields of a last.pt, as training wrote them; anything else is a ValueError or TypeError."""
-    number = lambda v: type(v) in (int, float) and v == v  # noqa: E731 (not NaN)
+    number = lambda v: type(v) in (int, float) and math.isfinite(v)  # noqa: E731
     if not (type(p.epoch) is int and type(p.best_epoch) is int and type(p.bad_epochs) is int
             and 0 <= p.best_epoch <= p.epoch and 0 <= p.bad_epochs <= p.epoch and number(p.best_val_acc)
             and number(p.elapsed) and isinstance(p.history, list) and len(p.history) == p.epoch):
         raise ValueError("progress fields")
     for i, rec in enumerate(p.history, 1):
-        if not (isinstance(rec, dict) and rec.get("epoch") == i and number(rec.get("train_loss"))
-                and number(rec.get("lr"))):
+        if not (isinstance(rec, dict) and rec.get("epoch") == i and all(
+                number(rec.get(k)) for k in ("train_loss", "train_acc", "lr", "epoch_time_s"))
+                and all(rec.get(k) is None or number(rec[k]) for k in ("val_loss", "val_acc"))):
             raise ValueError(f"history record {i}")
     if partial is None:
         return

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, fields, replace
 
 from checkpoint import CheckpointError, RunLock, read_json, read_jsonl, write_json, write_report
-from cli import Distinct, UsageError, count, flag, nonneg_int, pos_processes
-from lifecycle import duration, finished
+from cli import Distinct, UsageError, count, flag, from_dict, nonneg_int, pos_processes
+from lifecycle import differences, duration, finished
 from models import PRESETS, ModelConfig
 from plots import plot_layer_grads, plot_study
 from stats import mean_std, paired
@@ -227,8 +227,31 @@ def report(study_dir, title, kids):
     return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
 
 
+def check_plan(plan):
+    """A study's config.json: its study, depths and seeds as the flags would take them, and at least one child."""
+    sc = from_dict(StudyConfig, {k: plan[k] for k in ("study", "depths", "seeds")})
+    if not sc.seeds or bool(sc.study) != bool(sc.depths):
+        raise ValueError("a study needs seeds, and depths exactly when it names a study")
+
+
+# What may differ between a child's config.json and its study's: where files live, and the epochs --epochs raises.
+LOCAL = ("train.epochs", "output", "data.data_root", "data.num_workers")
+
+
+def check_children(kids, study_dir):
+    """Every child folder holds the child its study's config.json makes (not one replaced by hand or --overwrite)."""
+    for c in kids:
+        if (study_dir / c.name / "config.json").exists():
+            differ = differences(read_json(study_dir / c.name / "config.json", "child config"), c.cfg.to_dict(),
+                                 skip=LOCAL)
+            if differ:
+                raise CheckpointError(f"{study_dir / c.name} is not the child {study_dir / 'config.json'} makes "
+                                      f"({differ[0]} differs): the study or the child was edited or replaced")
+
+
 def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
     """Work on the study until it is finished, then report once (or again, with rebuild)."""
+    check_children(kids, study_dir)
     if not rebuild:
         work(kids, study_dir, train_child, workers)
     if not all(finished(study_dir / c.name) for c in kids):
