@@ -88,7 +88,8 @@ def files(tmp_path_factory):
     torch.save({**last, "config": {**last["config"], "train": torch.zeros(2)}}, runs / "lying_last_run" / "last.pt")
     # Run folders damaged in the ways an edit, a crash or another machine leaves them (each refused before any write).
     for name, edit in (("progress_run", lambda ck: {**ck, "history": "notalist"}),
-                       ("nan_last_run", lambda ck: {**ck, "model": {k: v * float("nan") for k, v in ck["model"].items()}}),
+                       ("nan_last_run", lambda ck: {**ck, "model": {k: v * float("nan")
+                                                                     for k, v in ck["model"].items()}}),
                        ("gpu_run", lambda ck: {**ck, "config": {**ck["config"], "train": {**ck["config"]["train"],
                                                                                           "device": "cuda"}}})):
         shutil.copytree(runs / "mlp", runs / name)
@@ -107,6 +108,14 @@ def files(tmp_path_factory):
     r = run_cli("exercise1.py", "--data_root", f["mnist"], "--save_dir", runs, "--run_name", "seeds", "--seeds", "0",
                 "1", "--hidden_size", "8", "--depth", "1", *QUIET)
     assert r.returncode == 0, r.stderr
+    for name, edit in (("seeds_ab", lambda c: {**c, "seeds": "ab"}), ("seeds_none", lambda c: {**c, "seeds": []})):
+        shutil.copytree(runs / "seeds", runs / name)  # a study config.json its flags would not take
+        plan = json.loads((runs / "seeds" / "config.json").read_text())
+        (runs / name / "config.json").write_text(json.dumps(edit(plan)))
+    shutil.copytree(runs / "seeds", runs / "seeds_replaced")  # a child that is not the study's any more
+    child = json.loads((runs / "seeds" / "seed0" / "config.json").read_text())
+    child["train"]["lr"] = 0.01
+    (runs / "seeds_replaced" / "seed0" / "config.json").write_text(json.dumps(child))
     torch.save({**cache, "logits": cache["logits"][:, :3]}, base / "logits_classes.pt")
     bad_norm = torch.load(runs / "kd" / "teacher.pth", weights_only=True)
     bad_norm["arch"]["input_norm"] = ((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
@@ -355,6 +364,10 @@ MORE = [
     (["exercise1.py", "--resume", f"{R}/bs0_run"], "batch_size = 0"),
     (["exercise1.py", "--resume", f"{R}/seeds/seed0"], "continue that: python exercise1.py --resume"),
     (["exercise1.py", "--resume", f"{R}/seeds", "--epochs", "3"], "finished parts"),
+    (["exercise1.py", "--resume", f"{R}/seeds_ab"], "StudyConfig.seeds"),
+    (["exercise1.py", "--resume", f"{R}/seeds_none", "--report"], "needs seeds"),
+    (["exercise1.py", "--resume", f"{R}/seeds_replaced", "--report"], "train.lr differs"),
+    (E1 + ["--run_name", "a\nb"], "--run_name"),
     (["exercise1.py", "--resume", f"{R}/mlp", "--workers", "2"], "--workers"),
     (E1 + ["--save_dir", R, "--run_name", "docs", "--overwrite"], "not a lab1 run folder"),
     (E1 + ["--save_dir", R, "--run_name", "mlp"], "already exists"),
