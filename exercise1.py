@@ -32,7 +32,7 @@ from cli import Parser, UsageError, add_flags, from_args, given, run_main, times
 from dataloader import load_dataset
 from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
 from lifecycle import (check_model, check_run_dir, command, continue_with, create_run_dir, describe_data, done,
-                       extend_epochs, finished, new_model, occupy, record_epochs, resume_dir, short_name, train)
+                       extend_epochs, finished, new_model, record_epochs, resume_dir, short_name, train, working_in)
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 from notify import notify
 
@@ -118,8 +118,7 @@ def run_study(plan, ds, study_dir, args):
             print(f"fold {child.depth}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})")
 
     title = plan["study"] or study_dir.name
-    continue_with(command("--resume", study_dir))
-    occupy(study_dir)
+    working_in(study_dir)
     return study.run(kids, study_dir, title, train_child, args.workers or 1, rebuild=bool(args.report))
 
 
@@ -136,8 +135,6 @@ def _main(args):
     if distributed.world() > 1 and (multi or args.workers):
         raise UsageError("under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
                          "without it (use --workers for several processes)")
-    if (args.workers or 1) > 1 and not (multi or args.resume):
-        raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
     run_dir, plan = None, None
     if args.resume:
         run_dir, cfg, plan = resumed(args)
@@ -147,6 +144,8 @@ def _main(args):
     else:
         cfg = build_config(args)
         plan = study_plan(args, cfg) if multi else None
+        if (args.workers or 1) > 1 and not plan:
+            raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
         # A bad name or save_dir, or an existing folder, is said before the data load (a study's may be continued).
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name or bool(plan))
     if plan is not None:
@@ -164,8 +163,7 @@ def _main(args):
             record_epochs(run_dir, cfg.train.epochs)  # the data loaded and the children check out
             spawned = (args.workers or 1) > 1 and not args.report
             if spawned:
-                continue_with(command("--resume", run_dir))
-                occupy(run_dir)
+                working_in(run_dir)
                 study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
             message = "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
         else:
@@ -177,8 +175,7 @@ def _main(args):
                 run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
                                          auto_named=not args.run_name)
             run_dir = distributed.broadcast(run_dir)
-            continue_with(command("--resume", run_dir))
-            occupy(run_dir)
+            working_in(run_dir)
             result = train(model, ds, cfg, run_dir)
             message = f"test acc {result['test_acc']:.4f} in {result['train_time_s']:.0f}s"
     except BaseException as e:
@@ -200,7 +197,7 @@ def resumed(args):
         build=_config_of)
     plan = saved if saved["kind"] == "study" else None
     if (args.workers or 1) > 1 and not plan:
-        raise UsageError("--workers splits a study; a single run has one worker")
+        raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
     if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):
         result = read_json(run_dir / "summary.json")
         print(f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "

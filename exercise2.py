@@ -30,7 +30,7 @@ from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
 from dataloader import load_dataset, make_loaders
 from engine import Diverged
 from lifecycle import (check_run_dir, command, continue_with, create_run_dir, describe_data, done, extend_epochs,
-                       new_model, occupy, record_epochs, resume_dir, short_name)
+                       new_model, record_epochs, resume_dir, short_name, working_in)
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
@@ -151,8 +151,7 @@ def main(argv=None):
         cfg = replace(cfg, output=replace(cfg.output, run_name=name))
         run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
                                  auto_named=not args.run_name)
-    continue_with(command("--resume", run_dir))
-    occupy(run_dir)
+    working_in(run_dir)
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
     record_epochs(run_dir, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept

@@ -12,7 +12,6 @@ metrics.jsonl from it and best.pt if it is stale, so a kill before any write res
 summary.json is written last and marks a run finished.
 """
 import json
-import math
 import os
 import random
 import shlex
@@ -35,6 +34,7 @@ from engine import (STOP, Diverged, Optim, Progress, StopRequested, channels_las
 from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
 from plots import plot_confusion, plot_curves, plot_grads
+from stats import number
 
 NAME_MAX = 200  # bytes of a folder name; file systems allow 255, and temporary names add a suffix
 
@@ -48,8 +48,10 @@ BUSY = ".busy"  # held shared by every command working in a run folder, training
 _occupied = []
 
 
-def occupy(run_dir):
-    """Mark run_dir in use by this command until it ends (released by run_main), so that --overwrite refuses it."""
+def working_in(run_dir):
+    """From now until the command ends: a stop names `--resume run_dir` (continue_with), and run_dir is marked in
+    use (released by run_main), so that --overwrite refuses it."""
+    continue_with(command("--resume", run_dir))
     _occupied.append(RunLock(run_dir, BUSY, shared=True))
 
 
@@ -419,11 +421,10 @@ def _resume(run_dir, model, opt, loaders, desc):
     """Restore last.pt into model / optimizer / RNG; returns (progress, accumulators of a part-done epoch, best)."""
     path = run_dir / "last.pt"
     ckpt = load_checkpoint(path, need=("model", "arch", "optimizer", "scheduler", "rng", "epoch"))
-    for key in ("model", "best_model"):
+    for key in ("best_model", "model"):  # both must fit and be finite; the current weights are loaded last
         if key in ckpt:
             load_weights(model, ckpt[key], path)
             check_finite(model, path)
-    load_weights(model, ckpt["model"], path)
     try:
         opt.load_state_dict(ckpt)
         progress = Progress(**{f.name: ckpt[f.name] for f in fields(Progress)})
@@ -444,7 +445,6 @@ def _resume(run_dir, model, opt, loaders, desc):
 
 def _check_progress(p, partial, steps):
     """The progress fields of a last.pt, as training wrote them; anything else is a ValueError or TypeError."""
-    number = lambda v: type(v) in (int, float) and math.isfinite(v)  # noqa: E731
     if not (type(p.epoch) is int and type(p.best_epoch) is int and type(p.bad_epochs) is int
             and 0 <= p.best_epoch <= p.epoch and 0 <= p.bad_epochs <= p.epoch and number(p.best_val_acc)
             and number(p.elapsed) and isinstance(p.history, list) and len(p.history) == p.epoch):

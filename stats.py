@@ -5,6 +5,11 @@ import math
 import statistics
 
 
+def number(v):
+    """A finite int or float (not a bool, a string, NaN or infinity): what a results file may hold as a figure."""
+    return type(v) in (int, float) and math.isfinite(v)
+
+
 def mean_std(values):
     """(mean, sample std with n-1). One value has std 0.0 rather than NaN, so single-seed tables print."""
     xs = [float(v) for v in values]

@@ -13,7 +13,6 @@ dead worker is resumed from its last.pt by the next worker that finds it free. W
 finished writes the report (summary.json, results.md, comparison.png, grads.png), once.
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from cli import Distinct, UsageError, count, flag, from_dict, nonneg_int, pos_pr
 from lifecycle import differences, duration, finished
 from models import PRESETS, ModelConfig
 from plots import plot_layer_grads, plot_study
-from stats import mean_std, paired
+from stats import mean_std, number, paired
 
 STUDIES = ("mlp_depth", "cnn_depth")
 DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
@@ -177,7 +176,6 @@ def residual_minus_plain(kids, results):
 def _summary(path):
     """A child's summary.json with the figures the report needs, as training wrote them; else one line."""
     s = read_json(path, "summary")
-    number = lambda v: type(v) in (int, float) and math.isfinite(v)  # noqa: E731
     if not (isinstance(s, dict) and number(s.get("test_acc")) and number(s.get("train_time_s"))
             and type(s.get("params")) is int and (s.get("best_val_acc") is None or number(s["best_val_acc"]))):
         raise CheckpointError(f"{path} is damaged (test_acc, best_val_acc, params or train_time_s is not a number); "

@@ -24,8 +24,9 @@ from cli import UsageError, flag, from_args, from_dict, given, nonneg_int, pos_f
 from config import OutputConfig, RunConfig, data_and_train
 from dataloader import DataConfig, DataSet, load_dataset, make_loaders
 from engine import TrainConfig, make_autocast
-from lifecycle import (check_run_dir, command, continue_with, create_run_dir, describe_data, done, extend_epochs,
-                       model_from_arch, model_from_checkpoint, new_model, occupy, record_epochs, short_name, train)
+from lifecycle import (check_run_dir, create_run_dir, describe_data, done, extend_epochs,
+                       model_from_arch, model_from_checkpoint, new_model, record_epochs, short_name, train,
+                       working_in)
 from models import ModelConfig, summary
 
 MODES = ("linear", "svm", "finetune", "scratch")
@@ -204,8 +205,7 @@ def main(args, run_dir=None, saved=None):
                                                       "input_changes": changes, "model": asdict(mcfg),
                                                       "data": asdict(data), "train": asdict(train_cfg),
                                                       "output": asdict(out)}, args.overwrite, not args.run_name)
-    continue_with(command("--resume", run_dir))
-    occupy(run_dir)
+    working_in(run_dir)
     record_epochs(run_dir, train_cfg.epochs)  # the data and the pretrained network loaded: a raised --epochs is kept
     results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
     report(results, run_dir)
