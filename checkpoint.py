@@ -6,6 +6,7 @@ last.pt adds the whole training state (optimizer, scheduler, scaler, RNG, progre
 when they are not the current ones), so that one file always says which weights are best.
 Loading never runs code from a file: everything goes through torch.load(weights_only=True).
 """
+
 import errno
 import fcntl
 import json
@@ -46,8 +47,10 @@ def atomic_write(path, write, needed=0):
         if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or full_now < max(needed, 2**20)):
             raise
         tmp.unlink(missing_ok=True)
-        raise DiskFull(f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
-                       f"about {size(needed)} needed; the files written before are intact") from None
+        raise DiskFull(
+            f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
+            f"about {size(needed)} needed; the files written before are intact"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -118,9 +121,11 @@ def load_file(path, what="checkpoint", mmap=False):
         culprit = re.search(r"GLOBAL (\S+)", str(e))
         if not culprit:
             raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint (not loadable as weights)") from None
-        raise CheckpointError(f"{what} {path} holds Python objects that could run code ({culprit[1]}); lab1 loads "
-                              "only tensors and plain data and refuses it (an old lab1 checkpoint of this kind cannot "
-                              "be read safely: retrain it)") from None
+        raise CheckpointError(
+            f"{what} {path} holds Python objects that could run code ({culprit[1]}); lab1 loads "
+            "only tensors and plain data and refuses it (an old lab1 checkpoint of this kind cannot "
+            "be read safely: retrain it)"
+        ) from None
     except Exception as e:  # truncated zip, garbage, a text file: all "not a readable checkpoint"
         raise CheckpointError(f"{what} {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
 
@@ -143,6 +148,7 @@ def _valid_arch(arch):
     and an input normalisation (if recorded) with one mean and one std > 0 per channel."""
     from dataloader import check_norm
     from models import is_cnn
+
     try:
         c, h, w = arch["in_shape"]
         ok = all(type(v) is int for v in (c, h, w)) and 1 <= c <= 4 and 1 <= h <= 4096 and 1 <= w <= 4096

@@ -5,6 +5,7 @@ dataclass into argparse options that all default to None, so `given(args)` is ex
 and `from_args` builds the frozen config with the dataclass's own defaults for the rest. Models, loaders and
 the training loop only ever see those dataclasses, never `args`.
 """
+
 import argparse
 import contextlib
 import dataclasses
@@ -26,8 +27,12 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): `prog: error: ... (see --help)`, exit 2."""
 
     def __init__(self, doc, **kw):
-        super().__init__(description=doc.split("\n\n")[0], epilog=doc.split("\n", 1)[1],
-                         formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        super().__init__(
+            description=doc.split("\n\n")[0],
+            epilog=doc.split("\n", 1)[1],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw,
+        )
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -63,8 +68,11 @@ def add_flags(group, cls, prefix="", who="", defaults=None, shown=None, skip=())
 
 def from_args(cls, args, prefix="", defaults=None, **fixed):
     """The dataclass from the flags given (lists become tuples), `defaults` for the rest, `fixed` on top."""
-    given_ = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
-              if "help" in f.metadata and getattr(args, prefix + f.name, None) is not None}
+    given_ = {
+        f.name: getattr(args, prefix + f.name)
+        for f in dataclasses.fields(cls)
+        if "help" in f.metadata and getattr(args, prefix + f.name, None) is not None
+    }
     tup = lambda v: tuple(tup(x) for x in v) if isinstance(v, list) else v  # noqa: E731
     base = dataclasses.asdict(defaults) if defaults is not None else {}
     return cls(**{**base, **{k: tup(v) for k, v in given_.items()}, **fixed})
@@ -85,8 +93,11 @@ def from_dict(cls, d):
     for f in dataclasses.fields(cls):
         if f.name in d:
             value, default = tup(d[f.name]), f.default
-            if default not in (None, dataclasses.MISSING) and not isinstance(value, type(default)) and not (
-                    isinstance(default, float) and isinstance(value, int)):
+            if (
+                default not in (None, dataclasses.MISSING)
+                and not isinstance(value, type(default))
+                and not (isinstance(default, float) and isinstance(value, int))
+            ):
                 raise TypeError(f"{cls.__name__}.{f.name} = {value!r}")
             if value is not None and value != default and not _as_flag_value(f.metadata, value):
                 raise ValueError(f"{cls.__name__}.{f.name} = {str(value)[:60]} is not a value its flag takes")
@@ -126,6 +137,7 @@ def _checked(cast, ok, what):
         if not ok(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
+
     parse.__name__ = what  # argparse names the type in its messages
     return parse
 
@@ -133,7 +145,7 @@ def _checked(cast, ok, what):
 MAX_INT = 2**31 - 1  # counts (epochs, widths, seeds) beyond this are typos, and overflow torch's generators
 pos_int = _checked(int, lambda v: 0 < v <= MAX_INT, "a positive integer")
 count = _checked(int, lambda v: 0 < v <= 10_000, "a positive integer up to 10000")  # layers, blocks, depths
-processes = _checked(int, lambda v: 0 <= v <= 256, "an integer from 0 to 256")   # processes to start
+processes = _checked(int, lambda v: 0 <= v <= 256, "an integer from 0 to 256")  # processes to start
 pos_processes = _checked(int, lambda v: 0 < v <= 256, "an integer from 1 to 256")
 nonneg_int = _checked(int, lambda v: 0 <= v <= MAX_INT, "a non-negative integer")
 pos_float = _checked(float, lambda v: 0 < v < 1e6, "a positive number below 1e6")
@@ -213,6 +225,7 @@ def run_main(main, argv=None):
     import lifecycle
     from checkpoint import CheckpointError, DiskFull, size
     from dataloader import DataError
+
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, engine.STOP.handler)
     try:
@@ -229,8 +242,14 @@ def run_main(main, argv=None):
     except OSError as e:  # a full disk outside the checkpoint writer (a metrics line, a figure), a lost folder,
         # or a path that cannot be one (too long, a file where a folder belongs): bad input, exit 2
         bad_path = e.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP)
-        if not bad_path and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENOENT,
-                                            errno.EACCES):
+        if not bad_path and e.errno not in (
+            errno.ENOSPC,
+            errno.EDQUOT,
+            errno.EFBIG,
+            errno.EROFS,
+            errno.ENOENT,
+            errno.EACCES,
+        ):
             raise
         where = f": {str(e.filename)[:200]}" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
@@ -251,4 +270,3 @@ def run_main(main, argv=None):
             signal.signal(s, signal.SIG_IGN)
     sys.stdout.flush()
     sys.exit(code or 0)
-

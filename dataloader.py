@@ -9,6 +9,7 @@ mnist, fashion-mnist (IDX .gz files) and cifar10, cifar100 (python pickles) are 
 data_root when missing; `folder` is an ImageFolder tree ROOT/{train,test[,val]}/<class>/*, decoded once and
 cached as one tensor file. The test set is only ever read by the final evaluation.
 """
+
 import contextlib
 import gzip
 import hashlib
@@ -45,21 +46,31 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = flag("mnist", "data set; 'folder' = an ImageFolder tree DATA_ROOT/{train,test[,val]}/<class>/*",
-                        choices=DATASETS)
+    dataset: str = flag(
+        "mnist", "data set; 'folder' = an ImageFolder tree DATA_ROOT/{train,test[,val]}/<class>/*", choices=DATASETS
+    )
     data_root: str = flag("./data", "where the data set lives or is downloaded to")
     val_split: float = flag(0.1, "stratified validation fraction of the training set; 0 = none", type=fraction)
     subset: int = flag(0, "use only N training examples, stratified; 0 = all", type=nonneg_int)
-    augment: bool = flag(False, "augment training batches (crop+flip for colour, small affine for grey images)",
-                         action="store_true")
+    augment: bool = flag(
+        False, "augment training batches (crop+flip for colour, small affine for grey images)", action="store_true"
+    )
     batch_size: int = flag(128, "training batch size", type=pos_int)
-    loader: str = flag("tensor", "tensor: data resident on the device, batched augmentation (fast); standard: "
-                       "torch DataLoader + torchvision transforms", choices=("tensor", "standard"))
+    loader: str = flag(
+        "tensor",
+        "tensor: data resident on the device, batched augmentation (fast); standard: "
+        "torch DataLoader + torchvision transforms",
+        choices=("tensor", "standard"),
+    )
     num_workers: int = flag(2, "DataLoader workers for --loader standard", type=processes)
-    k_folds: int = flag(0, "stratified K-fold cross-validation on the training set instead of one split (K >= 2); "
-                        "0 = off", type=nonneg_int, metavar="K")
-    fold: int = 0                 # which fold (1..k_folds) a k-fold child trains on
-    norm: tuple = ()              # (mean, std) per channel, in [0, 1] units; () = from the training split
+    k_folds: int = flag(
+        0,
+        "stratified K-fold cross-validation on the training set instead of one split (K >= 2); 0 = off",
+        type=nonneg_int,
+        metavar="K",
+    )
+    fold: int = 0  # which fold (1..k_folds) a k-fold child trains on
+    norm: tuple = ()  # (mean, std) per channel, in [0, 1] units; () = from the training split
 
     def check_restored(self):
         """Read back from a run folder: the fields no flag sets must fit the others."""
@@ -72,19 +83,23 @@ class DataConfig:
 def check_norm(norm):
     """(mean, std): two equally long tuples of finite numbers, the stds positive; else ValueError."""
     ok = isinstance(norm, (tuple, list)) and len(norm) == 2 and all(isinstance(v, (tuple, list)) for v in norm)
-    if not (ok and 1 <= len(norm[0]) == len(norm[1]) <= 4 and all(
-            type(x) in (int, float) and math.isfinite(x) for v in norm for x in v) and min(norm[1]) > 0):
+    if not (
+        ok
+        and 1 <= len(norm[0]) == len(norm[1]) <= 4
+        and all(type(x) in (int, float) and math.isfinite(x) for v in norm for x in v)
+        and min(norm[1]) > 0
+    ):
         raise ValueError(f"input normalisation {str(norm)[:60]} is not (mean, std) per channel with std > 0")
 
 
 @dataclass
 class DataSet:
-    train_x: torch.Tensor         # uint8 (N, C, H, W)
-    train_y: torch.Tensor         # int64 (N,)
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list
-    val_x: Optional[torch.Tensor] = None   # a folder data set's own val/ split, if it has one
+    val_x: Optional[torch.Tensor] = None  # a folder data set's own val/ split, if it has one
     val_y: Optional[torch.Tensor] = None
 
     @property
@@ -97,16 +112,18 @@ class DataSet:
 
 
 class Batch(NamedTuple):
-    x: torch.Tensor    # float (B, C, H, W), normalised
-    y: torch.Tensor    # int64 (B,)
+    x: torch.Tensor  # float (B, C, H, W), normalised
+    y: torch.Tensor  # int64 (B,)
     idx: torch.Tensor  # int64 (B,): positions in the loader's arrays (for cached teacher logits)
 
 
 # ---------------------------------------------------------------- reading the on-disk formats
 
+
 def _download(tv_name, root, name, expected, how):
     """Let torchvision fetch a data set into root; any failure is one DataError line, no traceback."""
     import torchvision
+
     made = [p for p in (Path(root), Path(root) / tv_name, Path(root) / tv_name / "raw") if not p.exists()]
     try:
         for train in (True, False):
@@ -115,15 +132,16 @@ def _download(tv_name, root, name, expected, how):
         for p in reversed(made):  # the folders the failed download made, if it left them empty
             with contextlib.suppress(OSError):
                 p.rmdir()
-        raise DataError(f"{name} not found: expected {expected} under {root} and the download failed (offline?); "
-                        f"{how}") from None
+        raise DataError(
+            f"{name} not found: expected {expected} under {root} and the download failed (offline?); {how}"
+        ) from None
 
 
 def _read_idx(path):
     """An IDX file (optionally .gz) -> uint8 tensor of its shape."""
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            magic, = struct.unpack(">I", f.read(4))
+            (magic,) = struct.unpack(">I", f.read(4))
             ndim = magic & 0xFF
             if magic >> 8 != 0x08 or not 1 <= ndim <= 3:
                 raise ValueError("bad magic number")
@@ -150,12 +168,18 @@ def _load_mnist(name, root):
         return next((p for p in (raw / f"{stem}.gz", raw / stem) if p.exists()), None)
 
     if any(find(s) is None for s in stems):
-        _download(tv_name, root, name, f"{tv_name}/raw/{{{','.join(s + '.gz' for s in stems)}}}",
-                  "pass --data_root to a folder holding the original archives")
+        _download(
+            tv_name,
+            root,
+            name,
+            f"{tv_name}/raw/{{{','.join(s + '.gz' for s in stems)}}}",
+            "pass --data_root to a folder holding the original archives",
+        )
     xtr, ytr, xte, yte = (_read_idx(find(s)) for s in stems)
     if (xtr.ndim, ytr.ndim, xte.ndim, yte.ndim) != (3, 1, 3, 1):
         raise DataError(f"{name}: the files in {raw} are not (N, H, W) images and (N,) labels")
     import torchvision
+
     classes = getattr(torchvision.datasets, tv_name).classes
     return DataSet(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long(), list(classes))
 
@@ -163,9 +187,13 @@ def _load_mnist(name, root):
 class _CifarUnpickler(pickle.Unpickler):
     """Builds only what the CIFAR python archives hold: numpy arrays and plain data. Any other global a pickle
     names would be called while loading, i.e. it would run code (os.system, exec...)."""
+
     SAFE = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes under protocol 2
-    SAFE |= {(f"numpy.{core}.{mod}", fn) for core in ("core", "_core")
-             for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))}  # _frombuffer: protocol 5
+    SAFE |= {
+        (f"numpy.{core}.{mod}", fn)
+        for core in ("core", "_core")
+        for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))
+    }  # _frombuffer: protocol 5
     SAFE |= {(b, t) for b in ("builtins", "__builtin__") for t in ("bytes", "bytearray", "set", "frozenset", "complex")}
 
     def find_class(self, module, name):
@@ -188,26 +216,47 @@ def _unpickle(path):
 
 def _load_cifar(name, root):
     folder, train_files, test_files, meta_file, label_key, names_key, tv_name = {
-        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
-                    b"labels", b"label_names", "CIFAR10"),
+        "cifar10": (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            "batches.meta",
+            b"labels",
+            b"label_names",
+            "CIFAR10",
+        ),
         "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names", "CIFAR100"),
     }[name]
     base = Path(root) / folder
     if not all((base / f).exists() for f in train_files + test_files + [meta_file]):
-        _download(tv_name, root, name, f"{folder}/ (the extracted python-version archive)",
-                  "pass --data_root to a folder holding it, or use --dataset folder for an ImageFolder copy")
+        _download(
+            tv_name,
+            root,
+            name,
+            f"{folder}/ (the extracted python-version archive)",
+            "pass --data_root to a folder holding it, or use --dataset folder for an ImageFolder copy",
+        )
 
     def read(files):
         xs, ys = [], []
         for f in files:
             d = _unpickle(base / f)
             x, y = (d.get(b"data"), d.get(label_key)) if isinstance(d, dict) else (None, None)
-            y = np.asarray(y if isinstance(y, np.ndarray) or isinstance(y, list) and all(type(v) is int for v in y)
-                           else [])  # (N,) integers, else rejected below (a huge int gives dtype object)
-            if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.shape == (len(y), 3072) and len(y)
-                    and y.ndim == 1 and y.dtype.kind in "iu"):
-                raise DataError(f"corrupt data file {base / f}: expected a dict of {b'data'!r}: uint8 (N, 3072) "
-                                f"and {label_key!r}: a list of N integer labels")
+            y = np.asarray(
+                y if isinstance(y, np.ndarray) or isinstance(y, list) and all(type(v) is int for v in y) else []
+            )  # (N,) integers, else rejected below (a huge int gives dtype object)
+            if not (
+                isinstance(x, np.ndarray)
+                and x.dtype == np.uint8
+                and x.shape == (len(y), 3072)
+                and len(y)
+                and y.ndim == 1
+                and y.dtype.kind in "iu"
+            ):
+                raise DataError(
+                    f"corrupt data file {base / f}: expected a dict of {b'data'!r}: uint8 (N, 3072) "
+                    f"and {label_key!r}: a list of N integer labels"
+                )
             xs.append(torch.as_tensor(x).reshape(-1, 3, 32, 32))
             ys.append(torch.as_tensor(y, dtype=torch.long))
         return torch.cat(xs), torch.cat(ys)
@@ -215,8 +264,9 @@ def _load_cifar(name, root):
     meta = _unpickle(base / meta_file)
     names = meta.get(names_key) if isinstance(meta, dict) else None
     if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(c, (bytes, str)) for c in names):
-        raise DataError(f"corrupt meta file {base / meta_file}: expected a dict whose {names_key!r} lists the "
-                        "class names")
+        raise DataError(
+            f"corrupt meta file {base / meta_file}: expected a dict whose {names_key!r} lists the class names"
+        )
     classes = [c.decode(errors="replace") if isinstance(c, bytes) else c for c in names]
     return DataSet(*read(train_files), *read(test_files), classes)
 
@@ -224,6 +274,7 @@ def _load_cifar(name, root):
 def _decode(path):
     """An image file -> uint8 (3, H, W)."""
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
@@ -234,8 +285,12 @@ def _decode(path):
 
 def _scan_split(split_dir):
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    files = [(p, i) for i, c in enumerate(classes) for p in sorted((split_dir / c).iterdir())
-             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]  # a FIFO or device would block the read
+    files = [
+        (p, i)
+        for i, c in enumerate(classes)
+        for p in sorted((split_dir / c).iterdir())
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    ]  # a FIFO or device would block the read
     return classes, files
 
 
@@ -255,8 +310,9 @@ def _cache_path(root, listing):
 def _load_folder(root):
     root = Path(root)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise DataError(f"folder data set: expected {root}/train/<class>/* and {root}/test/<class>/* "
-                        "(ImageFolder layout)")
+        raise DataError(
+            f"folder data set: expected {root}/train/<class>/* and {root}/test/<class>/* (ImageFolder layout)"
+        )
     splits = {s: _scan_split(root / s) for s in ("train", "test", "val") if (root / s).is_dir()}
     classes = splits["train"][0]
     if len(classes) < 2:
@@ -275,25 +331,39 @@ def _load_folder(root):
             cached = DataSet(**torch.load(cache, weights_only=True))
             labels_ok = cached.classes == classes and all(  # the labels the listing gives, in its order
                 torch.equal(getattr(cached, f"{s}_y"), torch.tensor([i for _, i in files], dtype=torch.long))
-                for s, (_, files) in splits.items())
-            if labels_ok and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and len(x) ==
-                                 len(splits[s][1]) for s, x in (("train", cached.train_x), ("test", cached.test_x),
-                                                                ("val", cached.val_x)) if s in splits):
+                for s, (_, files) in splits.items()
+            )
+            if labels_ok and all(
+                isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(splits[s][1])
+                for s, x in (("train", cached.train_x), ("test", cached.test_x), ("val", cached.val_x))
+                if s in splits
+            ):
                 return cached
             raise ValueError("not the listing's images and labels")
         except Exception:
             cache.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
     from PIL import Image
+
     arrays = {}
     # A decompression bomb is refused; PIL only warns below twice its pixel limit (the filter is process-wide).
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for s, (_, files) in splits.items():
-            images = list(tqdm(pool.map(_decode, (p for p, _ in files)), total=len(files), leave=False,
-                               desc=f"decoding {root / s} (once; cached)", mininterval=1, dynamic_ncols=True))
+            images = list(
+                tqdm(
+                    pool.map(_decode, (p for p, _ in files)),
+                    total=len(files),
+                    leave=False,
+                    desc=f"decoding {root / s} (once; cached)",
+                    mininterval=1,
+                    dynamic_ncols=True,
+                )
+            )
             if len(shapes := {tuple(im.shape) for im in images}) > 1:
-                raise DataError(f"folder data set: mixed image sizes under {root}/{s}: {sorted(shapes)[:3]}; "
-                                "resize them to one size first")
+                raise DataError(
+                    f"folder data set: mixed image sizes under {root}/{s}: {sorted(shapes)[:3]}; "
+                    "resize them to one size first"
+                )
             arrays[f"{s}_x"] = torch.stack(images)
             arrays[f"{s}_y"] = torch.tensor([label for _, label in files], dtype=torch.long)
     if len({tuple(arrays[f"{s}_x"].shape[1:]) for s in splits}) > 1:
@@ -331,22 +401,28 @@ def load_dataset(name, root):
         if (bad := (y < 0) | (y >= k)).any():
             raise DataError(f"{where}: {split} label {y[bad][0].item()} is outside 0..{k - 1} (the {k} classes)")
         if x.ndim != 4 or x.shape[1:] != ds.train_x.shape[1:] or x.dtype != torch.uint8:
-            raise DataError(f"{where}: {split} images are {tuple(x.shape[1:])} {x.dtype}, the training images "
-                            f"{tuple(ds.train_x.shape[1:])} {ds.train_x.dtype}; every split needs one image size")
+            raise DataError(
+                f"{where}: {split} images are {tuple(x.shape[1:])} {x.dtype}, the training images "
+                f"{tuple(ds.train_x.shape[1:])} {ds.train_x.dtype}; every split needs one image size"
+            )
     # A channel of one value everywhere would be normalised by a std of 0 (infinities, then NaN losses).
     if (ds.train_x.amax(dim=(0, 2, 3)) == ds.train_x.amin(dim=(0, 2, 3))).any():
-        raise DataError(f"{where}: every training image has one and the same value in a whole channel; there is "
-                        "nothing to learn from (constant images)")
+        raise DataError(
+            f"{where}: every training image has one and the same value in a whole channel; there is "
+            "nothing to learn from (constant images)"
+        )
     return ds
 
 
 # ---------------------------------------------------------------- splits
 
+
 def _by_class(y, seed):
     """Per class, its indices in a seeded random order."""
     g = torch.Generator().manual_seed(seed)
-    return [idx[torch.randperm(len(idx), generator=g)] for idx in
-            (torch.nonzero(y == c).flatten() for c in torch.unique(y))]
+    return [
+        idx[torch.randperm(len(idx), generator=g)] for idx in (torch.nonzero(y == c).flatten() for c in torch.unique(y))
+    ]
 
 
 def _quotas(counts, fraction):
@@ -355,7 +431,7 @@ def _quotas(counts, fraction):
     exact = [fraction * n for n in counts]
     quota = [int(e) for e in exact]
     leftover = int(round(fraction * sum(counts))) - sum(quota)
-    for i in sorted(range(len(counts)), key=lambda i: quota[i] - exact[i])[:max(0, leftover)]:
+    for i in sorted(range(len(counts)), key=lambda i: quota[i] - exact[i])[: max(0, leftover)]:
         quota[i] += 1
     return quota
 
@@ -375,8 +451,13 @@ def stratified_kfold(y, k, seed):
     """-> K (train_idx, val_idx) pairs; every example is in exactly one validation fold. Not sklearn's
     StratifiedKFold (ours give each class's extras to the first folds), as another would move every published fold."""
     chunks = [idx.tensor_split(k) for idx in _by_class(y, seed)]
-    return [(torch.cat([c[j] for c in chunks for j in range(k) if j != i]).sort().values,
-             torch.cat([c[i] for c in chunks]).sort().values) for i in range(k)]
+    return [
+        (
+            torch.cat([c[j] for c in chunks for j in range(k) if j != i]).sort().values,
+            torch.cat([c[i] for c in chunks]).sort().values,
+        )
+        for i in range(k)
+    ]
 
 
 def stratified_subset(y, n, seed):
@@ -389,7 +470,7 @@ def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
     (so `seed` changes nothing); with k_folds, "train" and "val" are lists of the K folds' sizes. Raises DataError
     (one line, saying what to change) where a split would be empty or have fewer training examples than classes."""
     k, n = ds.num_classes, len(ds.train_y)
-    counts = torch.unique(ds.train_y, return_counts=True)[1].tolist()   # per class present, as _by_class orders them
+    counts = torch.unique(ds.train_y, return_counts=True)[1].tolist()  # per class present, as _by_class orders them
     if cfg.subset and not k <= cfg.subset <= n:
         why = f"smaller than the number of classes ({k})" if cfg.subset < k else f"larger than the training set ({n})"
         raise DataError(f"--subset {cfg.subset} is {why}: use {k}..{n}, or 0 for all")
@@ -397,8 +478,10 @@ def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
         counts = [c for c in _quotas(counts, cfg.subset / n) if c]
     n, more = sum(counts), " or a larger --subset" if cfg.subset else ""
     if k_folds and k_folds > min(counts):
-        raise DataError(f"--k_folds {k_folds} is more than the {min(counts)} examples of the smallest class "
-                        f"({n} training examples in all): use fewer folds{more}")
+        raise DataError(
+            f"--k_folds {k_folds} is more than the {min(counts)} examples of the smallest class "
+            f"({n} training examples in all): use fewer folds{more}"
+        )
     if k_folds:
         val = [sum(c // k_folds + (i < c % k_folds) for c in counts) for i in range(k_folds)]  # tensor_split sizes
         train = [n - v for v in val]
@@ -408,17 +491,22 @@ def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
         val = sum(_quotas(counts, cfg.val_split)) if cfg.val_split > 0 else 0
         train = n - val
         if cfg.val_split > 0 and val == 0:
-            raise DataError(f"--val_split {cfg.val_split} of {n} training examples is 0 examples: raise --val_split"
-                            f"{more}, or pass --val_split 0")
+            raise DataError(
+                f"--val_split {cfg.val_split} of {n} training examples is 0 examples: raise --val_split"
+                f"{more}, or pass --val_split 0"
+            )
         if val and train < k:
-            raise DataError(f"--val_split {cfg.val_split} leaves {train} of the {n} training examples, fewer than the "
-                            f"{k} classes: lower --val_split{more}")
+            raise DataError(
+                f"--val_split {cfg.val_split} leaves {train} of the {n} training examples, fewer than the "
+                f"{k} classes: lower --val_split{more}"
+            )
     if (fewest := min(train) if k_folds else train) < k:
         raise DataError(f"only {fewest} training examples for {k} classes: use more data")
     return {"train": train, "val": val, "test": len(ds.test_y)}
 
 
 # ---------------------------------------------------------------- batched augmentation
+
 
 def random_crop_flip(x, g, pad=4):
     """x (B, C, H, W) float -> same shape: random crop of the zero-padded image, then a random h-flip.
@@ -428,8 +516,8 @@ def random_crop_flip(x, g, pad=4):
     dy = torch.randint(0, 2 * pad + 1, (B, 1), generator=g, device=dev)
     dx = torch.randint(0, 2 * pad + 1, (B, 1), generator=g, device=dev)
     flip = torch.rand(B, 1, generator=g, device=dev) < 0.5
-    rows = dy + torch.arange(H, device=dev)                                          # (B, H)
-    cols = dx + torch.arange(W, device=dev)                                          # (B, W)
+    rows = dy + torch.arange(H, device=dev)  # (B, H)
+    cols = dx + torch.arange(W, device=dev)  # (B, W)
     cols = torch.where(flip, cols.flip(1), cols)
     b = torch.arange(B, device=dev)[:, None, None, None]
     c = torch.arange(C, device=dev)[None, :, None, None]
@@ -459,6 +547,7 @@ def channel_stats(x):
 
 
 # ---------------------------------------------------------------- loaders
+
 
 class _Loader:
     """What both loaders share. The order of epoch e depends only on (seed, e), so a resumed run sees the same
@@ -501,9 +590,21 @@ class TensorLoader(_Loader):
     augmentation of epoch e also depends only on (seed, e). Under DDP (shard = (rank, W)) each rank takes its
     tensor_split share of every global batch."""
 
-    def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
-                 channels_last=False, shard=(0, 1)):
-        self.rank, self.world = shard   # (rank, world size): this process's slice of every global batch
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size,
+        mean,
+        std,
+        device,
+        augment=None,
+        shuffle=False,
+        seed=0,
+        channels_last=False,
+        shard=(0, 1),
+    ):
+        self.rank, self.world = shard  # (rank, world size): this process's slice of every global batch
         super().__init__(len(y), batch_size, shuffle, seed, channels_last, self.world)
         self.x, self.y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         self.batch_size, self.augment, self._g = batch_size, augment, None
@@ -526,7 +627,7 @@ class TensorLoader(_Loader):
             idx = order[self.slices[step]]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]
-            x = self.x[idx].float()                         # (B, C, H, W) in 0..255
+            x = self.x[idx].float()  # (B, C, H, W) in 0..255
             if self.augment is not None:
                 x = self.augment(x, g)
             x = (x * self.scale + self.shift).contiguous(memory_format=self.memory_format)
@@ -539,6 +640,7 @@ class _PILDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         from PIL import Image
+
         epoch, i = key
         img = self.x[i].permute(1, 2, 0).squeeze(-1).numpy()
         # torchvision draws from torch's global RNG: seeded per sample (MT uses the low 32 bits), the augmentation
@@ -553,12 +655,27 @@ class StandardLoader(_Loader):
     and for data that do not fit in memory. Same interface and batches as TensorLoader (_Loader); exact on
     resume whatever num_workers, as each sample's augmentation depends only on (seed, epoch, index)."""
 
-    def __init__(self, x, y, batch_size, mean, std, device, augment=None, shuffle=False, seed=0,
-                 num_workers=2, channels_last=False):
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size,
+        mean,
+        std,
+        device,
+        augment=None,
+        shuffle=False,
+        seed=0,
+        num_workers=2,
+        channels_last=False,
+    ):
         from torchvision import transforms as T
+
         size = x.shape[-1]
-        aug = {random_crop_flip: [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()],
-               random_affine: [T.RandomAffine(10, translate=(2 / size, 2 / size))]}.get(augment, [])
+        aug = {
+            random_crop_flip: [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()],
+            random_affine: [T.RandomAffine(10, translate=(2 / size, 2 / size))],
+        }.get(augment, [])
         tf = T.Compose(aug + [T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())])
         super().__init__(len(y), batch_size, shuffle, seed, channels_last)
         self.device = device
@@ -566,13 +683,18 @@ class StandardLoader(_Loader):
         # the persistent workers with each index. Its own generator: its unused base seed leaves torch's RNG alone.
         self._batches = []
         self.loader = torch.utils.data.DataLoader(
-            _PILDataset(x, y, tf, seed), batch_sampler=self._batches, num_workers=num_workers,
-            generator=torch.Generator(), pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
+            _PILDataset(x, y, tf, seed),
+            batch_sampler=self._batches,
+            num_workers=num_workers,
+            generator=torch.Generator(),
+            pin_memory=str(device).startswith("cuda"),
+            persistent_workers=num_workers > 0,
+        )
 
     def __iter__(self):
         _, order, seek = self._begin("cpu")
         self._next_step = seek["step"] if seek else 0
-        self._batches[:] = [[(self.epoch, i) for i in order[s].tolist()] for s in self.slices[self._next_step:]]
+        self._batches[:] = [[(self.epoch, i) for i in order[s].tolist()] for s in self.slices[self._next_step :]]
         for x, y, idx in self.loader:
             self._next_step += 1
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -584,8 +706,8 @@ class Loaders:
     train: object
     val: Optional[object]
     test: object
-    train_y: torch.Tensor   # labels of the training arrays, in loader index order (for teacher caches)
-    norm: tuple             # ((mean per channel), (std per channel)) that every loader normalises with
+    train_y: torch.Tensor  # labels of the training arrays, in loader index order (for teacher caches)
+    norm: tuple  # ((mean per channel), (std per channel)) that every loader normalises with
 
 
 def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False, shard=(0, 1)):
@@ -613,8 +735,24 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
     def make(xs, ys, train):
         augment = augmentation_for(ds.in_shape) if train and cfg.augment else None
         kw = {**extra, "shard": shard} if train and shard[1] > 1 else extra
-        return Loader(xs, ys, cfg.batch_size if train else max(cfg.batch_size, 1024), mean, std, device,
-                      augment=augment, shuffle=train, seed=seed, channels_last=channels_last, **kw)
+        return Loader(
+            xs,
+            ys,
+            cfg.batch_size if train else max(cfg.batch_size, 1024),
+            mean,
+            std,
+            device,
+            augment=augment,
+            shuffle=train,
+            seed=seed,
+            channels_last=channels_last,
+            **kw,
+        )
 
-    return Loaders(make(x, y, True), make(xv, yv, False) if xv is not None else None,
-                   make(ds.test_x, ds.test_y, False), y, (tuple(mean.tolist()), tuple(std.tolist())))
+    return Loaders(
+        make(x, y, True),
+        make(xv, yv, False) if xv is not None else None,
+        make(ds.test_x, ds.test_y, False),
+        y,
+        (tuple(mean.tolist()), tuple(std.tolist())),
+    )

@@ -6,6 +6,7 @@ student_baseline.pth and student_distill.pth (second names of each phase's best.
 results.md, comparison.png and curves.png. A phase is finished when its summary.json says so; a resumed run
 skips finished phases and continues an interrupted one from its last.pt.
 """
+
 import hashlib
 import time
 from dataclasses import dataclass, replace
@@ -13,19 +14,29 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (FORMAT, CheckpointError, RunLock, load_checkpoint, load_file, load_weights, read_json,
-                        read_jsonl, save_checkpoint, write_report)
+import study
+from checkpoint import (
+    FORMAT,
+    CheckpointError,
+    RunLock,
+    load_checkpoint,
+    load_file,
+    load_weights,
+    read_json,
+    read_jsonl,
+    save_checkpoint,
+    write_report,
+)
 from cli import Distinct, UsageError, config_dict, flag, from_dict, nonneg_int, pos_float, unit
+from config import OutputConfig, RunConfig
 from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
-from config import OutputConfig, RunConfig
-import study
 from lifecycle import arch_of, finished, loaders_for, model_from_checkpoint, new_model, open_logger, publish, train
-from study import Child
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
 from plots import plot_bars, plot_heatmap, plot_overlay
 from stats import format_paired, gap_closed, mean_std, paired
+from study import Child
 
 PHASES = ("teacher", "student_baseline", "student_distill")
 
@@ -36,25 +47,52 @@ class DistillConfig:
     alpha: float = flag(0.5, "weight of the soft (KL) term, in [0, 1]", type=unit)
     temperature_end: float = flag(None, "anneal T linearly to this value over the epochs", type=pos_float)
     alpha_end: float = flag(None, "anneal alpha linearly to this value over the epochs", type=unit)
-    seeds: tuple = flag((), "train the students (alone and distilled) once per seed against the one teacher; "
-                        "report mean ± std and the paired difference distilled - alone with a 95% CI",
-                        type=nonneg_int, nargs="+", action=Distinct)
-    study: str = flag("", "kd_grid: one distilled student per --temperatures x --alphas (x --seeds), the teacher "
-                      "trained and cached once", choices=("kd_grid",))
+    seeds: tuple = flag(
+        (),
+        "train the students (alone and distilled) once per seed against the one teacher; "
+        "report mean ± std and the paired difference distilled - alone with a 95% CI",
+        type=nonneg_int,
+        nargs="+",
+        action=Distinct,
+    )
+    study: str = flag(
+        "",
+        "kd_grid: one distilled student per --temperatures x --alphas (x --seeds), the teacher trained and cached once",
+        choices=("kd_grid",),
+    )
     temperatures: tuple = flag((), "kd_grid: the temperatures", type=pos_float, nargs="+", action=Distinct)
     alphas: tuple = flag((), "kd_grid: the alphas", type=unit, nargs="+", action=Distinct)
-    cache_teacher: bool = flag(False, "compute the teacher's logits on the whole (un-augmented) training set once, "
-                               "keep them in the run folder, and train the distilled student on un-augmented data "
-                               "from them")
-    teacher_ckpt: str = flag("", "reuse a trained teacher (teacher.pth of an earlier run, or an exercise1 best.pt); "
-                             "its architecture comes from the checkpoint and it is not trained again", metavar="PATH")
-    teacher_dir: str = flag("", "train the teacher once into this folder, by whichever run gets there first, and "
-                            "reuse it from there in every later run (e.g. the runs of a W&B sweep)", metavar="DIR")
-    teacher_logits: str = flag("", "with --cache_teacher and --teacher_ckpt: reuse teacher_logits.pt of an earlier run "
-                               "(refused if it is of another teacher or data set)", metavar="PATH")
-    teacher_amp: str = flag("auto", "precision of the frozen teacher's forward that makes the soft targets; bf16 "
-                            "holds a bf16 copy of the teacher (faster on CPUs with native bf16: README); auto = as "
-                            "--amp", choices=("auto", "bf16", "fp16", "off"))
+    cache_teacher: bool = flag(
+        False,
+        "compute the teacher's logits on the whole (un-augmented) training set once, "
+        "keep them in the run folder, and train the distilled student on un-augmented data "
+        "from them",
+    )
+    teacher_ckpt: str = flag(
+        "",
+        "reuse a trained teacher (teacher.pth of an earlier run, or an exercise1 best.pt); "
+        "its architecture comes from the checkpoint and it is not trained again",
+        metavar="PATH",
+    )
+    teacher_dir: str = flag(
+        "",
+        "train the teacher once into this folder, by whichever run gets there first, and "
+        "reuse it from there in every later run (e.g. the runs of a W&B sweep)",
+        metavar="DIR",
+    )
+    teacher_logits: str = flag(
+        "",
+        "with --cache_teacher and --teacher_ckpt: reuse teacher_logits.pt of an earlier run "
+        "(refused if it is of another teacher or data set)",
+        metavar="PATH",
+    )
+    teacher_amp: str = flag(
+        "auto",
+        "precision of the frozen teacher's forward that makes the soft targets; bf16 "
+        "holds a bf16 copy of the teacher (faster on CPUs with native bf16: README); auto = as "
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
 
 
 @dataclass(frozen=True)
@@ -67,14 +105,26 @@ class ExperimentConfig:
     output: OutputConfig
 
     def to_dict(self):
-        return config_dict(kind="exercise2", **{k: getattr(self, k) for k in
-                                                ("teacher", "student", "distill", "data", "train", "output")})
+        return config_dict(
+            kind="exercise2",
+            **{k: getattr(self, k) for k in ("teacher", "student", "distill", "data", "train", "output")},
+        )
 
     @classmethod
     def from_dict(cls, d):
-        return cls(*(from_dict(c, d[k]) for c, k in ((ModelConfig, "teacher"), (ModelConfig, "student"),
-                                                      (DistillConfig, "distill"), (DataConfig, "data"),
-                                                      (TrainConfig, "train"), (OutputConfig, "output"))))
+        return cls(
+            *(
+                from_dict(c, d[k])
+                for c, k in (
+                    (ModelConfig, "teacher"),
+                    (ModelConfig, "student"),
+                    (DistillConfig, "distill"),
+                    (DataConfig, "data"),
+                    (TrainConfig, "train"),
+                    (OutputConfig, "output"),
+                )
+            )
+        )
 
     def teacher_autocast(self):
         """The autocast context of the frozen teacher's forward (its soft targets, on the fly or cached)."""
@@ -84,8 +134,9 @@ class ExperimentConfig:
     def phase(self, name):
         """The RunConfig of one phase."""
         model = self.teacher if name == "teacher" else self.student
-        data = replace(self.data, augment=False) if name == "student_distill" and self.distill.cache_teacher \
-            else self.data
+        data = (
+            replace(self.data, augment=False) if name == "student_distill" and self.distill.cache_teacher else self.data
+        )
         return RunConfig(model, data, self.train, self.output)
 
 
@@ -95,17 +146,23 @@ def given_teacher(path, ds, cfg, told=None):
     ckpt = load_checkpoint(path)
     arch = ckpt["arch"]
     if arch["num_classes"] != ds.num_classes or tuple(arch["in_shape"]) != ds.in_shape:
-        raise CheckpointError(f"teacher checkpoint {path} was trained on {arch['num_classes']} classes of "
-                              f"{tuple(arch['in_shape'])} inputs; this data set has {ds.num_classes} of {ds.in_shape}")
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on {arch['num_classes']} classes of "
+            f"{tuple(arch['in_shape'])} inputs; this data set has {ds.num_classes} of {ds.in_shape}"
+        )
     if arch.get("dataset") not in (None, cfg.data.dataset) or arch.get("classes") not in (None, list(ds.classes)):
-        raise CheckpointError(f"teacher checkpoint {path} was trained on another data set ({arch.get('dataset')}, "
-                              f"classes {arch.get('classes', [])[:3]}...); this run uses {cfg.data.dataset}")
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on another data set ({arch.get('dataset')}, "
+            f"classes {arch.get('classes', [])[:3]}...); this run uses {cfg.data.dataset}"
+        )
     saved = from_dict(ModelConfig, arch["model"])
     for k, mine in sorted((told or {}).items()):
         if mine != getattr(saved, k):
             show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
-            raise UsageError(f"--{'teacher' if k == 'name' else 't_' + k} {show(mine)} disagrees with the teacher in "
-                             f"{path} ({show(getattr(saved, k))}); leave it out: the teacher comes from its checkpoint")
+            raise UsageError(
+                f"--{'teacher' if k == 'name' else 't_' + k} {show(mine)} disagrees with the teacher in "
+                f"{path} ({show(getattr(saved, k))}); leave it out: the teacher comes from its checkpoint"
+            )
     cfg = replace(cfg, teacher=saved)
     if (norm := arch.get("input_norm")) and not cfg.data.norm:  # absent in checkpoints written before it was recorded
         # Every phase normalises as the teacher was trained, so it sees exactly its own inputs; the students
@@ -128,8 +185,9 @@ def shared_teacher(cfg, ds):
             teacher = new_model(cfg.teacher, ds, cfg.train.seed, cfg.train.device)
             (folder / "teacher").mkdir(exist_ok=True)
             print(f"== teacher (shared, in {folder}): {summary(cfg.teacher.name, teacher)}")
-            train(teacher, ds, cfg.phase("teacher"), folder / "teacher", desc="teacher",
-                  wandb=_wandb(folder, "teacher"))
+            train(
+                teacher, ds, cfg.phase("teacher"), folder / "teacher", desc="teacher", wandb=_wandb(folder, "teacher")
+            )
             publish(folder / "teacher" / "best.pt", folder / "teacher.pth")
     finally:
         lock.release()
@@ -143,8 +201,12 @@ def logits_key(teacher, ds, cfg):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     loaders = make_loaders(ds, replace(cfg.data, augment=False), cfg.train.seed, "cpu")
-    return {"teacher": h.hexdigest()[:16], "dataset": cfg.data.dataset, "n": len(loaders.train_y),
-            "labels": hashlib.sha256(loaders.train_y.numpy().tobytes()).hexdigest()[:16]}
+    return {
+        "teacher": h.hexdigest()[:16],
+        "dataset": cfg.data.dataset,
+        "n": len(loaders.train_y),
+        "labels": hashlib.sha256(loaders.train_y.numpy().tobytes()).hexdigest()[:16],
+    }
 
 
 def check_logits(path, key, classes):
@@ -153,10 +215,17 @@ def check_logits(path, key, classes):
     logits = cache.get("logits") if isinstance(cache, dict) else None
     if not isinstance(cache, dict) or cache.get("key") != key or not isinstance(logits, torch.Tensor):
         raise CheckpointError(f"teacher logits cache {path} belongs to another teacher or data set, or is damaged")
-    if (logits.layout != torch.strided or logits.device.type != "cpu" or not logits.dtype.is_floating_point
-            or tuple(logits.shape) != (key["n"], classes) or not torch.isfinite(logits).all()):
-        raise CheckpointError(f"teacher logits cache {path} is damaged (shape {tuple(logits.shape)} {logits.dtype} for "
-                              f"{key['n']} examples of {classes} classes, or values that are not finite)")
+    if (
+        logits.layout != torch.strided
+        or logits.device.type != "cpu"
+        or not logits.dtype.is_floating_point
+        or tuple(logits.shape) != (key["n"], classes)
+        or not torch.isfinite(logits).all()
+    ):
+        raise CheckpointError(
+            f"teacher logits cache {path} is damaged (shape {tuple(logits.shape)} {logits.dtype} for "
+            f"{key['n']} examples of {classes} classes, or values that are not finite)"
+        )
     return logits
 
 
@@ -175,8 +244,10 @@ def teacher_logits(teacher, ds, cfg: ExperimentConfig, run_dir):
         for batch in loaders.train:
             logits[batch.idx] = teacher(batch.x).float()
     save_checkpoint(Path(run_dir) / "teacher_logits.pt", {"key": key, "logits": logits.cpu()})
-    print(f"teacher logits: computed once for {len(logits)} training images and cached in "
-          f"{Path(run_dir) / 'teacher_logits.pt'}; the distilled student trains on un-augmented data")
+    print(
+        f"teacher logits: computed once for {len(logits)} training images and cached in "
+        f"{Path(run_dir) / 'teacher_logits.pt'}; the distilled student trains on un-augmented data"
+    )
     return logits
 
 
@@ -188,14 +259,24 @@ def distill_loss(cfg: ExperimentConfig, teacher, cached=None):
         teacher = None
     elif d.teacher_amp == "bf16":
         teacher = held_in_bf16(teacher)
-    return DistillLoss(d.temperature, d.alpha, d.temperature_end, d.alpha_end, cfg.train.label_smoothing,
-                       teacher=teacher, cached_logits=cached, autocast=cfg.teacher_autocast())
+    return DistillLoss(
+        d.temperature,
+        d.alpha,
+        d.temperature_end,
+        d.alpha_end,
+        cfg.train.label_smoothing,
+        teacher=teacher,
+        cached_logits=cached,
+        autocast=cfg.teacher_autocast(),
+    )
 
 
 def publish_teacher(model, ds, cfg, run_dir, norm):
     """teacher.pth of a given teacher: its weights, architecture and normalisation (not its training state)."""
-    save_checkpoint(run_dir / "teacher.pth", {"format": FORMAT, "model": model.state_dict(),
-                                              "arch": arch_of(cfg.teacher, ds, cfg.data.dataset, norm)})
+    save_checkpoint(
+        run_dir / "teacher.pth",
+        {"format": FORMAT, "model": model.state_dict(), "arch": arch_of(cfg.teacher, ds, cfg.data.dataset, norm)},
+    )
 
 
 def student_children(cfg):
@@ -211,8 +292,9 @@ def student_children(cfg):
         for t in (d.temperatures or (d.temperature,)) if grid else (d.temperature,):
             for a in (d.alphas or (d.alpha,)) if grid else (d.alpha,):
                 name = f"student_distill_T{t:g}_a{a:g}{sfx}" if grid else f"student_distill{sfx}"
-                kids.append(Child(name, "student_distill", s,
-                                  replace(seeded, distill=replace(d, temperature=t, alpha=a))))
+                kids.append(
+                    Child(name, "student_distill", s, replace(seeded, distill=replace(d, temperature=t, alpha=a)))
+                )
     return kids
 
 
@@ -226,7 +308,9 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     elif finished(tdir):
         publish(tdir / "best.pt", run_dir / "teacher.pth")
         load_weights(teacher, load_checkpoint(run_dir / "teacher.pth")["model"], run_dir / "teacher.pth")
-        results["teacher"] = tested("teacher", teacher, ds, tcfg, tdir, "finished earlier", read_json(tdir / "summary.json"))
+        results["teacher"] = tested(
+            "teacher", teacher, ds, tcfg, tdir, "finished earlier", read_json(tdir / "summary.json")
+        )
     else:
         tdir.mkdir(exist_ok=True)
         print("== teacher", flush=True)
@@ -240,8 +324,9 @@ def run_phases(cfg, ds, run_dir, teacher, given):
         c = child.cfg
         model = new_model(c.student, ds, c.train.seed, c.train.device)  # the same initial weights for both students
         loss_fn = distill_loss(c, teacher, cached) if child.kind == "student_distill" else None
-        fresh[child.name] = train(model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name,
-                                  wandb=_wandb(run_dir, child.name))
+        fresh[child.name] = train(
+            model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name)
+        )
 
     fresh = {}
     study.work(kids, run_dir, train_child, write_config=False)
@@ -250,27 +335,45 @@ def run_phases(cfg, ds, run_dir, teacher, given):
         publish(child_dir / "best.pt", path)
         if child.name not in fresh:  # finished earlier, or by another worker: test it for the agreement
             model = model_from_checkpoint(path, load_checkpoint(path))
-            fresh[child.name] = tested(child.name, model, ds, child.cfg.phase(child.kind), child_dir,
-                                       "finished earlier", read_json(child_dir / "summary.json"))
+            fresh[child.name] = tested(
+                child.name,
+                model,
+                ds,
+                child.cfg.phase(child.kind),
+                child_dir,
+                "finished earlier",
+                read_json(child_dir / "summary.json"),
+            )
         results[child.name] = {**fresh[child.name], "child": child}
     return results
 
 
 def _wandb(run_dir, name):
-    return {"group": run_dir.name, "job_type": name.split("_T")[0].split("_seed")[0], "prefix": f"{name}/",
-            "name": f"{run_dir.name}-{name}"}
+    return {
+        "group": run_dir.name,
+        "job_type": name.split("_T")[0].split("_seed")[0],
+        "prefix": f"{name}/",
+        "name": f"{run_dir.name}-{name}",
+    }
 
 
 def tested(name, model, ds, pcfg, where, how, saved=None):
     """Test a model that is not trained here (given, or finished earlier): its predictions for the agreement."""
     model.to(pcfg.train.device)
-    test = evaluate(model, loaders_for(ds, pcfg).test, make_autocast(pcfg.train), return_preds=True,
-                    desc=f"{name}: test")
+    test = evaluate(
+        model, loaders_for(ds, pcfg).test, make_autocast(pcfg.train), return_preds=True, desc=f"{name}: test"
+    )
     print(f"{name}: {how} ({where}); test loss {test['loss']:.4f} acc {test['acc']:.4f}")
     saved = saved or {}
-    return {**saved, "test_acc": test["acc"], "test_loss": test["loss"], "params": count_params(model),
-            "train_time_s": saved.get("train_time_s", 0.0), "test_preds": test["preds"],
-            "history": saved.get("history") or _history(where)}
+    return {
+        **saved,
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "params": count_params(model),
+        "train_time_s": saved.get("train_time_s", 0.0),
+        "test_preds": test["preds"],
+        "history": saved.get("history") or _history(where),
+    }
 
 
 def _history(where):
@@ -284,36 +387,55 @@ def report(results, cfg, run_dir):
     teacher_preds = results["teacher"]["test_preds"]
     out = {}
     for name, r in results.items():
-        out[name] = {k: r.get(k) for k in ("test_acc", "test_loss", "params", "train_time_s", "best_val_acc",
-                                            "best_epoch")}
+        out[name] = {
+            k: r.get(k) for k in ("test_acc", "test_loss", "params", "train_time_s", "best_val_acc", "best_epoch")
+        }
         if name != "teacher":
             out[name]["agreement_with_teacher"] = (r["test_preds"] == teacher_preds).float().mean().item()
     alone, teach = out["student_baseline"]["test_acc"], out["teacher"]["test_acc"]
     for name in PHASES[1:]:
         out[name]["gap_closed"] = gap_closed(out[name]["test_acc"], alone, teach)
     out["status"] = "finished"
-    out["config"] = {"temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha,
-                     "cache_teacher": cfg.distill.cache_teacher, "dataset": cfg.data.dataset}
+    out["config"] = {
+        "temperature": cfg.distill.temperature,
+        "alpha": cfg.distill.alpha,
+        "cache_teacher": cfg.distill.cache_teacher,
+        "dataset": cfg.data.dataset,
+    }
     n_test = len(teacher_preds)
-    lines = ["| Model | Params | Test acc | Test errors | Test loss | Train time (s) | Agreement with teacher | "
-             "Gap closed |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Model | Params | Test acc | Test errors | Test loss | Train time (s) | Agreement with teacher | "
+        "Gap closed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in PHASES:
         r = out[name]
         agree = f"{r['agreement_with_teacher']:.4f}" if "agreement_with_teacher" in r else "-"
         gap = f"{r['gap_closed']:.1%}" if r.get("gap_closed") is not None else "-"
-        lines.append(f"| {name} | {r['params']:,} | {r['test_acc']:.4f} | {round((1 - r['test_acc']) * n_test)} | "
-                     f"{r['test_loss']:.4f} | {r['train_time_s']:.1f} | {agree} | {gap} |")
-    plot_bars(list(PHASES), [out[n]["test_acc"] for n in PHASES],
-              [f"{out[n]['params'] / 1e6:.2f}M params" for n in PHASES], run_dir / "comparison.png",
-              title=f"{run_dir.name}: test accuracy")
-    plot_overlay({n: results[n]["history"] for n in PHASES if results[n]["history"]}, run_dir / "curves.png",
-                 title=f"{run_dir.name}: validation accuracy per phase")
+        lines.append(
+            f"| {name} | {r['params']:,} | {r['test_acc']:.4f} | {round((1 - r['test_acc']) * n_test)} | "
+            f"{r['test_loss']:.4f} | {r['train_time_s']:.1f} | {agree} | {gap} |"
+        )
+    plot_bars(
+        list(PHASES),
+        [out[n]["test_acc"] for n in PHASES],
+        [f"{out[n]['params'] / 1e6:.2f}M params" for n in PHASES],
+        run_dir / "comparison.png",
+        title=f"{run_dir.name}: test accuracy",
+    )
+    plot_overlay(
+        {n: results[n]["history"] for n in PHASES if results[n]["history"]},
+        run_dir / "curves.png",
+        title=f"{run_dir.name}: validation accuracy per phase",
+    )
     write_report(run_dir, out, lines)
-    logger = open_logger(cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name,
-                         job_type="summary")
+    logger = open_logger(
+        cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name, job_type="summary"
+    )
     if logger:
-        logger.log_table("results", lines[0].strip("|").split(" | "),
-                         [line.strip("| ").split(" | ") for line in lines[2:]])
+        logger.log_table(
+            "results", lines[0].strip("|").split(" | "), [line.strip("| ").split(" | ") for line in lines[2:]]
+        )
         logger.log_images([run_dir / "comparison.png", run_dir / "curves.png"])
         logger.finish({f"{n}/{k}": v for n in PHASES for k, v in out[n].items() if v is not None})
     return out
@@ -322,50 +444,97 @@ def report(results, cfg, run_dir):
 def report_multi(results, cfg, run_dir):
     """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone, gap closed."""
     teacher = results["teacher"]
-    per = {n: {"seed": r["child"].depth, "test_acc": r["test_acc"], "test_loss": r["test_loss"],
-               "params": r["params"], "train_time_s": r["train_time_s"],
-               "agreement_with_teacher": (r["test_preds"] == teacher["test_preds"]).float().mean().item()}
-           for n, r in results.items() if n != "teacher"}
-    alone = {r["child"].depth: r["test_acc"] for r in results.values() if "child" in r and r["child"].kind ==
-             "student_baseline"}
+    per = {
+        n: {
+            "seed": r["child"].depth,
+            "test_acc": r["test_acc"],
+            "test_loss": r["test_loss"],
+            "params": r["params"],
+            "train_time_s": r["train_time_s"],
+            "agreement_with_teacher": (r["test_preds"] == teacher["test_preds"]).float().mean().item(),
+        }
+        for n, r in results.items()
+        if n != "teacher"
+    }
+    alone = {
+        r["child"].depth: r["test_acc"]
+        for r in results.values()
+        if "child" in r and r["child"].kind == "student_baseline"
+    }
     configs = {}
     for n, r in results.items():
         if n != "teacher" and r["child"].kind == "student_distill":
             d = r["child"].cfg.distill
             configs.setdefault((d.temperature, d.alpha), {})[r["child"].depth] = r["test_acc"]
     seeds = sorted(alone)
-    rows, lines = [], ["| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
-                       "|---|---|---|---|---|---|---|"]
+    rows, lines = (
+        [],
+        [
+            "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
+            "|---|---|---|---|---|---|---|",
+        ],
+    )
     m, sd = mean_std(alone.values())
     lines.append(f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |")
     for (t, a), accs in sorted(configs.items()):
         pm, ps = mean_std(accs.values())
         p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
         gap = gap_closed(pm, m, teacher["test_acc"])  # from the table's means, so a reader can recompute it
-        rows.append({"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p,
-                     "gap_closed": gap})
-        lines.append(f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "
-                     f"{'-' if gap is None else f'{gap:.1%}'} | {len(seeds)} |")
-    out = {"status": "finished", "teacher": {k: teacher.get(k) for k in ("test_acc", "test_loss", "params",
-                                                                         "train_time_s")},
-           "student_baseline": {"test_acc_mean": m, "test_acc_std": sd}, "student_distill": rows, "students": per,
-           "seeds": seeds}
+        rows.append(
+            {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
+        )
+        lines.append(
+            f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "
+            f"{'-' if gap is None else f'{gap:.1%}'} | {len(seeds)} |"
+        )
+    out = {
+        "status": "finished",
+        "teacher": {k: teacher.get(k) for k in ("test_acc", "test_loss", "params", "train_time_s")},
+        "student_baseline": {"test_acc_mean": m, "test_acc_std": sd},
+        "student_distill": rows,
+        "students": per,
+        "seeds": seeds,
+    }
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
-    text = [f"Teacher: test acc {teacher['test_acc']:.4f} ({round((1 - teacher['test_acc']) * len(teacher['test_preds']))}"
-            " test errors)", ""] + lines
+    text = [
+        f"Teacher: test acc {teacher['test_acc']:.4f} ({round((1 - teacher['test_acc']) * len(teacher['test_preds']))}"
+        " test errors)",
+        "",
+    ] + lines
     ts, als = sorted({t for t, _ in configs}), sorted({a for _, a in configs})
     if cfg.distill.study:
         grid = [[configs.get((t, a)) and mean_std(configs[(t, a)].values())[0] for a in als] for t in ts]
-        plot_heatmap(grid, [f"T={t:g}" for t in ts], [f"alpha={a:g}" for a in als], run_dir / "comparison.png",
-                     f"{run_dir.name}: distilled student, mean test accuracy (alone: {m:.4f})", "test accuracy")
+        plot_heatmap(
+            grid,
+            [f"T={t:g}" for t in ts],
+            [f"alpha={a:g}" for a in als],
+            run_dir / "comparison.png",
+            f"{run_dir.name}: distilled student, mean test accuracy (alone: {m:.4f})",
+            "test accuracy",
+        )
     else:
-        plot_bars(["teacher", "alone", "distilled"], [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
-                  ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"], run_dir / "comparison.png",
-                  title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)")
+        plot_bars(
+            ["teacher", "alone", "distilled"],
+            [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
+            ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"],
+            run_dir / "comparison.png",
+            title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)",
+        )
     write_report(run_dir, out, text)
     return out
 
 
-__all__ = ["DistillConfig", "ExperimentConfig", "PHASES", "given_teacher", "logits_key", "check_logits",
-           "teacher_logits", "distill_loss", "publish_teacher", "run_phases", "report"]
+__all__ = [
+    "DistillConfig",
+    "ExperimentConfig",
+    "PHASES",
+    "given_teacher",
+    "logits_key",
+    "check_logits",
+    "teacher_logits",
+    "distill_loss",
+    "publish_teacher",
+    "run_phases",
+    "report",
+]

@@ -5,6 +5,7 @@ batch); DistributedDataParallel averages the gradients; training metrics are all
 sets are evaluated whole on every rank (identical weights give identical results). Only rank 0 prints, shows
 progress bars, writes the run folder and logs to W&B. NCCL on CUDA, gloo on the CPU.
 """
+
 import os
 import sys
 

@@ -5,6 +5,7 @@ Every script uses it; what differs between plain training and distillation is on
 and logs there), and stops between two steps when STOP says so (Ctrl-C / SIGTERM). Inside a step nothing is
 copied to the host: losses and counts accumulate on the device and are read only every `log_every` steps.
 """
+
 import math
 import time
 from contextlib import contextmanager
@@ -15,9 +16,20 @@ import torch
 from tqdm import tqdm
 
 import distributed
+from cli import (
+    Stopped,
+    UsageError,
+    flag,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    pos_float,
+    pos_int,
+    resolve_amp,
+    resolve_device,
+    unit,
+)
 from models import max_norm_
-from cli import (Stopped, UsageError, flag, fraction, nonneg_float, nonneg_int, pos_float, pos_int, resolve_amp,
-                 resolve_device, unit)
 
 
 @dataclass(frozen=True)
@@ -27,28 +39,43 @@ class TrainConfig:
     optimizer: str = flag("adam", "adam, adamw, or sgd (Nesterov momentum)", choices=("adam", "adamw", "sgd"))
     momentum: float = flag(0.9, "SGD momentum", type=unit)
     weight_decay: float = flag(0.0, "weight decay", type=nonneg_float)
-    scheduler: str = flag("none", "learning-rate schedule, stepped every batch; bare --scheduler = cosine; step = "
-                          "x0.1 at 50% and 75% of training", nargs="?", const="cosine",
-                          choices=("none", "cosine", "step", "onecycle"))
+    scheduler: str = flag(
+        "none",
+        "learning-rate schedule, stepped every batch; bare --scheduler = cosine; step = "
+        "x0.1 at 50% and 75% of training",
+        nargs="?",
+        const="cosine",
+        choices=("none", "cosine", "step", "onecycle"),
+    )
     warmup_epochs: float = flag(0.0, "linear warm-up epochs", type=nonneg_float)
     label_smoothing: float = flag(0.0, "label smoothing", type=fraction)
-    early_stopping: int = flag(0, "stop after PATIENCE epochs without a better validation accuracy and restore "
-                               "the best weights; 0 = off", type=nonneg_int, metavar="PATIENCE")
+    early_stopping: int = flag(
+        0,
+        "stop after PATIENCE epochs without a better validation accuracy and restore the best weights; 0 = off",
+        type=nonneg_int,
+        metavar="PATIENCE",
+    )
     seed: int = flag(0, "random seed: weights, split, batches", type=nonneg_int)
     device: str = flag("auto", "auto = cuda, then mps, then cpu", choices=("auto", "cuda", "mps", "cpu"))
-    amp: str = flag("auto", "mixed precision: autocast in bf16, or fp16 with a GradScaler; auto = bf16 (fp16 where "
-                    "bf16 is unsupported) on CUDA, off elsewhere (bf16 CNN training can be much slower on a CPU: "
-                    "README, Measured speed)", choices=("auto", "bf16", "fp16", "off"))
+    amp: str = flag(
+        "auto",
+        "mixed precision: autocast in bf16, or fp16 with a GradScaler; auto = bf16 (fp16 where "
+        "bf16 is unsupported) on CUDA, off elsewhere (bf16 CNN training can be much slower on a CPU: "
+        "README, Measured speed)",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
     compile: bool = flag(False, "torch.compile the model (pays off on CUDA)")
-    log_every: int = 25              # steps between progress-bar updates (each one reads the device)
+    log_every: int = 25  # steps between progress-bar updates (each one reads the device)
 
     def check_restored(self):
         """Read back from a run folder: its device and precision must exist on this machine."""
         try:
             resolve_amp(self.amp, resolve_device(self.device))
         except UsageError:
-            raise UsageError(f"the run was trained with --device {self.device} --amp {self.amp}, which this machine "
-                             "cannot run; continue it where that device is") from None
+            raise UsageError(
+                f"the run was trained with --device {self.device} --amp {self.amp}, which this machine "
+                "cannot run; continue it where that device is"
+            ) from None
 
 
 class Diverged(Exception):
@@ -121,8 +148,9 @@ def make_autocast(cfg):
 def make_optimizer(params, cfg):
     fused = cfg.device.startswith("cuda") or None  # one kernel per step on CUDA instead of one per tensor
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay,
-                               fused=fused)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, fused=fused
+        )
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
@@ -152,6 +180,7 @@ def lr_factor(step, total, warmup, kind):
 @dataclass
 class Optim:
     """What one optimizer step needs besides the model."""
+
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler
@@ -162,8 +191,12 @@ class Optim:
         optimizer = make_optimizer(params, cfg)
         total, warmup = cfg.epochs * steps_per_epoch, min(int(cfg.warmup_epochs * steps_per_epoch), 2**62)
         factor = partial(lr_factor, total=total, warmup=warmup, kind=cfg.scheduler)
-        return cls(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
-                   torch.amp.GradScaler(cfg.device.split(":")[0], enabled=cfg.amp == "fp16"), max_norm)
+        return cls(
+            optimizer,
+            torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+            torch.amp.GradScaler(cfg.device.split(":")[0], enabled=cfg.amp == "fp16"),
+            max_norm,
+        )
 
     def state_dict(self):
         return {k: getattr(self, k).state_dict() for k in ("optimizer", "scheduler", "scaler")}
@@ -172,19 +205,19 @@ class Optim:
         for k in ("optimizer", "scheduler", "scaler"):
             getattr(self, k).load_state_dict(state[k])
         # The learning rate of the next step, from this schedule (the same unless --epochs stretched it).
-        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
-                                       self.scheduler.lr_lambdas):
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * factor(self.scheduler.last_epoch)
 
 
 @dataclass
 class Progress:
     """Where training stands; saved in last.pt, so a resumed run continues exactly."""
-    epoch: int = 0                   # finished epochs
+
+    epoch: int = 0  # finished epochs
     best_val_acc: float = -1.0
     best_epoch: int = 0
     bad_epochs: int = 0
-    elapsed: float = 0.0             # training seconds, over all sessions
+    elapsed: float = 0.0  # training seconds, over all sessions
     history: list = field(default_factory=list)
 
 
@@ -193,10 +226,12 @@ def weight_layers(model):
 
     Names are those of the bare model, also through DDP ("module.") or torch.compile ("_orig_mod.").
     """
+
     def bare(n):
         for prefix in ("_orig_mod.", "module."):
             n = n.removeprefix(prefix)
         return n.removesuffix(".weight")
+
     return [(bare(n), p) for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
 
 
@@ -209,20 +244,37 @@ def train_one_epoch(model, loader, opt: Optim, loss_fn, autocast, epoch, log_eve
     layers = weight_layers(model)
     device = next(model.parameters()).device
     zero = lambda **kw: torch.zeros((), device=device, **kw)  # noqa: E731
-    acc = {"loss_sum": zero(), "correct": zero(dtype=torch.long), "grad_sum": torch.zeros(len(layers), device=device),
-           "parts_sum": {}, "seen": 0, "step": 0}
+    acc = {
+        "loss_sum": zero(),
+        "correct": zero(dtype=torch.long),
+        "grad_sum": torch.zeros(len(layers), device=device),
+        "parts_sum": {},
+        "seen": 0,
+        "step": 0,
+    }
     if accum is not None:
-        acc = {**accum, **{k: accum[k].to(device) for k in ("loss_sum", "correct", "grad_sum")},
-               "parts_sum": {k: v.to(device) for k, v in accum["parts_sum"].items()}}
-    bar = tqdm(loader, desc=f"{desc} {epoch + 1}", leave=False, dynamic_ncols=True, mininterval=0.5,
-               disable=not distributed.is_main(), initial=acc["step"], total=len(loader))
+        acc = {
+            **accum,
+            **{k: accum[k].to(device) for k in ("loss_sum", "correct", "grad_sum")},
+            "parts_sum": {k: v.to(device) for k, v in accum["parts_sum"].items()},
+        }
+    bar = tqdm(
+        loader,
+        desc=f"{desc} {epoch + 1}",
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        disable=not distributed.is_main(),
+        initial=acc["step"],
+        total=len(loader),
+    )
     for step, batch in enumerate(bar, start=acc["step"] + 1):
         with autocast():
-            logits = model(batch.x)                              # (B, classes)
+            logits = model(batch.x)  # (B, classes)
             loss, parts = loss_fn(logits, batch)
         opt.optimizer.zero_grad(set_to_none=True)
         opt.scaler.scale(loss).backward()
-        opt.scaler.unscale_(opt.optimizer)                       # true gradients for the norms below
+        opt.scaler.unscale_(opt.optimizer)  # true gradients for the norms below
         grads = [p.grad for _, p in layers]
         acc["grad_sum"] += torch.stack(torch._foreach_norm(grads)).float()
         opt.scaler.step(opt.optimizer)
@@ -237,7 +289,7 @@ def train_one_epoch(model, loader, opt: Optim, loss_fn, autocast, epoch, log_eve
         for k, v in parts.items():
             acc["parts_sum"][k] = acc["parts_sum"].get(k, 0) + v * n
         if step % log_every == 0:
-            running = acc["loss_sum"].item() / acc["seen"]       # one device read per log_every steps
+            running = acc["loss_sum"].item() / acc["seen"]  # one device read per log_every steps
             if not math.isfinite(running):
                 raise Diverged(f"loss became {running} in epoch {epoch + 1}, step {step}")
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{acc['correct'].item() / acc['seen']:.4f}", refresh=False)
@@ -258,10 +310,14 @@ def _epoch_record(acc, layers, grads, epoch, device):
     if not math.isfinite(total_loss):
         raise Diverged(f"loss became {total_loss} in epoch {epoch + 1}")
     # Median |grad| of the first and last weight layer, from the epoch's last step.
-    return {"train_loss": total_loss, "train_acc": acc["correct"].item() / seen,
-            **{f"train_{k}": (v / seen).item() for k, v in zip(parts, parts_t)},
-            "grad_norm": dict(zip([n for n, _ in layers], (grad_sum / acc["step"]).tolist())),
-            "grad_median_first": grads[0].abs().median().item(), "grad_median_last": grads[-1].abs().median().item()}
+    return {
+        "train_loss": total_loss,
+        "train_acc": acc["correct"].item() / seen,
+        **{f"train_{k}": (v / seen).item() for k, v in zip(parts, parts_t)},
+        "grad_norm": dict(zip([n for n, _ in layers], (grad_sum / acc["step"]).tolist())),
+        "grad_median_first": grads[0].abs().median().item(),
+        "grad_median_last": grads[-1].abs().median().item(),
+    }
 
 
 @torch.no_grad()
@@ -273,8 +329,14 @@ def evaluate(model, loader, autocast, return_preds=False, desc="evaluate"):
     correct = torch.zeros((), device=device, dtype=torch.long)
     preds, n = [], 0
     size = len(getattr(loader, "y", ())) or len(loader)
-    for batch in tqdm(loader, desc=f"{desc} ({size:,} examples)", leave=False, dynamic_ncols=True, mininterval=0.5,
-                      disable=not distributed.is_main()):
+    for batch in tqdm(
+        loader,
+        desc=f"{desc} ({size:,} examples)",
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        disable=not distributed.is_main(),
+    ):
         with autocast():
             logits = model(batch.x)
         loss_sum += torch.nn.functional.cross_entropy(logits.float(), batch.y, reduction="sum")
@@ -289,8 +351,17 @@ def evaluate(model, loader, autocast, return_preds=False, desc="evaluate"):
     return out
 
 
-def fit(step_model, loaders, opt: Optim, cfg: TrainConfig, loss_fn, progress: Progress, on_epoch_end,
-        desc="train", partial=None):
+def fit(
+    step_model,
+    loaders,
+    opt: Optim,
+    cfg: TrainConfig,
+    loss_fn,
+    progress: Progress,
+    on_epoch_end,
+    desc="train",
+    partial=None,
+):
     """Train from `progress` to cfg.epochs; on_epoch_end(record, improved) after each epoch (checkpoints, logs).
 
     step_model: the model as trained (DDP-wrapped / compiled). partial: an epoch stopped part-way
@@ -300,10 +371,13 @@ def fit(step_model, loaders, opt: Optim, cfg: TrainConfig, loss_fn, progress: Pr
     with STOP.deferring():
         for epoch in range(progress.epoch, cfg.epochs):
             if cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping:  # here: also when resumed after it
-                print(f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
-                      f"restoring epoch {progress.best_epoch}", flush=True)
+                print(
+                    f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
+                    f"restoring epoch {progress.best_epoch}",
+                    flush=True,
+                )
                 break
-            STOP.check()                                          # asked during validation or a checkpoint
+            STOP.check()  # asked during validation or a checkpoint
             t0 = time.perf_counter()
             if partial is None:
                 loaders.train.set_epoch(epoch)
@@ -311,23 +385,47 @@ def fit(step_model, loaders, opt: Optim, cfg: TrainConfig, loss_fn, progress: Pr
             lr = partial["lr"] if partial else opt.optimizer.param_groups[0]["lr"]
             before = partial["elapsed"] if partial else 0.0
             try:
-                rec = train_one_epoch(step_model, loaders.train, opt, loss_fn, autocast, epoch, cfg.log_every, desc,
-                                      partial and partial["accum"])
+                rec = train_one_epoch(
+                    step_model,
+                    loaders.train,
+                    opt,
+                    loss_fn,
+                    autocast,
+                    epoch,
+                    cfg.log_every,
+                    desc,
+                    partial and partial["accum"],
+                )
             except StopRequested as stop:  # the lifecycle saves the part-done epoch from this
-                stop.partial = stop.accum and {"accum": stop.accum, "lr": lr,
-                                               "elapsed": time.perf_counter() - t0 + before}
+                stop.partial = stop.accum and {
+                    "accum": stop.accum,
+                    "lr": lr,
+                    "elapsed": time.perf_counter() - t0 + before,
+                }
                 raise
             val = evaluate(step_model, loaders.val, autocast, desc="validation") if loaders.val is not None else None
             if val is not None and not math.isfinite(val["loss"]):
                 raise Diverged(f"validation loss became {val['loss']} in epoch {epoch + 1}")
             dt, partial = time.perf_counter() - t0 + before, None
-            rec = {"epoch": epoch + 1, "train_loss": rec["train_loss"], "train_acc": rec["train_acc"],
-                   "val_loss": val and val["loss"], "val_acc": val and val["acc"], "lr": lr, "epoch_time_s": dt, **rec}
+            rec = {
+                "epoch": epoch + 1,
+                "train_loss": rec["train_loss"],
+                "train_acc": rec["train_acc"],
+                "val_loss": val and val["loss"],
+                "val_acc": val and val["acc"],
+                "lr": lr,
+                "epoch_time_s": dt,
+                **rec,
+            }
             improved = val is None or val["acc"] > progress.best_val_acc
             progress.epoch, progress.elapsed = epoch + 1, progress.elapsed + dt
             progress.history.append(rec)
             if improved:
-                progress.best_val_acc, progress.best_epoch, progress.bad_epochs = val["acc"] if val else -1.0, epoch + 1, 0
+                progress.best_val_acc, progress.best_epoch, progress.bad_epochs = (
+                    val["acc"] if val else -1.0,
+                    epoch + 1,
+                    0,
+                )
             else:
                 progress.bad_epochs += 1
             on_epoch_end(rec, improved)

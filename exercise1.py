@@ -16,6 +16,7 @@ A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, la
 best.pt (the best-on-validation model), summary.json, curves.png, grads.png and confusion.png; its path is
 the last line printed.
 """
+
 import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
@@ -29,25 +30,55 @@ import distributed
 import study
 from checkpoint import read_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
-from dataloader import load_dataset
 from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
-from lifecycle import (check_model, check_run_dir, command, continue_with, create_run_dir, describe_data, done,
-                       extend_epochs, finished, new_model, record_epochs, resume_dir, short_name, train, working_in)
+from dataloader import load_dataset
+from lifecycle import (
+    check_model,
+    check_run_dir,
+    command,
+    continue_with,
+    create_run_dir,
+    describe_data,
+    done,
+    extend_epochs,
+    finished,
+    new_model,
+    record_epochs,
+    resume_dir,
+    short_name,
+    train,
+    working_in,
+)
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 from notify import notify
+
 
 def get_args_parser():
     p = Parser(__doc__)
     g = p.add_argument_group("Model")
-    g.add_argument("--model", choices=MODEL_NAMES, default=None, metavar="NAME",
-                   help=f"one of {', '.join(MODEL_NAMES)} (default: FlexibleMLP)")
+    g.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        default=None,
+        metavar="NAME",
+        help=f"one of {', '.join(MODEL_NAMES)} (default: FlexibleMLP)",
+    )
     add_flags(g, ModelConfig, shown={"norm": "none for FlexibleMLP/FlexibleCNN; presets always use batch"})
-    add_run_flags(p, "Lab1_DLA_MLP for MLPs, Lab1_DLA_CNN for CNNs",
-                  "continue an interrupted run or study from its folder (or its last.pt); settings come from the "
-                  "folder, and only --epochs may be raised beside it")
-    add_flags(p.add_argument_group("Studies", "many runs from one command; re-running the same command, or "
-                                   "starting it again elsewhere on the same folder, continues it"), study.StudyConfig,
-              shown={"depths": "2 4 8 16 32 for mlp_depth, 20 32 44 56 for cnn_depth"})
+    add_run_flags(
+        p,
+        "Lab1_DLA_MLP for MLPs, Lab1_DLA_CNN for CNNs",
+        "continue an interrupted run or study from its folder (or its last.pt); settings come from the "
+        "folder, and only --epochs may be raised beside it",
+    )
+    add_flags(
+        p.add_argument_group(
+            "Studies",
+            "many runs from one command; re-running the same command, or "
+            "starting it again elsewhere on the same folder, continues it",
+        ),
+        study.StudyConfig,
+        shown={"depths": "2 4 8 16 32 for mlp_depth, 20 32 44 56 for cnn_depth"},
+    )
     return p
 
 
@@ -93,15 +124,28 @@ def default_run_name(cfg):
         arch = f"L{''.join(map(str, m.layers))}w{m.width}{m.block[0]}"
     else:
         arch = ""
-    tags = [m.name, cfg.data.dataset, arch, "res" if m.residual else "", "" if m.norm == "none" else m.norm,
-            f"{t.optimizer}{t.lr:g}", f"s{t.seed}", timestamp()]
+    tags = [
+        m.name,
+        cfg.data.dataset,
+        arch,
+        "res" if m.residual else "",
+        "" if m.norm == "none" else m.norm,
+        f"{t.optimizer}{t.lr:g}",
+        f"s{t.seed}",
+        timestamp(),
+    ]
     return short_name("_".join(x for x in tags if x))
 
 
 def study_plan(args, cfg):
     depths = tuple(args.depths or (study.DEFAULT_DEPTHS[args.study] if args.study else ()))
-    return {"kind": "study", "study": args.study or "", "depths": list(depths), "seeds": list(args.seeds or (cfg.train.seed,)),
-            "base": cfg.to_dict()}
+    return {
+        "kind": "study",
+        "study": args.study or "",
+        "depths": list(depths),
+        "seeds": list(args.seeds or (cfg.train.seed,)),
+        "base": cfg.to_dict(),
+    }
 
 
 def run_study(plan, ds, study_dir, args):
@@ -115,7 +159,9 @@ def run_study(plan, ds, study_dir, args):
         print(summary(cfg.model.name, model))
         r = train(model, ds, cfg, run_dir, desc=child.name, wandb={"group": study_dir.name, "job_type": child.kind})
         if child.kind == "fold":
-            print(f"fold {child.depth}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})")
+            print(
+                f"fold {child.depth}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})"
+            )
 
     title = plan["study"] or study_dir.name
     working_in(study_dir)
@@ -133,8 +179,10 @@ def _main(args):
     distributed.setup()
     multi = args.study or args.seeds or args.k_folds
     if distributed.world() > 1 and (multi or args.workers):
-        raise UsageError("under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
-                         "without it (use --workers for several processes)")
+        raise UsageError(
+            "under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
+            "without it (use --workers for several processes)"
+        )
     run_dir, plan = None, None
     if args.resume:
         run_dir, cfg, plan = resumed(args)
@@ -172,8 +220,9 @@ def _main(args):
             if run_dir is None and distributed.is_main():
                 name = cfg.output.run_name or default_run_name(cfg)
                 cfg = replace(cfg, output=replace(cfg.output, run_name=name))
-                run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
-                                         auto_named=not args.run_name)
+                run_dir = create_run_dir(
+                    cfg.output.save_dir, name, cfg.to_dict(), args.overwrite, auto_named=not args.run_name
+                )
             run_dir = distributed.broadcast(run_dir)
             working_in(run_dir)
             result = train(model, ds, cfg, run_dir)
@@ -193,15 +242,21 @@ def resumed(args):
     """--resume RUN: (run folder, its RunConfig with a raised --epochs, the study plan or None); cfg None for a
     finished single run that --epochs does not extend (its result is printed)."""
     run_dir, saved, cfg = resume_dir(
-        args.resume, ("exercise1", "study"), given(args), ("resume", "epochs", "workers", "report", "notify"),
-        build=_config_of)
+        args.resume,
+        ("exercise1", "study"),
+        given(args),
+        ("resume", "epochs", "workers", "report", "notify"),
+        build=_config_of,
+    )
     plan = saved if saved["kind"] == "study" else None
     if (args.workers or 1) > 1 and not plan:
         raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
     if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):
         result = read_json(run_dir / "summary.json")
-        print(f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "
-              f"{result.get('best_epoch')}); raise --epochs beside --resume to train it further")
+        print(
+            f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "
+            f"{result.get('best_epoch')}); raise --epochs beside --resume to train it further"
+        )
         return run_dir, None, None
     cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir if plan else None))
     return run_dir, cfg, {**plan, "base": cfg.to_dict()} if plan else None
@@ -221,8 +276,7 @@ def study_folder(cfg, plan, args):
     kind = f"kfold{cfg.data.k_folds}" if cfg.data.k_folds else "seeds"  # a k-fold run and a seeds run never meet
     name = cfg.output.run_name or args.study or short_name(f"{default_run_name(cfg).rsplit('_', 1)[0]}_{kind}")
     try:
-        return existing_study(cfg, name, plan, args) or create_run_dir(cfg.output.save_dir, name, plan,
-                                                                       args.overwrite)
+        return existing_study(cfg, name, plan, args) or create_run_dir(cfg.output.save_dir, name, plan, args.overwrite)
     except UsageError:
         found = existing_study(cfg, name, plan, args)
         if found is None:
@@ -237,8 +291,9 @@ def existing_study(cfg, name, plan, args):
         return None
     saved = read_json(folder / "config.json", "study config")
     if _identity(saved) != _identity(plan):
-        raise UsageError(f"{folder} holds another study or configuration; pass another --run_name, or --overwrite "
-                         "to replace it")
+        raise UsageError(
+            f"{folder} holds another study or configuration; pass another --run_name, or --overwrite to replace it"
+        )
     print(f"continuing {folder}")
     return folder
 

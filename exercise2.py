@@ -15,6 +15,7 @@ labels only) and student_distill (the same initial weights), whose loss is
 The run folder also gets teacher.pth, student_baseline.pth, student_distill.pth (the phases' best models),
 summary.json, results.md, comparison.png and curves.png; its path is the last line printed.
 """
+
 import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
@@ -29,8 +30,20 @@ from cli import Parser, UsageError, add_flags, from_args, given, resolve_amp, ru
 from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
 from dataloader import load_dataset, make_loaders
 from engine import Diverged
-from lifecycle import (check_run_dir, command, continue_with, create_run_dir, describe_data, done, extend_epochs,
-                       new_model, record_epochs, resume_dir, short_name, working_in)
+from lifecycle import (
+    check_run_dir,
+    command,
+    continue_with,
+    create_run_dir,
+    describe_data,
+    done,
+    extend_epochs,
+    new_model,
+    record_epochs,
+    resume_dir,
+    short_name,
+    working_in,
+)
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
@@ -38,26 +51,47 @@ STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
 
 def get_args_parser():
     p = Parser(__doc__)
-    p.add_argument("--task", choices=("distill", "finetune"), default="distill",
-                   help="distill: teacher -> student; finetune: transfer a pretrained CNN to --dataset (default: distill)")
+    p.add_argument(
+        "--task",
+        choices=("distill", "finetune"),
+        default="distill",
+        help="distill: teacher -> student; finetune: transfer a pretrained CNN to --dataset (default: distill)",
+    )
     g = p.add_argument_group("Model", "teacher flags start with --t_, student flags with --s_")
-    g.add_argument("--teacher", choices=MODEL_NAMES, default=None, metavar="NAME",
-                   help=f"teacher model, one of {', '.join(MODEL_NAMES)} (default: FlexibleCNN)")
-    g.add_argument("--student", choices=MODEL_NAMES, default=None, metavar="NAME",
-                   help="student model (default: FlexibleCNN)")
-    g.add_argument("--use_skip", action="store_true", default=None,
-                   help="residual connections in both teacher and student: the same as --t_residual --s_residual "
-                        "(either form turns them on; default: off)")
+    g.add_argument(
+        "--teacher",
+        choices=MODEL_NAMES,
+        default=None,
+        metavar="NAME",
+        help=f"teacher model, one of {', '.join(MODEL_NAMES)} (default: FlexibleCNN)",
+    )
+    g.add_argument(
+        "--student", choices=MODEL_NAMES, default=None, metavar="NAME", help="student model (default: FlexibleCNN)"
+    )
+    g.add_argument(
+        "--use_skip",
+        action="store_true",
+        default=None,
+        help="residual connections in both teacher and student: the same as --t_residual --s_residual "
+        "(either form turns them on; default: off)",
+    )
     norm = {"norm": "batch for CNNs, none for FlexibleMLP"}
     add_flags(g, ModelConfig, "t_", "teacher ", shown=norm)
     add_flags(g, ModelConfig, "s_", "student ", STUDENT_DEFAULTS, shown=norm)
-    add_flags(p.add_argument_group("Distillation"), distill.DistillConfig,
-              shown={"temperature_end": "constant", "alpha_end": "constant"})
+    add_flags(
+        p.add_argument_group("Distillation"),
+        distill.DistillConfig,
+        shown={"temperature_end": "constant", "alpha_end": "constant"},
+    )
     t = p.add_argument_group("Transfer (--task finetune)")
     add_flags(t, transfer.TransferConfig)
-    add_run_flags(p, "distillation_<dataset>", "continue an interrupted run from its folder: finished phases are "
-                  "skipped, an interrupted phase continues from its last.pt; only --epochs may be raised beside it",
-                  skip=("k_folds",))  # one validation split: the phases are compared on it
+    add_run_flags(
+        p,
+        "distillation_<dataset>",
+        "continue an interrupted run from its folder: finished phases are "
+        "skipped, an interrupted phase continues from its last.pt; only --epochs may be raised beside it",
+        skip=("k_folds",),
+    )  # one validation split: the phases are compared on it
     return p
 
 
@@ -65,22 +99,24 @@ def build_config(args):
     if args.teacher_dir and args.teacher_ckpt:
         raise UsageError("give either --teacher_ckpt or --teacher_dir")
     if args.teacher_logits and not (args.cache_teacher and args.teacher_ckpt):
-        raise UsageError("--teacher_logits needs --cache_teacher and --teacher_ckpt (the logits belong to a trained "
-                         "teacher)")
+        raise UsageError(
+            "--teacher_logits needs --cache_teacher and --teacher_ckpt (the logits belong to a trained teacher)"
+        )
     if args.pretrained or args.mode or args.freeze_stages is not None or args.backbone_lr_scale is not None:
         raise UsageError("--pretrained, --mode, --freeze_stages and --backbone_lr_scale belong to --task finetune")
     grid = args.study == "kd_grid"
     for name, wrong, why in (
-            ("--temperatures/--alphas", (args.temperatures or args.alphas) and not grid,
-             "they belong to --study kd_grid"),
-            ("--study kd_grid", grid and not (args.temperatures or args.alphas), "give --temperatures and/or --alphas"),
-            ("--temperature", grid and args.temperature is not None and args.temperatures, "--temperatures replace it"),
-            ("--alpha", grid and args.alpha is not None and args.alphas, "--alphas replace it")):
+        ("--temperatures/--alphas", (args.temperatures or args.alphas) and not grid, "they belong to --study kd_grid"),
+        ("--study kd_grid", grid and not (args.temperatures or args.alphas), "give --temperatures and/or --alphas"),
+        ("--temperature", grid and args.temperature is not None and args.temperatures, "--temperatures replace it"),
+        ("--alpha", grid and args.alpha is not None and args.alphas, "--alphas replace it"),
+    ):
         if wrong:
             raise UsageError(f"{name}: {why}")
     dataset = args.dataset or "cifar10"
     for prefix, role, name in (("t_", "teacher", args.teacher), ("s_", "student", args.student))[
-            bool(args.teacher_ckpt):]:  # a given teacher's flags are checked against its checkpoint instead
+        bool(args.teacher_ckpt) :
+    ]:  # a given teacher's flags are checked against its checkpoint instead
         if unread := unread_flags(name or "FlexibleCNN", {k[2:] for k in given(args) if k.startswith(prefix)}):
             raise UsageError(f"--{prefix}{unread[0]} does not apply to the {name or 'FlexibleCNN'} {role}")
 
@@ -112,16 +148,27 @@ def main(argv=None):
     run_dir = None
     if args.resume:
         continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
-        run_dir, saved, cfg = resume_dir(args.resume, ("exercise2", "finetune"), given(args) - {"task"}, build=lambda c: (
-            transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)))
+        run_dir, saved, cfg = resume_dir(
+            args.resume,
+            ("exercise2", "finetune"),
+            given(args) - {"task"},
+            build=lambda c: (
+                transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)
+            ),
+        )
         if saved["kind"] == "finetune":
             return transfer.main(args, run_dir, saved)
         cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir))
     elif args.task == "finetune":
-        distilling = {f.name for f in fields(distill.DistillConfig)} | {"teacher", "student", "use_skip"} | {
-            k for k in vars(args) if k.startswith(("t_", "s_"))}
+        distilling = (
+            {f.name for f in fields(distill.DistillConfig)}
+            | {"teacher", "student", "use_skip"}
+            | {k for k in vars(args) if k.startswith(("t_", "s_"))}
+        )
         if given(args) & distilling:
-            raise UsageError(f"--task finetune takes no distillation flags (got --{', --'.join(sorted(given(args) & distilling))})")
+            raise UsageError(
+                f"--task finetune takes no distillation flags (got --{', --'.join(sorted(given(args) & distilling))})"
+            )
         return transfer.main(args)
     else:
         cfg = build_config(args)
@@ -130,12 +177,18 @@ def main(argv=None):
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
         cfg = distill.shared_teacher(cfg, ds)
-    source = run_dir / "teacher.pth" if run_dir and (run_dir / "teacher.pth").exists() and cfg.distill.teacher_ckpt \
-        else cfg.distill.teacher_ckpt  # a resumed run uses its own copy of the given teacher
+    source = (
+        run_dir / "teacher.pth"
+        if run_dir and (run_dir / "teacher.pth").exists() and cfg.distill.teacher_ckpt
+        else cfg.distill.teacher_ckpt
+    )  # a resumed run uses its own copy of the given teacher
     teacher, given_ = None, bool(cfg.distill.teacher_ckpt)
     if given_:
-        told = {"name" if k == "teacher" else k[2:]: args.teacher if k == "teacher" else getattr(cfg.teacher, k[2:])
-                for k in given(args) if k == "teacher" or k.startswith("t_")}
+        told = {
+            "name" if k == "teacher" else k[2:]: args.teacher if k == "teacher" else getattr(cfg.teacher, k[2:])
+            for k in given(args)
+            if k == "teacher" or k.startswith("t_")
+        }
         teacher, cfg = distill.given_teacher(source, ds, cfg, told)
     describe_data(ds, cfg.phase("teacher"))
     if cfg.distill.teacher_logits:
@@ -146,11 +199,11 @@ def main(argv=None):
     if run_dir is None:
         d = cfg.distill
         what = "kd_grid" if d.study else f"T{d.temperature:g}_a{d.alpha:g}"
-        name = cfg.output.run_name or short_name(f"distill_{cfg.data.dataset}_{cfg.teacher.name}-{cfg.student.name}_"
-                                                 f"{what}_{timestamp()}")
+        name = cfg.output.run_name or short_name(
+            f"distill_{cfg.data.dataset}_{cfg.teacher.name}-{cfg.student.name}_{what}_{timestamp()}"
+        )
         cfg = replace(cfg, output=replace(cfg.output, run_name=name))
-        run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite,
-                                 auto_named=not args.run_name)
+        run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite, auto_named=not args.run_name)
     working_in(run_dir)
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)

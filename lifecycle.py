@@ -11,6 +11,7 @@ only) if the epoch improved, then the metrics line. last.pt is the truth: a resu
 metrics.jsonl from it and best.pt if it is stale, so a kill before any write resumes to the same result.
 summary.json is written last and marks a run finished.
 """
+
 import json
 import os
 import random
@@ -24,13 +25,37 @@ from pathlib import Path
 import torch
 
 import distributed
-from checkpoint import (FORMAT, CheckpointError, RunLock, append_jsonl, load_checkpoint, load_file, load_weights,
-                        read_json, remove_stale_tmp, save_checkpoint, tmp_name, TMP, write_json, write_jsonl)
+from checkpoint import (
+    FORMAT,
+    TMP,
+    CheckpointError,
+    RunLock,
+    append_jsonl,
+    load_checkpoint,
+    load_file,
+    load_weights,
+    read_json,
+    remove_stale_tmp,
+    save_checkpoint,
+    tmp_name,
+    write_json,
+    write_jsonl,
+)
 from cli import Stopped, UsageError, from_dict
 from config import RunConfig
 from dataloader import check_sizes, make_loaders, stratified_kfold, stratified_subset
-from engine import (STOP, Diverged, Optim, Progress, StopRequested, channels_last_for, evaluate, fit, make_autocast,
-                    place)
+from engine import (
+    STOP,
+    Diverged,
+    Optim,
+    Progress,
+    StopRequested,
+    channels_last_for,
+    evaluate,
+    fit,
+    make_autocast,
+    place,
+)
 from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
 from plots import plot_confusion, plot_curves, plot_grads
@@ -79,6 +104,7 @@ def command(*args):
 
 # ---------------------------------------------------------------- run folders
 
+
 def check_run_name(save_dir, name):
     """A plain, not too long name in a writable save_dir; checked before any work."""
     if not name or os.sep in name or name in (".", "..") or not name.isprintable() or TMP in name:
@@ -101,7 +127,8 @@ def short_name(name):
     if len(name.encode()) <= NAME_MAX:
         return name
     import hashlib
-    return f"{name.encode()[:NAME_MAX - 12].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+    return f"{name.encode()[: NAME_MAX - 12].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
 def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
@@ -112,11 +139,15 @@ def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
     if not (target.exists() or target.is_symlink()) or auto_named and not overwrite:
         return
     if not overwrite:
-        raise UsageError(f"run folder {target} already exists; pass --overwrite or another --run_name "
-                         f"(or continue it: {command('--resume', target)})")
+        raise UsageError(
+            f"run folder {target} already exists; pass --overwrite or another --run_name "
+            f"(or continue it: {command('--resume', target)})"
+        )
     if target.is_symlink() or not (target / "config.json").is_file():
-        raise UsageError(f"{target} is not a lab1 run folder (no config.json); --overwrite replaces run folders only: "
-                         "pass another --run_name")
+        raise UsageError(
+            f"{target} is not a lab1 run folder (no config.json); --overwrite replaces run folders only: "
+            "pass another --run_name"
+        )
 
 
 def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
@@ -135,11 +166,16 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
         (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
         (tmp / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
         if overwrite and (save_dir / name).exists():
-            busy = [p.parent for lock in (".lock", BUSY) for p in (save_dir / name).rglob(lock)
-                    if RunLock.busy(p.parent, lock)]
+            busy = [
+                p.parent
+                for lock in (".lock", BUSY)
+                for p in (save_dir / name).rglob(lock)
+                if RunLock.busy(p.parent, lock)
+            ]
             if busy:
-                raise UsageError(f"{busy[0]} is being trained by another process right now; --overwrite would "
-                                 "destroy its work")
+                raise UsageError(
+                    f"{busy[0]} is being trained by another process right now; --overwrite would destroy its work"
+                )
             shutil.rmtree(save_dir / name)
         for i in range(1, 1000):
             target = save_dir / (name if i == 1 else f"{name}_{i}")
@@ -150,8 +186,10 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
                 except OSError:
                     pass
             if not auto_named:
-                raise UsageError(f"run folder {target} already exists; pass --overwrite or another --run_name "
-                                 f"(or continue it: {command('--resume', target)})")
+                raise UsageError(
+                    f"run folder {target} already exists; pass --overwrite or another --run_name "
+                    f"(or continue it: {command('--resume', target)})"
+                )
         raise UsageError(f"could not create a run folder for {save_dir / name}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,21 +202,28 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     line and changes nothing."""
     extra = sorted(given - set(allowed))
     if extra:
-        raise UsageError(f"--resume takes its settings from the run folder; only {', '.join('--' + a for a in allowed if a != 'resume')} "
-                         f"may be given beside it (got --{', --'.join(extra)})")
+        may = ", ".join("--" + a for a in allowed if a != "resume")
+        raise UsageError(
+            f"--resume takes its settings from the run folder; only {may} "
+            f"may be given beside it (got --{', --'.join(extra)})"
+        )
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"--resume {path}: it does not exist")
     if path.is_file() and path.name != "last.pt":
-        raise CheckpointError(f"--resume takes a run folder or its last.pt, not {path.name} (a published model such "
-                              "as best.pt holds weights only)")
+        raise CheckpointError(
+            f"--resume takes a run folder or its last.pt, not {path.name} (a published model such "
+            "as best.pt holds weights only)"
+        )
     run_dir = path if path.is_dir() else path.parent
     if (run_dir.parent / "config.json").exists():  # a study's child or an exercise2 phase: continued by its whole
         outer = read_json(run_dir.parent / "config.json", "run config")
         outer = _kind(outer) if isinstance(outer, dict) else "exercise1"
         if outer != "exercise1":
-            raise UsageError(f"{run_dir} is part of the run {run_dir.parent}; continue that: "
-                             f"{shlex.join(['python', _script(outer), '--resume', str(run_dir.parent)])}")
+            raise UsageError(
+                f"{run_dir} is part of the run {run_dir.parent}; continue that: "
+                f"{shlex.join(['python', _script(outer), '--resume', str(run_dir.parent)])}"
+            )
     if not (run_dir / "config.json").exists():
         raise CheckpointError(f"--resume {path}: no lab1 run folder there (config.json missing)")
     config = read_json(run_dir / "config.json", "run config")
@@ -186,16 +231,22 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     if found not in ("exercise1", "study", "exercise2", "finetune"):
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged (not a lab1 run config)")
     if found not in kind:
-        raise UsageError(f"{run_dir} is a run of {_script(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
-                         f"{shlex.join(['python', _script(found), '--resume', str(run_dir)])}")
+        raise UsageError(
+            f"{run_dir} is a run of {_script(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
+            f"{shlex.join(['python', _script(found), '--resume', str(run_dir)])}"
+        )
     if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
         differ = differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
         if differ:
-            raise CheckpointError(f"{run_dir / 'config.json'} no longer says what {run_dir / 'last.pt'} was trained "
-                                  f"with ({differ[0]}); the folder was edited: restore config.json")
+            raise CheckpointError(
+                f"{run_dir / 'config.json'} no longer says what {run_dir / 'last.pt'} was trained "
+                f"with ({differ[0]}); the folder was edited: restore config.json"
+            )
     elif found == "exercise1" and finished(run_dir):
-        raise CheckpointError(f"{run_dir} is finished but its last.pt is gone, so it cannot be extended; its results "
-                              "are in summary.json (start a new run to train again)")
+        raise CheckpointError(
+            f"{run_dir} is finished but its last.pt is gone, so it cannot be extended; its results "
+            "are in summary.json (start a new run to train again)"
+        )
     elif found == "exercise1":
         print(f"{run_dir} has no last.pt (it stopped before its first checkpoint): training it from the start")
     config = {**config, "kind": found}
@@ -218,8 +269,12 @@ def finished(run_dir):
 def differences(a, b, where="", skip=("train.epochs",)):
     """The dotted keys whose values differ between two configs (keys only one has, and `skip`, aside)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(a.keys() & b.keys()) if where + k not in skip
-                for d in differences(a[k], b[k], f"{where}{k}.", skip)]
+        return [
+            d
+            for k in sorted(a.keys() & b.keys())
+            if where + k not in skip
+            for d in differences(a[k], b[k], f"{where}{k}.", skip)
+        ]
     same = json.dumps(a, default=repr) == json.dumps(b, default=repr)  # a tensor where a number belongs: differs
     return [] if same else [where.rstrip(".") or "all of it"]
 
@@ -231,15 +286,20 @@ def extend_epochs(train, epochs, parts_of=None):
         return train
     if epochs < train.epochs:
         raise UsageError(f"--epochs {epochs} beside --resume may only extend the run's {train.epochs} epochs")
-    if parts_of is not None and (ended := sorted(p.parent.name for p in Path(parts_of).glob("*/summary.json")
-                                                 if finished(p.parent))):
-        raise UsageError(f"--epochs: {parts_of} has finished parts trained for {train.epochs} epochs "
-                         f"({', '.join(ended[:3])}"
-                         f"{' ...' if len(ended) > 3 else ''}); the rest would differ from them. Continue it as it is, "
-                         f"or start a new one with --epochs {epochs}")
+    if parts_of is not None and (
+        ended := sorted(p.parent.name for p in Path(parts_of).glob("*/summary.json") if finished(p.parent))
+    ):
+        raise UsageError(
+            f"--epochs: {parts_of} has finished parts trained for {train.epochs} epochs "
+            f"({', '.join(ended[:3])}"
+            f"{' ...' if len(ended) > 3 else ''}); the rest would differ from them. Continue it as it is, "
+            f"or start a new one with --epochs {epochs}"
+        )
     if train.scheduler != "none":
-        print(f"note: the {train.scheduler} learning-rate schedule now spans {epochs} epochs instead of "
-              f"{train.epochs}; the epochs still to come follow the longer one")
+        print(
+            f"note: the {train.scheduler} learning-rate schedule now spans {epochs} epochs instead of "
+            f"{train.epochs}; the epochs still to come follow the longer one"
+        )
     return replace(train, epochs=epochs)
 
 
@@ -262,11 +322,19 @@ def _script(kind):
 
 def _kind(config):
     """exercise1 / study / exercise2 / finetune (folders written before the kind was recorded: by their keys)."""
-    return config.get("kind") or ("exercise2" if "teacher" in config else "finetune" if "modes" in config
-                                  else "study" if "base" in config else "exercise1")
+    return config.get("kind") or (
+        "exercise2"
+        if "teacher" in config
+        else "finetune"
+        if "modes" in config
+        else "study"
+        if "base" in config
+        else "exercise1"
+    )
 
 
 # ---------------------------------------------------------------- models
+
 
 def new_model(cfg: ModelConfig, ds, seed, device="cpu"):
     """Seeded construction, after check_model."""
@@ -285,17 +353,29 @@ def check_model(cfg: ModelConfig, ds, device="cpu"):
     except (ValueError, KeyError, RuntimeError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
     need = 16 * n  # fp32 weights, gradients and two optimizer moments
-    free = torch.cuda.mem_get_info()[0] if str(device).startswith("cuda") else \
-        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = (
+        torch.cuda.mem_get_info()[0]
+        if str(device).startswith("cuda")
+        else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    )
     if need > free:
-        raise UsageError(f"{cfg.name} has {n:,} parameters and needs about {need / 2**30:.1f} GiB for weights, "
-                         f"gradients and optimizer state; {free / 2**30:.1f} GiB are free on {device}")
+        raise UsageError(
+            f"{cfg.name} has {n:,} parameters and needs about {need / 2**30:.1f} GiB for weights, "
+            f"gradients and optimizer state; {free / 2**30:.1f} GiB are free on {device}"
+        )
 
 
 def arch_of(cfg: ModelConfig, ds, dataset, norm):
     """What a checkpoint needs to rebuild the model and feed it, including the input normalisation."""
-    return {"model": asdict(cfg), "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
-            "classes": list(ds.classes), "dataset": dataset, "is_cnn": is_cnn(cfg.name), "input_norm": norm}
+    return {
+        "model": asdict(cfg),
+        "in_shape": list(ds.in_shape),
+        "num_classes": ds.num_classes,
+        "classes": list(ds.classes),
+        "dataset": dataset,
+        "is_cnn": is_cnn(cfg.name),
+        "input_norm": norm,
+    }
 
 
 def model_from_arch(arch, path="checkpoint"):
@@ -335,19 +415,26 @@ def publish(src, dst):
 
 # ---------------------------------------------------------------- one training run
 
+
 def describe_data(ds, cfg):
     """The `data:` line: the examples actually used (after --subset, the validation split, or per fold)."""
     sizes = check_sizes(ds, cfg.data, cfg.train.seed, cfg.data.k_folds)
     n = lambda v: "/".join(f"{x:,}" for x in v) if isinstance(v, list) else f"{v:,}"  # noqa: E731
     fold = f" (per fold of {cfg.data.k_folds})" if cfg.data.k_folds else ""
-    print(f"data: {cfg.data.dataset}, {n(sizes['train'])} train / {n(sizes['val'])} validation{fold} / "
-          f"{n(sizes['test'])} test examples of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
-          f"device {cfg.train.device} | amp {cfg.train.amp}", flush=True)
+    print(
+        f"data: {cfg.data.dataset}, {n(sizes['train'])} train / {n(sizes['val'])} validation{fold} / "
+        f"{n(sizes['test'])} test examples of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
+        f"device {cfg.train.device} | amp {cfg.train.amp}",
+        flush=True,
+    )
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state):
@@ -366,15 +453,22 @@ class Saver:
         self.t_start, self.epoch_start = time.perf_counter(), progress.epoch
 
     def state(self, partial=None):
-        ckpt = {**self.meta, "model": self.model.state_dict(), **self.opt.state_dict(), "rng": rng_state(),
-                **asdict(self.progress)}
+        ckpt = {
+            **self.meta,
+            "model": self.model.state_dict(),
+            **self.opt.state_dict(),
+            "rng": rng_state(),
+            **asdict(self.progress),
+        }
         if self.best is not None and (partial or self.progress.best_epoch != self.progress.epoch):
             ckpt["best_model"] = self.best  # one file says which weights are best
         return {**ckpt, "partial": partial} if partial else ckpt
 
     def write_best(self):
-        save_checkpoint(self.run_dir / "best.pt", {"format": FORMAT, "arch": self.meta["arch"], "model": self.best,
-                                                   "epoch": self.progress.best_epoch})
+        save_checkpoint(
+            self.run_dir / "best.pt",
+            {"format": FORMAT, "arch": self.meta["arch"], "model": self.best, "epoch": self.progress.best_epoch},
+        )
 
     def epoch_end(self, rec, improved):
         if improved:  # every rank keeps the best weights (identical across ranks under DDP)
@@ -394,12 +488,21 @@ class Saver:
         per_epoch = (time.perf_counter() - self.t_start) / max(done - self.epoch_start, 1e-3)
         left = f" | about {duration(per_epoch * (epochs - done))} left" if done < epochs else ""
         if distributed.is_main():
-            print(f"{self.meta['desc']} epoch {done:3d}/{epochs} | train loss {rec['train_loss']:.4f} acc "
-                  f"{rec['train_acc']:.4f} | {val}lr {rec['lr']:.2e} | {rec['epoch_time_s']:.1f}s{left}", flush=True)
+            print(
+                f"{self.meta['desc']} epoch {done:3d}/{epochs} | train loss {rec['train_loss']:.4f} acc "
+                f"{rec['train_acc']:.4f} | {val}lr {rec['lr']:.2e} | {rec['epoch_time_s']:.1f}s{left}",
+                flush=True,
+            )
 
 
 def duration(seconds):
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 90
+        else f"{seconds / 60:.0f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 def wandb_record(rec):
@@ -445,24 +548,43 @@ def _resume(run_dir, model, opt, loaders, desc):
 
 def _check_progress(p, partial, steps):
     """The progress fields of a last.pt, as training wrote them; anything else is a ValueError or TypeError."""
-    if not (type(p.epoch) is int and type(p.best_epoch) is int and type(p.bad_epochs) is int
-            and 0 <= p.best_epoch <= p.epoch and 0 <= p.bad_epochs <= p.epoch and number(p.best_val_acc)
-            and number(p.elapsed) and isinstance(p.history, list) and len(p.history) == p.epoch):
+    if not (
+        type(p.epoch) is int
+        and type(p.best_epoch) is int
+        and type(p.bad_epochs) is int
+        and 0 <= p.best_epoch <= p.epoch
+        and 0 <= p.bad_epochs <= p.epoch
+        and number(p.best_val_acc)
+        and number(p.elapsed)
+        and isinstance(p.history, list)
+        and len(p.history) == p.epoch
+    ):
         raise ValueError("progress fields")
     for i, rec in enumerate(p.history, 1):
-        if not (isinstance(rec, dict) and rec.get("epoch") == i and all(
-                number(rec.get(k)) for k in ("train_loss", "train_acc", "lr", "epoch_time_s"))
-                and all(rec.get(k) is None or number(rec[k]) for k in ("val_loss", "val_acc"))):
+        if not (
+            isinstance(rec, dict)
+            and rec.get("epoch") == i
+            and all(number(rec.get(k)) for k in ("train_loss", "train_acc", "lr", "epoch_time_s"))
+            and all(rec.get(k) is None or number(rec[k]) for k in ("val_loss", "val_acc"))
+        ):
             raise ValueError(f"history record {i}")
     if partial is None:
         return
     a, where = partial["accum"], partial["loader"]  # the accumulators of the epoch stopped part-way, and its position
     tensors = [a["loss_sum"], a["correct"], a["grad_sum"], *a["parts_sum"].values()]
-    if not (type(a["step"]) is int and 0 < a["step"] < steps and where["step"] == a["step"]
-            and where["epoch"] == p.epoch and type(a["seen"]) is int and a["seen"] > 0 and number(partial["lr"])
-            and number(partial["elapsed"])
-            and all(isinstance(t, torch.Tensor) for t in tensors) and a["grad_sum"].ndim == 1
-            and isinstance(where.get("generator", torch.empty(0)), torch.Tensor)):
+    if not (
+        type(a["step"]) is int
+        and 0 < a["step"] < steps
+        and where["step"] == a["step"]
+        and where["epoch"] == p.epoch
+        and type(a["seen"]) is int
+        and a["seen"] > 0
+        and number(partial["lr"])
+        and number(partial["elapsed"])
+        and all(isinstance(t, torch.Tensor) for t in tensors)
+        and a["grad_sum"].ndim == 1
+        and isinstance(where.get("generator", torch.empty(0)), torch.Tensor)
+    ):
         raise ValueError("partial epoch")
 
 
@@ -472,9 +594,15 @@ def loaders_for(ds, cfg: RunConfig):
     if data.fold:
         y = ds.train_y[stratified_subset(ds.train_y, data.subset, seed)] if data.subset else ds.train_y
         fold = stratified_kfold(y, data.k_folds, seed)[data.fold - 1]
-    return make_loaders(ds, data, seed, cfg.train.device, fold,
-                        channels_last=channels_last_for(cfg.train.device, is_cnn(cfg.model.name)),
-                        shard=(distributed.rank(), distributed.world()))
+    return make_loaders(
+        ds,
+        data,
+        seed,
+        cfg.train.device,
+        fold,
+        channels_last=channels_last_for(cfg.train.device, is_cnn(cfg.model.name)),
+        shard=(distributed.rank(), distributed.world()),
+    )
 
 
 def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_groups=None, wandb=None):
@@ -486,8 +614,9 @@ def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_
         raise UsageError(f"{run_dir} is being trained by another process right now (it holds {run_dir / '.lock'})")
     try:
         remove_stale_tmp(run_dir)
-        return _train(model, ds, cfg, run_dir, loss_fn or CrossEntropy(cfg.train.label_smoothing), desc,
-                      param_groups, wandb or {})
+        return _train(
+            model, ds, cfg, run_dir, loss_fn or CrossEntropy(cfg.train.label_smoothing), desc, param_groups, wandb or {}
+        )
     finally:
         if lock is not None:
             lock.release()
@@ -503,8 +632,13 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
         progress, partial, best, wandb_id = _resume(run_dir, model, opt, loaders, desc)
     record_epochs(run_dir, t.epochs)  # a run or study child: its config.json (the phases of the others have none)
     logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
-    meta = {"format": FORMAT, "arch": arch_of(cfg.model, ds, cfg.data.dataset, loaders.norm),
-            "config": cfg.to_dict(), "wandb_id": logger.id if logger else None, "desc": desc}
+    meta = {
+        "format": FORMAT,
+        "arch": arch_of(cfg.model, ds, cfg.data.dataset, loaders.norm),
+        "config": cfg.to_dict(),
+        "wandb_id": logger.id if logger else None,
+        "desc": desc,
+    }
     saver = Saver(run_dir, meta, model, opt, progress, logger, best)
     if partial:  # the time-left estimate counts the part of an epoch already done before this session
         saver.epoch_start += partial["accum"]["step"] / len(loaders.train)
@@ -548,12 +682,19 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
     test = evaluate(model, loaders.test, make_autocast(cfg.train), return_preds=True, desc=f"{desc}: test")
     k, preds = ds.num_classes, test["preds"]
     cm = torch.bincount(ds.test_y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
-    result = {"status": "finished", "model": cfg.model.name, "params": count_params(model),
-              "test_acc": test["acc"], "test_loss": test["loss"],
-              "best_val_acc": progress.best_val_acc if loaders.val is not None else None,
-              "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "train_time_s": progress.elapsed,
-              "per_class_acc": dict(zip(ds.classes, (cm.diag() / cm.sum(1).clamp(min=1)).tolist())),
-              "confusion": cm.tolist()}
+    result = {
+        "status": "finished",
+        "model": cfg.model.name,
+        "params": count_params(model),
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "best_val_acc": progress.best_val_acc if loaders.val is not None else None,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": progress.epoch,
+        "train_time_s": progress.elapsed,
+        "per_class_acc": dict(zip(ds.classes, (cm.diag() / cm.sum(1).clamp(min=1)).tolist())),
+        "confusion": cm.tolist(),
+    }
     if distributed.is_main():
         title = f"{run_dir.name} ({cfg.model.name})"
         plot_curves(progress.history, run_dir / "curves.png", title=title)
@@ -563,9 +704,12 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
         if logger:
             logger.log_images([run_dir / f for f in ("curves.png", "grads.png", "confusion.png")])
         finish_logger(logger, {k: v for k, v in result.items() if isinstance(v, (int, float, str))})
-    print(f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
-          + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
-          + f", {progress.elapsed:.1f}s of training)", flush=True)
+    print(
+        f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
+        + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
+        + f", {progress.elapsed:.1f}s of training)",
+        flush=True,
+    )
     return {**result, "history": progress.history, "test_preds": preds}
 
 
@@ -578,8 +722,16 @@ def open_logger(cfg, run_dir, resume_id=None, name=None, **kw):
     if cfg.output.wandb == "disabled":
         return None
     from wandb_log import WandbLogger
-    logger = WandbLogger(cfg.output.wandb, cfg.output.wandb_project, name or run_dir.name, cfg.to_dict(),
-                         resume_id=resume_id, dir=run_dir, **kw)
+
+    logger = WandbLogger(
+        cfg.output.wandb,
+        cfg.output.wandb_project,
+        name or run_dir.name,
+        cfg.to_dict(),
+        resume_id=resume_id,
+        dir=run_dir,
+        **kw,
+    )
     if logger.offline_dir:
         _offline.append(logger.offline_dir)
     return logger
@@ -594,6 +746,7 @@ def close_wandb():
     """End of the work: close a shared (sweep) W&B run, and print one command that uploads all offline runs."""
     if "wandb_log" in sys.modules:
         from wandb_log import finish_process, sync_command
+
         finish_process()
         cmd = sync_command(_offline)
         _offline.clear()

@@ -3,6 +3,7 @@
 `parts` holds extra per-batch scalars (tensors, kept on the device) that the loop averages and logs.
 Distillation is one of these losses, not a second training loop.
 """
+
 import copy
 
 import torch
@@ -27,8 +28,12 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature, alpha
     """
     s, t = student_logits.float(), teacher_logits.float()
     hard = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
-    soft = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
-                    log_target=True, reduction="batchmean") * temperature ** 2
+    soft = (
+        F.kl_div(
+            F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), log_target=True, reduction="batchmean"
+        )
+        * temperature**2
+    )
     return (1 - alpha) * hard + alpha * soft, hard, soft
 
 
@@ -47,13 +52,27 @@ class DistillLoss:
     alpha and T move linearly from their start to their end values over the epochs.
     """
 
-    def __init__(self, temperature, alpha, temperature_end=None, alpha_end=None, label_smoothing=0.0,
-                 teacher=None, cached_logits=None, autocast=None):
+    def __init__(
+        self,
+        temperature,
+        alpha,
+        temperature_end=None,
+        alpha_end=None,
+        label_smoothing=0.0,
+        teacher=None,
+        cached_logits=None,
+        autocast=None,
+    ):
         self.t0, self.a0 = temperature, alpha
         self.t1 = temperature if temperature_end is None else temperature_end
         self.a1 = alpha if alpha_end is None else alpha_end
         self.temperature, self.alpha = temperature, alpha
-        self.label_smoothing, self.teacher, self.cached, self.autocast = label_smoothing, teacher, cached_logits, autocast
+        self.label_smoothing, self.teacher, self.cached, self.autocast = (
+            label_smoothing,
+            teacher,
+            cached_logits,
+            autocast,
+        )
 
     def set_epoch(self, epoch, epochs):
         f = epoch / max(1, epochs - 1)
@@ -67,6 +86,7 @@ class DistillLoss:
             return self.teacher(batch.x)
 
     def __call__(self, logits, batch):
-        loss, hard, soft = distillation_loss(logits, self.teacher_logits(batch), batch.y, self.temperature,
-                                             self.alpha, self.label_smoothing)
+        loss, hard, soft = distillation_loss(
+            logits, self.teacher_logits(batch), batch.y, self.temperature, self.alpha, self.label_smoothing
+        )
         return loss, {"hard_loss": hard.detach(), "soft_loss": soft.detach()}

@@ -1,5 +1,6 @@
 """End-of-run messages through the Telegram Bot API (plain urllib; a failure only warns, never showing the token or
 the chat id). Reads TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID and TELEGRAM_API_URL (default https://api.telegram.org)."""
+
 import os
 import threading
 import urllib.error
@@ -45,14 +46,18 @@ def send_telegram(text, timeout=5.0):
             outcome.append(None)
         except Exception as e:  # HTTP error, refused connection, timeout, bad URL: all only a warning
             outcome.append(e)
+
     sender = threading.Thread(target=post, name="telegram", daemon=True)
     sender.start()
     sender.join(timeout)
     result = outcome[:1]  # one look: the thread may still answer after the wait
     if result == [None]:
         return True
-    warn(f"Telegram message not sent ({_reason(result[0], (token, chat))})" if result else
-         f"Telegram message not confirmed (no full answer within {timeout:g} s; stopped waiting)")
+    warn(
+        f"Telegram message not sent ({_reason(result[0], (token, chat))})"
+        if result
+        else f"Telegram message not confirmed (no full answer within {timeout:g} s; stopped waiting)"
+    )
     return False
 
 

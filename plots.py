@@ -6,6 +6,7 @@ Every plot function saves one titled PNG and returns the data it drew, read back
     python plots.py table runs/A runs/B
 A study's or exercise2's folder stands for the runs in it.
 """
+
 import argparse
 import errno
 import json
@@ -47,7 +48,6 @@ def save_figure(fig, path):
         tmp.unlink(missing_ok=True)
 
 
-
 def _wrap_titles(fig):
     """Break titles (long run names) into lines that fit their axes, or the figure for its suptitle."""
     width_in = fig.get_figwidth()
@@ -55,8 +55,9 @@ def _wrap_titles(fig):
     parts += [(fig._suptitle, width_in)] if fig._suptitle is not None else []
     for text, inches in parts:
         chars = max(20, int(inches * 72 / (0.6 * text.get_fontsize())))  # about 0.6 em per character
-        text.set_text("\n".join(textwrap.fill(line, chars, break_long_words=True) for line in
-                                 text.get_text().splitlines()))
+        text.set_text(
+            "\n".join(textwrap.fill(line, chars, break_long_words=True) for line in text.get_text().splitlines())
+        )
 
 
 def _num(v):
@@ -112,10 +113,16 @@ def plot_grads(history, path, title="per-layer gradient norm (dark = input side)
     """Gradient norm of each weight layer per epoch (log scale). Returns {layer: (epochs, norms)}."""
     layers = list(history[0]["grad_norm"]) if history else []
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    drawn = {name: _line(ax, [r["epoch"] for r in history], [r["grad_norm"].get(name) for r in history],
-                         label=name if len(layers) <= 12 else None,
-                         color=plt.get_cmap("viridis")(i / max(1, len(layers) - 1)))
-             for i, name in enumerate(layers)}
+    drawn = {
+        name: _line(
+            ax,
+            [r["epoch"] for r in history],
+            [r["grad_norm"].get(name) for r in history],
+            label=name if len(layers) <= 12 else None,
+            color=plt.get_cmap("viridis")(i / max(1, len(layers) - 1)),
+        )
+        for i, name in enumerate(layers)
+    }
     ax.set_yscale("log")
     _dress(ax, title, "epoch", "mean gradient norm")
     save_figure(fig, path)
@@ -126,13 +133,21 @@ def plot_bars(names, values, labels, path, ylabel="test accuracy", title=None):
     """A bar per entry with its value and label (e.g. parameter count); all values in [0, 1] (accuracies) keep
     the axis at or under 1. Returns {name: bar height}."""
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names)), 4))
-    bars = ax.bar(names, values, color=plt.get_cmap("tab10").colors[:len(names)])
+    bars = ax.bar(names, values, color=plt.get_cmap("tab10").colors[: len(names)])
     top = max([0, *values]) * 1.15 or 1.0
     ax.set_ylim(min([0, *values]), min(top, 1.0) if values and all(0 <= v <= 1 for v in values) else top)
     for bar, label, v in zip(bars, labels, values):
         inside = v > 0.3 * ax.get_ylim()[1]  # tall bar: text inside its top; short bar: just above it
-        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.4f}\n{label}", ha="center", fontsize=8,
-                va="top" if inside else "bottom", color="white" if inside else "black", clip_on=True)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            v,
+            f"{v:.4f}\n{label}",
+            ha="center",
+            fontsize=8,
+            va="top" if inside else "bottom",
+            color="white" if inside else "black",
+            clip_on=True,
+        )
     _dress(ax, title or ylabel, "", ylabel, lines=False)
     save_figure(fig, path)
     return {n: float(b.get_height()) for n, b in zip(names, bars)}
@@ -141,8 +156,10 @@ def plot_bars(names, values, labels, path, ylabel="test accuracy", title=None):
 def plot_overlay(curves, path, metric="val_acc", title=None):
     """curves: {label: history}; one line each for `metric` against epoch. Returns {label: (epochs, values)}."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = {label: _line(ax, [r["epoch"] for r in h], [r.get(metric) for r in h], label=label)
-             for label, h in curves.items()}
+    drawn = {
+        label: _line(ax, [r["epoch"] for r in h], [r.get(metric) for r in h], label=label)
+        for label, h in curves.items()
+    }
     _dress(ax, title or f"{_pretty(metric)} per epoch", "epoch", _pretty(metric))
     save_figure(fig, path)
     return drawn
@@ -168,8 +185,16 @@ def plot_confusion(cm, classes, path, title="confusion matrix"):
     if k <= 20:
         ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(k), classes, fontsize=7)
-    drawn = _matrix(fig, ax, norm, "Blues", "fraction of the true class", lambda i, j, v: (
-        f"{cm[i, j]:.0f}" if cm[i, j] and k <= 20 else "", "white" if v > 0.5 else "black"), vmin=0, vmax=1)
+    drawn = _matrix(
+        fig,
+        ax,
+        norm,
+        "Blues",
+        "fraction of the true class",
+        lambda i, j, v: (f"{cm[i, j]:.0f}" if cm[i, j] and k <= 20 else "", "white" if v > 0.5 else "black"),
+        vmin=0,
+        vmax=1,
+    )
     _dress(ax, title, "predicted class", "true class", lines=False)
     save_figure(fig, path)
     return drawn
@@ -182,9 +207,19 @@ def plot_heatmap(values, row_labels, col_labels, path, title, cbar_label, fmt="{
     ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels])
     ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
     lo, hi = (np.nanmin(a), np.nanmax(a)) if np.isfinite(a).any() else (0.0, 1.0)
-    drawn = _matrix(fig, ax, a, "viridis", cbar_label, lambda i, j, v: (
-        "-" if np.isnan(v) else fmt.format(v), "black" if np.isnan(v) or v > (lo + hi) / 2 else "white"),
-        vmin=lo, vmax=max(hi, lo + 1e-9))
+    drawn = _matrix(
+        fig,
+        ax,
+        a,
+        "viridis",
+        cbar_label,
+        lambda i, j, v: (
+            "-" if np.isnan(v) else fmt.format(v),
+            "black" if np.isnan(v) or v > (lo + hi) / 2 else "white",
+        ),
+        vmin=lo,
+        vmax=max(hi, lo + 1e-9),
+    )
     _dress(ax, title, xlabel, ylabel, lines=False)
     save_figure(fig, path)
     return drawn
@@ -198,20 +233,38 @@ def plot_study(rows, curves, path, title):
     drawn = {"test_acc": {}, "curves": {}}
     for kind in dict.fromkeys(r["model"] for r in rows):
         rs = sorted((r for r in rows if r["model"] == kind), key=lambda r: r["depth"])
-        bars = ax.errorbar([r["depth"] for r in rs], [r["test_acc_mean"] for r in rs], capsize=4, label=kind,
-                           yerr=[r["test_acc_std"] for r in rs], marker="o", **_style(kind))
-        drawn["test_acc"][kind] = (*(np.asarray(d).tolist() for d in bars.lines[0].get_data()),
-                                   [float(s[1, 1] - s[0, 1]) / 2 for s in bars.lines[2][0].get_segments()])
+        bars = ax.errorbar(
+            [r["depth"] for r in rs],
+            [r["test_acc_mean"] for r in rs],
+            capsize=4,
+            label=kind,
+            yerr=[r["test_acc_std"] for r in rs],
+            marker="o",
+            **_style(kind),
+        )
+        drawn["test_acc"][kind] = (
+            *(np.asarray(d).tolist() for d in bars.lines[0].get_data()),
+            [float(s[1, 1] - s[0, 1]) / 2 for s in bars.lines[2][0].get_segments()],
+        )
     _dress(ax, title, "depth", "test accuracy (mean ± std over seeds)")
     depths = sorted({d for _, d in curves})
     for (kind, depth), h in curves.items():
         key = "val_acc" if any(_num(r.get("val_acc")) for r in h) else "train_acc"
         label = f"{kind} {depth}" + ("" if key == "val_acc" else " (train acc: no validation split)")
-        drawn["curves"][label] = _line(ax2, [r["epoch"] for r in h], [r.get(key) for r in h], label=label,
-                                       **_style(kind, (depths.index(depth) + 1) / len(depths)))
+        drawn["curves"][label] = _line(
+            ax2,
+            [r["epoch"] for r in h],
+            [r.get(key) for r in h],
+            label=label,
+            **_style(kind, (depths.index(depth) + 1) / len(depths)),
+        )
     fallback = any(k.endswith("split)") for k in drawn["curves"])
-    _dress(ax2, "accuracy per epoch (darker = deeper)", "epoch",
-           "validation accuracy" + (" (training where no validation split)" if fallback else ""))
+    _dress(
+        ax2,
+        "accuracy per epoch (darker = deeper)",
+        "epoch",
+        "validation accuracy" + (" (training where no validation split)" if fallback else ""),
+    )
     save_figure(fig, path)
     return drawn
 
@@ -271,8 +324,10 @@ def main(argv=None):
     t.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
     args = p.parse_args(argv)
     if args.cmd == "compare":
-        curves = {name: _read(c, r / "metrics.jsonl", lines=True)
-                  for name, r in _runs(args.runs, "metrics.jsonl", lambda r: (r / "metrics.jsonl").exists())}
+        curves = {
+            name: _read(c, r / "metrics.jsonl", lines=True)
+            for name, r in _runs(args.runs, "metrics.jsonl", lambda r: (r / "metrics.jsonl").exists())
+        }
         numeric = sorted({k for h in curves.values() for r in h for k, v in r.items() if _num(v)} - {"epoch"})
         if args.metric not in numeric:
             c.error(f"no numeric metric {args.metric!r} in these runs; plottable: {', '.join(numeric) or 'none'}")
@@ -282,11 +337,22 @@ def main(argv=None):
             c.error(f"cannot write {args.out} ({type(e).__name__}: {str(e).splitlines()[0]})")
         print(args.out)
         return
-    cols = (("params", ","), ("best_val_acc", ".4f"), ("test_acc", ".4f"), ("test_loss", ".4f"), ("epochs_run", ""),
-            ("train_time_s", ".1f"))
-    summaries = {name: _read(t, r / "summary.json")
-                 for name, r in _runs(args.runs, "summary.json", lambda r: (r / "summary.json").is_file()
-                                                          and "test_acc" in _read(t, r / "summary.json"))}
+    cols = (
+        ("params", ","),
+        ("best_val_acc", ".4f"),
+        ("test_acc", ".4f"),
+        ("test_loss", ".4f"),
+        ("epochs_run", ""),
+        ("train_time_s", ".1f"),
+    )
+    summaries = {
+        name: _read(t, r / "summary.json")
+        for name, r in _runs(
+            args.runs,
+            "summary.json",
+            lambda r: (r / "summary.json").is_file() and "test_acc" in _read(t, r / "summary.json"),
+        )
+    }
     print("| Run | Params | Best val acc | Test acc | Test loss | Epochs | Train time (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, s in summaries.items():

@@ -1,6 +1,7 @@
 """Statistics for multi-seed results: one run per seed is noisy, so tables report mean ± sample std and,
 for "A beats B" claims, the paired per-seed difference with a Student-t 95% interval (pairing by seed
 removes the seed-to-seed variance that A and B share). No project imports; scipy is imported lazily."""
+
 import math
 import statistics
 
@@ -30,6 +31,7 @@ def paired(a, b):
     ci = [None, None]
     if n > 1:
         from scipy.stats import t
+
         h = float(t.ppf(0.975, n - 1)) * s / math.sqrt(n)
         ci = [m - h, m + h]
     return {"mean": m, "std": s, "seeds": n, "ci95": ci}

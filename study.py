@@ -12,6 +12,7 @@ started N times, on one machine or on many that share the folder, splits the stu
 dead worker is resumed from its last.pt by the next worker that finds it free. Whoever sees every child
 finished writes the report (summary.json, results.md, comparison.png, grads.png), once.
 """
+
 import json
 import os
 import subprocess
@@ -31,35 +32,52 @@ DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
 
 
 # The model flags a study sets itself (cnn_depth: He et al.'s presets, as published).
-MODEL_FLAGS_SET = {"mlp_depth": {"depth", "hidden_sizes", "skips", "residual"},
-                   "cnn_depth": {f.name for f in fields(ModelConfig)} - {"name"}}
+MODEL_FLAGS_SET = {
+    "mlp_depth": {"depth", "hidden_sizes", "skips", "residual"},
+    "cnn_depth": {f.name for f in fields(ModelConfig)} - {"name"},
+}
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    study: str = flag("", "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
-                      "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/", choices=STUDIES)
+    study: str = flag(
+        "",
+        "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
+        "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/",
+        choices=STUDIES,
+    )
     depths: tuple = flag((), "depths of the study", type=count, nargs="+", action=Distinct)
-    seeds: tuple = flag((), "train every configuration once per seed and report mean ± std (also without "
-                        "--study)", type=nonneg_int, nargs="+", action=Distinct)
-    workers: int = flag(1, "start N local worker processes that share the study (one child each at a time; CPU "
-                        "threads split between them, GPUs assigned round-robin)", type=pos_processes)
+    seeds: tuple = flag(
+        (),
+        "train every configuration once per seed and report mean ± std (also without --study)",
+        type=nonneg_int,
+        nargs="+",
+        action=Distinct,
+    )
+    workers: int = flag(
+        1,
+        "start N local worker processes that share the study (one child each at a time; CPU "
+        "threads split between them, GPUs assigned round-robin)",
+        type=pos_processes,
+    )
     report: bool = flag(False, "rebuild the study's report from its folder (after, or during, the study)")
 
 
 @dataclass(frozen=True)
 class Child:
-    name: str          # folder name inside the study
-    kind: str          # "plain" / "residual" / the model's name (seeds only) / "fold"
-    depth: int         # depth, or the fold's number
-    cfg: object        # the child's RunConfig
+    name: str  # folder name inside the study
+    kind: str  # "plain" / "residual" / the model's name (seeds only) / "fold"
+    depth: int  # depth, or the fold's number
+    cfg: object  # the child's RunConfig
 
 
 def children(study, base, depths, seeds):
     """The child runs: a depth study, one configuration per seed, or the folds of a k-fold run."""
     if base.data.k_folds:
-        return [Child(f"fold_{i}", "fold", i, replace(base, data=replace(base.data, fold=i)))
-                for i in range(1, base.data.k_folds + 1)]
+        return [
+            Child(f"fold_{i}", "fold", i, replace(base, data=replace(base.data, fold=i)))
+            for i in range(1, base.data.k_folds + 1)
+        ]
     if not study:
         m = base.model
         depth = len(m.mlp_hidden_sizes()) if m.name == "FlexibleMLP" else sum(m.layers)
@@ -68,16 +86,23 @@ def children(study, base, depths, seeds):
     for kind in ("plain", "residual"):
         for depth in depths:
             if study == "mlp_depth":
-                model = replace(base.model, name="FlexibleMLP", depth=depth, hidden_sizes=(), skips=(),
-                                residual=kind == "residual")
+                model = replace(
+                    base.model, name="FlexibleMLP", depth=depth, hidden_sizes=(), skips=(), residual=kind == "residual"
+                )
             else:
                 name = f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
                 if name not in PRESETS:
-                    raise UsageError(f"--depths {depth}: cnn_depth takes He et al. depths 6n+2 from "
-                                     f"{sorted({int(n[5:]) for n in PRESETS if n.startswith('plain')})}")
+                    raise UsageError(
+                        f"--depths {depth}: cnn_depth takes He et al. depths 6n+2 from "
+                        f"{sorted({int(n[5:]) for n in PRESETS if n.startswith('plain')})}"
+                    )
                 model = ModelConfig(name=name, norm="batch")
-            out += [Child(f"{kind}{depth}_seed{s}", kind, depth,
-                          replace(base, model=model, train=replace(base.train, seed=s))) for s in seeds]
+            out += [
+                Child(
+                    f"{kind}{depth}_seed{s}", kind, depth, replace(base, model=model, train=replace(base.train, seed=s))
+                )
+                for s in seeds
+            ]
     return out
 
 
@@ -125,6 +150,7 @@ def spawn_workers(n, study_dir):
     """n worker processes on study_dir (`--resume STUDY_DIR`); CPU threads split between them, worker i on GPU
     i mod the GPU count. Returns when all have ended; a failed worker is one line (its children stay to resume)."""
     import torch
+
     gpus, threads = torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i in range(n):
@@ -141,8 +167,10 @@ def spawn_workers(n, study_dir):
             p.wait()
         raise
     if any(codes):
-        raise UsageError(f"{sum(map(bool, codes))} of {n} workers failed (exit codes {codes}); the study continues "
-                         f"with: python {sys.argv[0]} --resume {study_dir}")
+        raise UsageError(
+            f"{sum(map(bool, codes))} of {n} workers failed (exit codes {codes}); the study continues "
+            f"with: python {sys.argv[0]} --resume {study_dir}"
+        )
 
 
 def aggregate(kids, results):
@@ -155,10 +183,20 @@ def aggregate(kids, results):
         test_m, test_s = mean_std(r["test_acc"] for r in rs)
         vals = [r["best_val_acc"] for r in rs if r.get("best_val_acc") is not None]
         val_m, val_s = mean_std(vals) if vals else (None, None)
-        out.append({"model": kind, "depth": depth, "params": rs[0]["params"], "seeds": len(rs),
-                    "test_acc_mean": test_m, "test_acc_std": test_s, "best_val_acc_mean": val_m,
-                    "best_val_acc_std": val_s, "train_time_s_mean": mean_std(r["train_time_s"] for r in rs)[0],
-                    "test_acc": [r["test_acc"] for r in rs]})
+        out.append(
+            {
+                "model": kind,
+                "depth": depth,
+                "params": rs[0]["params"],
+                "seeds": len(rs),
+                "test_acc_mean": test_m,
+                "test_acc_std": test_s,
+                "best_val_acc_mean": val_m,
+                "best_val_acc_std": val_s,
+                "train_time_s_mean": mean_std(r["train_time_s"] for r in rs)[0],
+                "test_acc": [r["test_acc"] for r in rs],
+            }
+        )
     return out
 
 
@@ -176,51 +214,83 @@ def residual_minus_plain(kids, results):
 def _summary(path):
     """A child's summary.json with the figures the report needs, as training wrote them; else one line."""
     s = read_json(path, "summary")
-    if not (isinstance(s, dict) and number(s.get("test_acc")) and number(s.get("train_time_s"))
-            and type(s.get("params")) is int and (s.get("best_val_acc") is None or number(s["best_val_acc"]))):
-        raise CheckpointError(f"{path} is damaged (test_acc, best_val_acc, params or train_time_s is not a number); "
-                              "restore it or train that child again")
+    if not (
+        isinstance(s, dict)
+        and number(s.get("test_acc"))
+        and number(s.get("train_time_s"))
+        and type(s.get("params")) is int
+        and (s.get("best_val_acc") is None or number(s["best_val_acc"]))
+    ):
+        raise CheckpointError(
+            f"{path} is damaged (test_acc, best_val_acc, params or train_time_s is not a number); "
+            "restore it or train that child again"
+        )
     return s
 
 
 def report(study_dir, title, kids):
     """summary.json, results.md and the figures, from the children's folders."""
-    results = {c.name: {**_summary(study_dir / c.name / "summary.json"),
-                        "history": read_jsonl(study_dir / c.name / "metrics.jsonl")} for c in kids}
+    results = {
+        c.name: {
+            **_summary(study_dir / c.name / "summary.json"),
+            "history": read_jsonl(study_dir / c.name / "metrics.jsonl"),
+        }
+        for c in kids
+    }
     if kids[0].kind == "fold":
         accs = [results[c.name]["best_val_acc"] for c in kids]
         m, s = mean_std(accs)
-        lines = ["| Fold | Best val acc |", "|---|---|", *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
-                 "", f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}"]
-        write_report(study_dir, {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs,
-                                 "val_acc_mean": m, "val_acc_std": s}, lines)
+        lines = [
+            "| Fold | Best val acc |",
+            "|---|---|",
+            *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
+            "",
+            f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}",
+        ]
+        write_report(
+            study_dir,
+            {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s},
+            lines,
+        )
         return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
     rows = aggregate(kids, results)
     diff = residual_minus_plain(kids, results)
-    lines = ["| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        val = f"{r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f}" if r["best_val_acc_mean"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['depth']} | {r['params']:,} | {r['test_acc_mean']:.4f} ± "
-                     f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |")
+        val = (
+            f"{r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f}" if r["best_val_acc_mean"] is not None else "-"
+        )
+        lines.append(
+            f"| {r['model']} | {r['depth']} | {r['params']:,} | {r['test_acc_mean']:.4f} ± "
+            f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |"
+        )
     if diff:
         from stats import format_paired
+
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
     curves, seed = {}, kids[0].cfg.train.seed  # the curves and gradients drawn are of the first seed's runs
     for c in kids:
         if c.cfg.train.seed == seed:
             curves.setdefault((c.kind, c.depth), results[c.name]["history"])
-    plot_study(rows, curves, study_dir / "comparison.png", title + (f" (curves: seed {seed})" if len(rows) < len(kids)
-                                                                    else ""))
+    plot_study(
+        rows, curves, study_dir / "comparison.png", title + (f" (curves: seed {seed})" if len(rows) < len(kids) else "")
+    )
     deepest = {}
     for c in kids:
         if c.cfg.train.seed == seed and c.depth >= deepest.get(c.kind, (0, None))[0]:
             deepest[c.kind] = (c.depth, c.name)
-    plot_layer_grads({f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()}, study_dir / "grads.png",
-                     title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})")
-    write_report(study_dir, {"status": "finished", "study": title, "configurations": rows,
-                             "residual_minus_plain": diff}, lines)
+    plot_layer_grads(
+        {f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()},
+        study_dir / "grads.png",
+        title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})",
+    )
+    write_report(
+        study_dir, {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}, lines
+    )
     best = max(rows, key=lambda r: r["test_acc_mean"])
     return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
 
@@ -240,11 +310,14 @@ def check_children(kids, study_dir):
     """Every child folder holds the child its study's config.json makes (not one replaced by hand or --overwrite)."""
     for c in kids:
         if (study_dir / c.name / "config.json").exists():
-            differ = differences(read_json(study_dir / c.name / "config.json", "child config"), c.cfg.to_dict(),
-                                 skip=LOCAL)
+            differ = differences(
+                read_json(study_dir / c.name / "config.json", "child config"), c.cfg.to_dict(), skip=LOCAL
+            )
             if differ:
-                raise CheckpointError(f"{study_dir / c.name} is not the child {study_dir / 'config.json'} makes "
-                                      f"({differ[0]} differs): the study or the child was edited or replaced")
+                raise CheckpointError(
+                    f"{study_dir / c.name} is not the child {study_dir / 'config.json'} makes "
+                    f"({differ[0]} differs): the study or the child was edited or replaced"
+                )
 
 
 def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
@@ -254,8 +327,10 @@ def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
         work(kids, study_dir, train_child, workers)
     if not all(finished(study_dir / c.name) for c in kids):
         left = [c.name for c in kids if not finished(study_dir / c.name)]
-        raise UsageError(f"{study_dir}: {len(left)} of {len(kids)} children are not finished yet ({', '.join(left[:4])}"
-                         f"{' ...' if len(left) > 4 else ''}); the report needs all of them")
+        raise UsageError(
+            f"{study_dir}: {len(left)} of {len(kids)} children are not finished yet ({', '.join(left[:4])}"
+            f"{' ...' if len(left) > 4 else ''}); the report needs all of them"
+        )
     lock = RunLock(study_dir)
     try:
         if not lock.held:  # another worker is writing the report right now
@@ -263,8 +338,10 @@ def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
         if rebuild or not finished(study_dir):
             return report(study_dir, title, kids)
         if not os.environ.get(SPAWNED):  # a worker of --workers N: the one that wrote the report printed it
-            print(f"{study_dir} was finished earlier:\n" + ((study_dir / "results.md").read_text()
-                                                          if (study_dir / "results.md").exists() else ""))
+            print(
+                f"{study_dir} was finished earlier:\n"
+                + ((study_dir / "results.md").read_text() if (study_dir / "results.md").exists() else "")
+            )
         return json.dumps(read_json(study_dir / "summary.json").get("val_acc_mean", ""))
     finally:
         lock.release()

@@ -8,6 +8,7 @@ finetune: end to end with a new head; the backbone at lr * --backbone_lr_scale; 
           the stem and the first N stages fixed
 scratch:  the same architecture from random weights with the same budget: what pretraining bought
 """
+
 import hashlib
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,15 +19,25 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from checkpoint import (CheckpointError, load_checkpoint, load_file, read_json, save_checkpoint,
-                        write_json, write_report)
+from checkpoint import CheckpointError, load_checkpoint, load_file, read_json, save_checkpoint, write_json, write_report
 from cli import UsageError, flag, from_args, from_dict, given, nonneg_int, pos_float, timestamp
 from config import OutputConfig, RunConfig, data_and_train
 from dataloader import DataConfig, DataSet, load_dataset, make_loaders
 from engine import TrainConfig, make_autocast
-from lifecycle import (check_run_dir, create_run_dir, describe_data, done, extend_epochs,
-                       model_from_arch, model_from_checkpoint, new_model, record_epochs, short_name, train,
-                       working_in)
+from lifecycle import (
+    check_run_dir,
+    create_run_dir,
+    describe_data,
+    done,
+    extend_epochs,
+    model_from_arch,
+    model_from_checkpoint,
+    new_model,
+    record_epochs,
+    short_name,
+    train,
+    working_in,
+)
 from models import ModelConfig, summary
 
 MODES = ("linear", "svm", "finetune", "scratch")
@@ -35,8 +46,12 @@ MODES = ("linear", "svm", "finetune", "scratch")
 @dataclass(frozen=True)
 class TransferConfig:
     pretrained: str = flag("", "a CNN checkpoint of exercise1 (its best.pt)", metavar="PATH")
-    mode: str = flag("all", "linear (logistic regression on frozen features), svm (linear SVM on them), finetune "
-                     "(end to end, new head), scratch (same network, random init), or all", choices=(*MODES, "all"))
+    mode: str = flag(
+        "all",
+        "linear (logistic regression on frozen features), svm (linear SVM on them), finetune "
+        "(end to end, new head), scratch (same network, random init), or all",
+        choices=(*MODES, "all"),
+    )
     backbone_lr_scale: float = flag(0.1, "finetune: backbone learning rate = --lr x this", type=pos_float)
     freeze_stages: int = flag(0, "finetune: keep the stem and the first N stages frozen", type=nonneg_int)
 
@@ -46,8 +61,10 @@ def load_pretrained(path):
     ckpt = load_checkpoint(path)
     arch = ckpt["arch"]
     if not arch.get("is_cnn"):
-        raise CheckpointError(f"{path} is not a CNN checkpoint (it holds {arch['model'].get('name', '?')}); "
-                              "--task finetune needs a residual CNN trained by exercise1")
+        raise CheckpointError(
+            f"{path} is not a CNN checkpoint (it holds {arch['model'].get('name', '?')}); "
+            "--task finetune needs a residual CNN trained by exercise1"
+        )
     return model_from_checkpoint(path, ckpt), arch
 
 
@@ -78,8 +95,9 @@ def adapt_inputs(ds, in_shape):
         changes.append(f"resized {have[1]}x{have[2]} -> {h}x{w}")
     if not changes:
         return ds, changes
-    return DataSet(convert(ds.train_x), ds.train_y, convert(ds.test_x), ds.test_y, ds.classes,
-                   convert(ds.val_x), ds.val_y), changes
+    return DataSet(
+        convert(ds.train_x), ds.train_y, convert(ds.test_x), ds.test_y, ds.classes, convert(ds.val_x), ds.val_y
+    ), changes
 
 
 @torch.no_grad()
@@ -102,8 +120,9 @@ def extract_features(model, loader, device, autocast, desc="data"):
 def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
     """Features of the train / val / test splits, extracted once and kept in run_dir/features.pt."""
     path = Path(run_dir) / "features.pt"
-    key = hashlib.sha256(f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}|"
-                         f"{data_cfg}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}|{data_cfg}".encode()
+    ).hexdigest()[:16]
     if path.exists():
         cache = load_file(path, "feature cache")
         if isinstance(cache, dict) and cache.get("key") == key:
@@ -111,9 +130,11 @@ def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
             return cache["splits"]
     loaders = make_loaders(ds, replace(data_cfg, augment=False), train_cfg.seed, train_cfg.device)
     autocast = make_autocast(train_cfg)
-    splits = {name: extract_features(model, loader, train_cfg.device, autocast, name)
-              for name, loader in (("train", loaders.train), ("val", loaders.val), ("test", loaders.test))
-              if loader is not None}
+    splits = {
+        name: extract_features(model, loader, train_cfg.device, autocast, name)
+        for name, loader in (("train", loaders.train), ("val", loaders.val), ("test", loaders.test))
+        if loader is not None
+    }
     save_checkpoint(path, {"key": key, "splits": splits})
     print(f"features: extracted {tuple(splits['train'][0].shape)} training features once, cached in {path}")
     return splits
@@ -125,6 +146,7 @@ def classical(mode, splits, seed):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
+
     clf = LogisticRegression(max_iter=1000) if mode == "linear" else LinearSVC(dual="auto", random_state=seed)
     pipe = make_pipeline(StandardScaler(), clf)
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
@@ -149,24 +171,32 @@ def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 0.0  # running statistics stay as pretrained too
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
-    return [{"params": list(model.head.parameters()), "lr": lr},
-            {"params": backbone, "lr": lr * backbone_lr_scale}]
+    return [{"params": list(model.head.parameters()), "lr": lr}, {"params": backbone, "lr": lr * backbone_lr_scale}]
 
 
 def report(results, run_dir):
     from plots import plot_bars
+
     lines = ["| Mode | Test acc | Train time (s) |", "|---|---|---|"]
     lines += [f"| {m} | {r['test_acc']:.4f} | {r['train_time_s']:.1f} |" for m, r in results.items()]
-    plot_bars(list(results), [r["test_acc"] for r in results.values()],
-              [f"{r['train_time_s']:.0f}s" for r in results.values()], Path(run_dir) / "comparison.png",
-              title=f"{Path(run_dir).name}: transfer, test accuracy")
+    plot_bars(
+        list(results),
+        [r["test_acc"] for r in results.values()],
+        [f"{r['train_time_s']:.0f}s" for r in results.values()],
+        Path(run_dir) / "comparison.png",
+        title=f"{Path(run_dir).name}: transfer, test accuracy",
+    )
     write_report(run_dir, results, lines)
 
 
 def from_saved(saved):
     """The configs of a finetune run folder's config.json: data, train, transfer, output."""
-    return (from_dict(DataConfig, saved["data"]), from_dict(TrainConfig, saved["train"]),
-            from_dict(TransferConfig, saved["transfer"]), from_dict(OutputConfig, saved["output"]))
+    return (
+        from_dict(DataConfig, saved["data"]),
+        from_dict(TrainConfig, saved["train"]),
+        from_dict(TransferConfig, saved["transfer"]),
+        from_dict(OutputConfig, saved["output"]),
+    )
 
 
 def main(args, run_dir=None, saved=None):
@@ -178,18 +208,25 @@ def main(args, run_dir=None, saved=None):
         data, train_cfg = data_and_train(args, dataset)
         tc = from_args(TransferConfig, args)
         if tc.mode not in ("finetune", "all") and {"freeze_stages", "backbone_lr_scale"} & given(args):
-            raise UsageError(f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode "
-                             f"{tc.mode}")
-        out = OutputConfig(save_dir=args.save_dir or "runs", run_name=args.run_name or "", wandb=args.wandb or "auto",
-                           wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}")
+            raise UsageError(
+                f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode {tc.mode}"
+            )
+        out = OutputConfig(
+            save_dir=args.save_dir or "runs",
+            run_name=args.run_name or "",
+            wandb=args.wandb or "auto",
+            wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}",
+        )
         check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
     else:
         data, train_cfg, tc, out = from_saved(saved)
         train_cfg = extend_epochs(train_cfg, args.epochs, run_dir)
     pretrained, arch = load_pretrained(tc.pretrained)
     mcfg = from_dict(ModelConfig, arch["model"])
-    print(f"loading {data.dataset} (the pretrained network takes {'x'.join(map(str, arch['in_shape']))} inputs)",
-          flush=True)
+    print(
+        f"loading {data.dataset} (the pretrained network takes {'x'.join(map(str, arch['in_shape']))} inputs)",
+        flush=True,
+    )
     ds, changes = adapt_inputs(load_dataset(data.dataset, data.data_root), tuple(arch["in_shape"]))
     describe_data(ds, RunConfig(mcfg, data, train_cfg, out))
     if changes:
@@ -201,10 +238,22 @@ def main(args, run_dir=None, saved=None):
     if run_dir is None:
         name = out.run_name or short_name(f"finetune_{data.dataset}_{mcfg.name}_{tc.mode}_{timestamp()}")
         out = replace(out, run_name=name)
-        run_dir = create_run_dir(out.save_dir, name, {"kind": "finetune", "modes": list(modes), "transfer": asdict(tc),
-                                                      "input_changes": changes, "model": asdict(mcfg),
-                                                      "data": asdict(data), "train": asdict(train_cfg),
-                                                      "output": asdict(out)}, args.overwrite, not args.run_name)
+        run_dir = create_run_dir(
+            out.save_dir,
+            name,
+            {
+                "kind": "finetune",
+                "modes": list(modes),
+                "transfer": asdict(tc),
+                "input_changes": changes,
+                "model": asdict(mcfg),
+                "data": asdict(data),
+                "train": asdict(train_cfg),
+                "output": asdict(out),
+            },
+            args.overwrite,
+            not args.run_name,
+        )
     working_in(run_dir)
     record_epochs(run_dir, train_cfg.epochs)  # the data and the pretrained network loaded: a raised --epochs is kept
     results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
@@ -234,6 +283,13 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         groups = prepare_finetune(model, ds.num_classes, cfg.train.lr, tc.backbone_lr_scale, tc.freeze_stages)
     else:
         model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)
-    r = train(model, ds, cfg, mode_dir, desc=mode, param_groups=groups,
-              wandb={"group": run_dir.name, "job_type": mode, "prefix": f"{mode}/", "name": f"{run_dir.name}-{mode}"})
+    r = train(
+        model,
+        ds,
+        cfg,
+        mode_dir,
+        desc=mode,
+        param_groups=groups,
+        wandb={"group": run_dir.name, "job_type": mode, "prefix": f"{mode}/", "name": f"{run_dir.name}-{mode}"},
+    )
     return {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}

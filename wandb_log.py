@@ -3,6 +3,7 @@
 wandb is imported only when a logger is not disabled. A W&B problem prints one line starting with "warning: "
 and makes that logger a no-op; training never stops for it. No printed line carries a key or a netrc line.
 """
+
 import contextlib
 import io
 import os
@@ -41,10 +42,12 @@ def resolve_mode(requested):
     said = io.StringIO()
     try:  # wandb 0.31's own lookup for its configured server (WANDB_BASE_URL, `wandb login --host`):
         from wandb.sdk.lib import wbauth  # WANDB_API_KEY, identity token file, netrc, settings; no network
+
         host = wandb_setup.singleton().settings.base_url
         with contextlib.redirect_stderr(said):  # its netrc warnings may quote the file: say it our way
-            auth = wbauth.authenticate_session(host=host, source="lab1", prompt=False, verify=False,
-                                               update_session=False)
+            auth = wbauth.authenticate_session(
+                host=host, source="lab1", prompt=False, verify=False, update_session=False
+            )
     except Exception as e:
         _warn(f"W&B credentials could not be read ({type(e).__name__}); logging offline")
         return "offline"
@@ -56,8 +59,7 @@ def resolve_mode(requested):
 class WandbLogger:
     """One W&B run whose calls never raise; under a sweep agent, a prefixed view of the process's shared run."""
 
-    def __init__(self, mode, project, name, config, *, group=None, job_type=None, resume_id=None, dir=None,
-                 prefix=""):
+    def __init__(self, mode, project, name, config, *, group=None, job_type=None, resume_id=None, dir=None, prefix=""):
         global _shared
         # `wandb agent` starts each trial with WANDB_SWEEP_ID and WANDB_RUN_ID set (wandb_agent.py); only there do
         # several loggers share one run, the agent's, holding every phase: keys prefixed, no phase name or job type,
@@ -71,6 +73,7 @@ class WandbLogger:
             return
         try:
             import wandb
+
             self.wandb = wandb
             if self.shared and _shared is not None:
                 self.run = _shared
@@ -78,10 +81,20 @@ class WandbLogger:
                 if dir:  # made first, or wandb warns; it gets wandb/
                     Path(dir).mkdir(parents=True, exist_ok=True)
                 self.run = wandb.init(  # settings: W&B never holds training long
-                    project=project, name=name, config=config, group=group, job_type=job_type, mode=mode,
-                    dir=str(dir) if dir else None, id=resume_id, resume="allow" if resume_id else None,
-                    reinit="create_new", settings=wandb.Settings(
-                        init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), finish_timeout=120, silent=True))
+                    project=project,
+                    name=name,
+                    config=config,
+                    group=group,
+                    job_type=job_type,
+                    mode=mode,
+                    dir=str(dir) if dir else None,
+                    id=resume_id,
+                    resume="allow" if resume_id else None,
+                    reinit="create_new",
+                    settings=wandb.Settings(
+                        init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), finish_timeout=120, silent=True
+                    ),
+                )
                 _shared = self.run if self.shared else _shared
             if self.shared:  # each phase's charts run on its own epoch axis: the run's _step is not used
                 self.run.define_metric(f"{prefix}epoch")
@@ -116,8 +129,11 @@ class WandbLogger:
             self._call(lambda: self._log({f.stem: self.wandb.Image(str(f)) for f in files}, step))
 
     def log_table(self, key, columns, rows):
-        self._call(lambda: self.run.log({self.prefix + key: self.wandb.Table(
-            columns=list(columns), data=[list(r) for r in rows])}))
+        self._call(
+            lambda: self.run.log(
+                {self.prefix + key: self.wandb.Table(columns=list(columns), data=[list(r) for r in rows])}
+            )
+        )
 
     def finish(self, summary=None):
         """Write the summary (prefixed); finish the run unless it is the shared one (finish_process does)."""

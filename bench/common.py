@@ -1,5 +1,6 @@
 """What the bench scripts share: the seeded model, exercise1's epoch and the bare loop, timed rounds, naming the
 machine, peak memory. (The scripts put the project root on sys.path before importing this.)"""
+
 import os
 import platform
 import resource
@@ -39,7 +40,7 @@ def seeded_model(cfg, ds, device):
 def train_epoch(model, loader, opt, loss_fn, autocast, epoch, desc="train"):
     """exercise1's epoch (engine.train_one_epoch over an engine.Optim), without progress-bar reads of the device."""
     loader.set_epoch(epoch)
-    return train_one_epoch(model, loader, opt, loss_fn, autocast, epoch, log_every=10 ** 9, desc=desc)
+    return train_one_epoch(model, loader, opt, loss_fn, autocast, epoch, log_every=10**9, desc=desc)
 
 
 def bare_epoch(model, batches, optimizer, autocast, epoch=None):

@@ -11,6 +11,7 @@ it), DistillLoss reading logits computed once (--cache_teacher). The rows take t
 slow spell of a shared machine hits all of them; the table gives each row's median epoch and the median over
 rounds of its epoch over the student-alone epoch of the same round.
 """
+
 import argparse
 import statistics
 import sys
@@ -21,8 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import resolve_device, run_main  # noqa: E402
 from common import machine, peak_rss_mib, seeded_model, timed_rounds, train_epoch  # noqa: E402
+
+from cli import resolve_device, run_main  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
 from engine import Optim, TrainConfig, make_autocast  # noqa: E402
 from losses import CrossEntropy, DistillLoss, held_in_bf16  # noqa: E402
@@ -35,21 +37,33 @@ def main(argv=None):
     p.add_argument("--data_root", default="./data", help="data folder (default: ./data)")
     p.add_argument("--teacher", default="FlexibleMLP", help="teacher model (default: FlexibleMLP)")
     p.add_argument("--student", default="FlexibleMLP", help="student model (default: FlexibleMLP)")
-    p.add_argument("--t_hidden_sizes", type=int, nargs="+", default=[1200, 1200],
-                   help="FlexibleMLP teacher's hidden layers (default: 1200 1200)")
-    p.add_argument("--s_hidden_sizes", type=int, nargs="+", default=[800, 800],
-                   help="FlexibleMLP student's hidden layers (default: 800 800)")
+    p.add_argument(
+        "--t_hidden_sizes",
+        type=int,
+        nargs="+",
+        default=[1200, 1200],
+        help="FlexibleMLP teacher's hidden layers (default: 1200 1200)",
+    )
+    p.add_argument(
+        "--s_hidden_sizes",
+        type=int,
+        nargs="+",
+        default=[800, 800],
+        help="FlexibleMLP student's hidden layers (default: 800 800)",
+    )
     p.add_argument("--batch_size", type=int, default=128, help="batch size (default: 128)")
     p.add_argument("--subset", type=int, default=0, help="training examples, 0 = all (default: 0)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round (default: 5)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="device (default: cuda if available)")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (default: cuda if available)"
+    )
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     cuda = device.startswith("cuda")
     ds = load_dataset(args.dataset, args.data_root)
-    loaders = make_loaders(ds, DataConfig(dataset=args.dataset, batch_size=args.batch_size, subset=args.subset,
-                                          val_split=0.0), 0, device)
+    loaders = make_loaders(
+        ds, DataConfig(dataset=args.dataset, batch_size=args.batch_size, subset=args.subset, val_split=0.0), 0, device
+    )
     cfg = TrainConfig(device=device, amp="bf16" if cuda else "off", epochs=args.repeats + 1)
     autocast, bf16 = make_autocast(cfg), make_autocast(replace(cfg, amp="bf16"))
 
@@ -62,14 +76,19 @@ def main(argv=None):
         for b in loaders.train:
             with autocast():
                 cached[b.idx] = teacher(b.x).float()
-    losses = {"student alone": CrossEntropy(),
-              f"distilled, on the fly ({cfg.amp if cuda else 'fp32'} teacher)":
-                  DistillLoss(4.0, 0.5, teacher=teacher, autocast=autocast)}
+    losses = {
+        "student alone": CrossEntropy(),
+        f"distilled, on the fly ({cfg.amp if cuda else 'fp32'} teacher)": DistillLoss(
+            4.0, 0.5, teacher=teacher, autocast=autocast
+        ),
+    }
     if not cuda:  # on CUDA the student, and so the teacher, already run in bf16
-        losses["distilled, on the fly (bf16 autocast, fp32 teacher weights)"] = \
-            DistillLoss(4.0, 0.5, teacher=teacher, autocast=bf16)
-        losses["distilled, on the fly (bf16 teacher)"] = DistillLoss(4.0, 0.5, teacher=held_in_bf16(teacher),
-                                                                     autocast=bf16)
+        losses["distilled, on the fly (bf16 autocast, fp32 teacher weights)"] = DistillLoss(
+            4.0, 0.5, teacher=teacher, autocast=bf16
+        )
+        losses["distilled, on the fly (bf16 teacher)"] = DistillLoss(
+            4.0, 0.5, teacher=held_in_bf16(teacher), autocast=bf16
+        )
     losses["distilled, cached"] = DistillLoss(4.0, 0.5, cached_logits=cached)
     steps = {}
     for name, loss_fn in losses.items():  # one student and Optim per row, all from the same initial weights
@@ -78,16 +97,20 @@ def main(argv=None):
         steps[name] = partial(train_epoch, student, loaders.train, opt, loss_fn, autocast, desc=name)
     times = timed_rounds(steps, args.repeats, device)
     base = times["student alone"]
-    print(f"\nteacher {args.teacher} {args.t_hidden_sizes if args.teacher == 'FlexibleMLP' else ''}, student "
-          f"{args.student} {args.s_hidden_sizes if args.student == 'FlexibleMLP' else ''}, {args.dataset}, "
-          f"batch {args.batch_size}, {machine(device)}, torch {torch.__version__}, {args.repeats} rounds\n")
+    print(
+        f"\nteacher {args.teacher} {args.t_hidden_sizes if args.teacher == 'FlexibleMLP' else ''}, student "
+        f"{args.student} {args.s_hidden_sizes if args.student == 'FlexibleMLP' else ''}, {args.dataset}, "
+        f"batch {args.batch_size}, {machine(device)}, torch {torch.__version__}, {args.repeats} rounds\n"
+    )
     print("| Student epoch | Median time (s) | Over student alone (median of rounds) |")
     print("|---|---|---|")
     for name, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(t, base))
         print(f"| {name} | {statistics.median(t):.2f} | {ratio:.2f}x |")
-    print(f"\npeak RSS of this process: {peak_rss_mib():,.0f} MiB"
-          + (f"; CUDA max allocated {torch.cuda.max_memory_allocated() / 2 ** 20:,.0f} MiB" if cuda else ""))
+    print(
+        f"\npeak RSS of this process: {peak_rss_mib():,.0f} MiB"
+        + (f"; CUDA max allocated {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB" if cuda else "")
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ train_one_epoch; only the loader differs. Prints a Markdown table of medians ove
 (the first epoch of each is a warm-up and is not counted), measured side by side in one process, with the
 share of the tensor loader's step spent outside the model (1 - bare / tensor) and peak memory.
 """
+
 import argparse
 import statistics
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import resolve_amp, resolve_device, run_main  # noqa: E402
 from common import bare_epoch, machine, peak_rss_mib, seeded_model, timed_rounds, train_epoch  # noqa: E402
+
+from cli import resolve_amp, resolve_device, run_main  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
 from engine import Optim, TrainConfig, channels_last_for, make_autocast, make_optimizer  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
@@ -30,8 +32,15 @@ from models import ModelConfig, is_cnn  # noqa: E402
 def time_epochs(kind, ds, args, device, amp):
     """Epoch times with the `kind` loader (tensor, standard) through exercise1's train_one_epoch, or for "bare"
     the model's step alone over the tensor loader's batches prepared once, outside the timing."""
-    data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, augment=args.augment, subset=args.subset,
-                      loader="tensor" if kind == "bare" else kind, num_workers=args.num_workers, val_split=0.0)
+    data = DataConfig(
+        dataset=args.dataset,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        subset=args.subset,
+        loader="tensor" if kind == "bare" else kind,
+        num_workers=args.num_workers,
+        val_split=0.0,
+    )
     loaders = make_loaders(ds, data, 0, device, channels_last=channels_last_for(device, is_cnn(args.model)))
     model = seeded_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth), ds, device)
     step_model = torch.compile(model) if args.compile else model
@@ -57,15 +66,23 @@ def main(argv=None):
     p.add_argument("--augment", action="store_true", help="the data set's augmentation (crop/flip, or affine)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs after one warm-up epoch (default: 3)")
     p.add_argument("--num_workers", type=int, default=2, help="standard DataLoader's workers (default: 2)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="device (default: cuda if available)")
-    p.add_argument("--amp", default="bf16" if torch.cuda.is_available() else "off",
-                   choices=("auto", "bf16", "fp16", "off"),
-                   help="autocast: bf16 / fp16 / off (default: bf16 on CUDA, off elsewhere)")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (default: cuda if available)"
+    )
+    p.add_argument(
+        "--amp",
+        default="bf16" if torch.cuda.is_available() else "off",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="autocast: bf16 / fp16 / off (default: bf16 on CUDA, off elsewhere)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (every loop, bare too)")
-    p.add_argument("--loaders", nargs="+", default=["tensor", "standard", "bare"],
-                   choices=("tensor", "standard", "bare"),
-                   help="which to time: tensor, standard, bare (default: all three)")
+    p.add_argument(
+        "--loaders",
+        nargs="+",
+        default=["tensor", "standard", "bare"],
+        choices=("tensor", "standard", "bare"),
+        help="which to time: tensor, standard, bare (default: all three)",
+    )
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     amp, cuda = resolve_amp(args.amp, device), device.startswith("cuda")
@@ -78,10 +95,12 @@ def main(argv=None):
         times, n = time_epochs(kind, ds, args, device, amp)
         rows[kind] = (statistics.median(times), n)
         if cuda:
-            peak_cuda[kind] = torch.cuda.max_memory_allocated() / 2 ** 20
-    print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {amp}, "
-          f"compile {args.compile}, device {machine(device)}, torch {torch.__version__}, "
-          f"median of {args.repeats} epochs\n")
+            peak_cuda[kind] = torch.cuda.max_memory_allocated() / 2**20
+    print(
+        f"\n{args.model} on {args.dataset}, batch {args.batch_size}, augment {args.augment}, amp {amp}, "
+        f"compile {args.compile}, device {machine(device)}, torch {torch.__version__}, "
+        f"median of {args.repeats} epochs\n"
+    )
     print("| Loader | Epoch time (s) | Images/s | Speed-up vs standard | CUDA max allocated (MiB) |")
     print("|---|---|---|---|---|")
     base = rows.get("standard", (None,))[0]

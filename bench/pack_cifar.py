@@ -7,6 +7,7 @@ The pixels are exactly those exercise1 decodes from the folder (same decoder, sa
 `--dataset cifar10 --data_root OUT` trains on the same images as `--dataset folder --data_root ROOT`; only
 the order of the training examples differs (and with it the seeded validation split).
 """
+
 import pickle
 import sys
 from pathlib import Path

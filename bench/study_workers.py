@@ -5,6 +5,7 @@
 Runs `exercise1.py --study mlp_depth` on a small MNIST subset in fresh folders, the two settings taking turns,
 and prints a Markdown table with the median wall time of each and the ratio.
 """
+
 import statistics
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import Parser, nonneg_int, pos_int, run_main  # noqa: E402
 from common import machine  # noqa: E402
+
+from cli import Parser, nonneg_int, pos_int, run_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,15 +30,31 @@ def main(argv=None):
     p.add_argument("--epochs", type=pos_int, default=3, help="epochs per child (default: 3)")
     p.add_argument("--depths", type=pos_int, nargs="+", default=[2, 4, 8], help="depths (default: 2 4 8)")
     args = p.parse_args(argv)
-    study = ["--study", "mlp_depth", "--depths", *map(str, args.depths), "--subset", str(args.subset), "--epochs",
-             str(args.epochs), "--data_root", args.data_root, "--wandb", "disabled"]
+    study = [
+        "--study",
+        "mlp_depth",
+        "--depths",
+        *map(str, args.depths),
+        "--subset",
+        str(args.subset),
+        "--epochs",
+        str(args.epochs),
+        "--data_root",
+        args.data_root,
+        "--wandb",
+        "disabled",
+    ]
     times = {1: [], args.workers: []}
     for _ in range(args.repeats):
         for n in times:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, str(ROOT / "exercise1.py"), *study, "--save_dir", tmp,
-                                "--workers", str(n)], check=True, capture_output=True, cwd=ROOT)
+                subprocess.run(
+                    [sys.executable, str(ROOT / "exercise1.py"), *study, "--save_dir", tmp, "--workers", str(n)],
+                    check=True,
+                    capture_output=True,
+                    cwd=ROOT,
+                )
                 times[n].append(time.perf_counter() - t0)
     print(machine("cpu"))
     print(f"| Workers | Wall time (s), median of {args.repeats} | Speed-up |\n|---|---|---|")

@@ -9,6 +9,7 @@ budget), and evaluates the test set after every epoch, stopping at the first epo
 Prints a Markdown table of every epoch's test accuracy, wall time from the start of data loading and training
 time, then whether and when the target was reached, and the peak memory.
 """
+
 import argparse
 import sys
 import time
@@ -17,8 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import resolve_device, run_main  # noqa: E402
 from common import machine, peak_rss_mib, seeded_model, train_epoch  # noqa: E402
+
+from cli import resolve_device, run_main  # noqa: E402
 from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
 from engine import Optim, TrainConfig, channels_last_for, evaluate, make_autocast  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
@@ -48,11 +50,19 @@ def main(argv=None):
     ds = load_dataset(args.dataset, args.data_root)
     data = DataConfig(dataset=args.dataset, batch_size=args.batch_size, val_split=0.0, augment=args.augment)
     loaders = make_loaders(ds, data, 0, device, channels_last=channels_last_for(device, is_cnn(args.model)))
-    model = seeded_model(ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth, norm=args.norm),
-                         ds, device)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                      label_smoothing=args.label_smoothing, scheduler="onecycle", device=device,
-                      amp="bf16" if device.startswith("cuda") else "off")
+    model = seeded_model(
+        ModelConfig(name=args.model, hidden_size=args.hidden_size, depth=args.depth, norm=args.norm), ds, device
+    )
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        scheduler="onecycle",
+        device=device,
+        amp="bf16" if device.startswith("cuda") else "off",
+    )
     opt, autocast = Optim.make(model.parameters(), cfg, len(loaders.train)), make_autocast(cfg)
     train_time, rows = 0.0, []
     for epoch in range(args.epochs):
@@ -64,16 +74,20 @@ def main(argv=None):
         print(f"epoch {epoch + 1}: test acc {acc:.4f}, wall {rows[-1][2]:.1f}s", flush=True)
         if acc >= args.target:
             break
-    print(f"\n{args.model} on {args.dataset}, batch {args.batch_size}, {args.epochs}-epoch one-cycle budget, "
-          f"device {machine(device)}, torch {torch.__version__}\n")
+    print(
+        f"\n{args.model} on {args.dataset}, batch {args.batch_size}, {args.epochs}-epoch one-cycle budget, "
+        f"device {machine(device)}, torch {torch.__version__}\n"
+    )
     print("| Epoch | Test acc | Wall (s), data loading included | Training (s) |\n|---|---|---|---|")
     for epoch, acc, wall, train in rows:
         print(f"| {epoch} | {acc:.4f} | {wall:.1f} | {train:.1f} |")
     epoch, acc, wall, train = rows[-1]
-    print(f"\nreached {args.target:.1%} test accuracy after {epoch} epochs: {wall:.1f}s wall, {train:.1f}s training"
-          if acc >= args.target else
-          f"\ndid not reach {args.target:.1%} in {args.epochs} epochs ({wall:.1f}s wall); best test acc "
-          f"{max(r[1] for r in rows):.4f}")
+    print(
+        f"\nreached {args.target:.1%} test accuracy after {epoch} epochs: {wall:.1f}s wall, {train:.1f}s training"
+        if acc >= args.target
+        else f"\ndid not reach {args.target:.1%} in {args.epochs} epochs ({wall:.1f}s wall); best test acc "
+        f"{max(r[1] for r in rows):.4f}"
+    )
     print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
     return 0
 

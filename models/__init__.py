@@ -1,41 +1,64 @@
 """Model registry: `build_model(ModelConfig, in_shape, num_classes)` is what the scripts call.
 
 Presets are one-liners over FlexibleCNN: the He et al. 2016 CIFAR family (3 stages of n blocks, widths
-16/32/64, parameter-free shortcut A; depth = 6n + 2: 8, 14 for quick studies, then 20/32/44/56/110) and ResNet-18/34/50 in their CIFAR form (3x3 stem).
+16/32/64, parameter-free shortcut A; depth = 6n + 2: 8, 14 for quick studies, then 20/32/44/56/110) and
+ResNet-18/34/50 in their CIFAR form (3x3 stem).
 """
+
 from dataclasses import dataclass
 from functools import partial
+
+from cli import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_pair
 
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
 from .constraints import max_norm_
 from .mlp import ACTIVATIONS, NORMS, FlexibleMLP
-from cli import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_pair
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture flags; exercise2 gives them twice, as --t_* (teacher) and --s_* (student)."""
+
     name: str = "FlexibleMLP"
     hidden_size: int = flag(128, "FlexibleMLP: width of every hidden layer", type=pos_int)
     depth: int = flag(4, "FlexibleMLP: number of hidden layers", type=count)
-    hidden_sizes: tuple = flag((), "FlexibleMLP: explicit hidden widths, e.g. 1200 1200 (overrides depth and "
-                               "hidden_size)", type=pos_int, nargs="+")
-    skips: tuple = flag((), "FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0", type=skip_pair,
-                        nargs="+", action=Distinct)
+    hidden_sizes: tuple = flag(
+        (),
+        "FlexibleMLP: explicit hidden widths, e.g. 1200 1200 (overrides depth and hidden_size)",
+        type=pos_int,
+        nargs="+",
+    )
+    skips: tuple = flag(
+        (),
+        "FlexibleMLP: extra skips TARGET:SOURCE (0 = input), e.g. 1:0 2:0",
+        type=skip_pair,
+        nargs="+",
+        action=Distinct,
+    )
     activation: str = flag("relu", "FlexibleMLP activation", choices=sorted(ACTIVATIONS))
     dropout: float = flag(0.0, "FlexibleMLP dropout probability on hidden units", type=fraction)
-    input_dropout: float = flag(0.0, "FlexibleMLP dropout probability on the flattened input (Hinton et al.'s "
-                                "teacher: 0.2)", type=fraction)
-    max_norm: float = flag(0.0, "after each optimizer step rescale every unit's incoming weights (Linear rows, conv "
-                           "filters, the head included) to L2 norm <= C (Srivastava et al. 2014); 0 = off",
-                           type=nonneg_float, metavar="C")
-    layers: tuple = flag((2, 2, 2, 2), "FlexibleCNN: blocks per stage, any number of stages, e.g. 3 4 6 3 or 3 3 3",
-                         type=count, nargs="+")
+    input_dropout: float = flag(
+        0.0, "FlexibleMLP dropout probability on the flattened input (Hinton et al.'s teacher: 0.2)", type=fraction
+    )
+    max_norm: float = flag(
+        0.0,
+        "after each optimizer step rescale every unit's incoming weights (Linear rows, conv "
+        "filters, the head included) to L2 norm <= C (Srivastava et al. 2014); 0 = off",
+        type=nonneg_float,
+        metavar="C",
+    )
+    layers: tuple = flag(
+        (2, 2, 2, 2),
+        "FlexibleCNN: blocks per stage, any number of stages, e.g. 3 4 6 3 or 3 3 3",
+        type=count,
+        nargs="+",
+    )
     block: str = flag("basic", "FlexibleCNN block type", choices=sorted(BLOCKS))
     width: int = flag(64, "FlexibleCNN: channels of the first stage, doubled per stage", type=pos_int)
     residual: bool = flag(False, "FlexibleMLP/FlexibleCNN: identity skips around every block")
-    norm: str = flag("none", "normalisation; a bare flag = batch (presets always use batch)", nargs="?",
-                     const="batch", choices=NORMS)
+    norm: str = flag(
+        "none", "normalisation; a bare flag = batch (presets always use batch)", nargs="?", const="batch", choices=NORMS
+    )
 
     def mlp_hidden_sizes(self):
         return tuple(self.hidden_sizes) or (self.hidden_size,) * self.depth
@@ -69,8 +92,9 @@ CNN_ONLY = {"layers", "block", "width"}
 
 def unread_flags(name, given):
     """The ModelConfig fields among `given` that model `name` never reads (a preset fixes all but max_norm, norm)."""
-    unread = CNN_ONLY if name == "FlexibleMLP" else MLP_ONLY if name == "FlexibleCNN" else MLP_ONLY | CNN_ONLY | {
-        "residual"}
+    unread = (
+        CNN_ONLY if name == "FlexibleMLP" else MLP_ONLY if name == "FlexibleCNN" else MLP_ONLY | CNN_ONLY | {"residual"}
+    )
     return sorted(unread & set(given))
 
 
@@ -78,11 +102,19 @@ def build_model(cfg: ModelConfig, in_shape, num_classes):
     """in_shape = (C, H, W) of one example."""
     if cfg.name == "FlexibleMLP":
         n_in = in_shape[0] * in_shape[1] * in_shape[2]
-        return FlexibleMLP(n_in, num_classes, cfg.mlp_hidden_sizes(), cfg.skips, cfg.residual,
-                           cfg.norm, cfg.activation, cfg.dropout, cfg.input_dropout)
+        return FlexibleMLP(
+            n_in,
+            num_classes,
+            cfg.mlp_hidden_sizes(),
+            cfg.skips,
+            cfg.residual,
+            cfg.norm,
+            cfg.activation,
+            cfg.dropout,
+            cfg.input_dropout,
+        )
     if cfg.name == "FlexibleCNN":
-        return FlexibleCNN(in_shape[0], num_classes, cfg.layers, cfg.block, cfg.width, cfg.residual,
-                           cfg.norm != "none")
+        return FlexibleCNN(in_shape[0], num_classes, cfg.layers, cfg.block, cfg.width, cfg.residual, cfg.norm != "none")
     if cfg.name in PRESETS:
         return PRESETS[cfg.name](in_shape[0], num_classes)
     raise ValueError(f"unknown model {cfg.name!r}; choose from {', '.join(MODEL_NAMES)}")
@@ -98,5 +130,21 @@ def summary(name, model):
     return f"{name}: {n:,} parameters ({n / 1e6:.2f}M)"
 
 
-__all__ = ["ModelConfig", "build_model", "summary", "count_params", "is_cnn", "unread_flags", "PRESETS", "MODEL_NAMES",
-           "max_norm_", "FlexibleMLP", "FlexibleCNN", "BasicBlock", "Bottleneck", "BLOCKS", "ACTIVATIONS", "NORMS"]
+__all__ = [
+    "ModelConfig",
+    "build_model",
+    "summary",
+    "count_params",
+    "is_cnn",
+    "unread_flags",
+    "PRESETS",
+    "MODEL_NAMES",
+    "max_norm_",
+    "FlexibleMLP",
+    "FlexibleCNN",
+    "BasicBlock",
+    "Bottleneck",
+    "BLOCKS",
+    "ACTIVATIONS",
+    "NORMS",
+]

@@ -4,6 +4,7 @@ As in kuangliu/pytorch-cifar, both blocks expose `expansion`. `residual=False` r
 "plain" net). Shortcut "A" is He et al. 2016's parameter-free CIFAR shortcut (stride-2 subsampling + zero-padded
 channels); "B" is a 1x1 conv + norm projection where the shape changes.
 """
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -20,7 +21,7 @@ class ShortcutA(nn.Module):
         self.stride, self.pad = stride, out_planes - in_planes
 
     def forward(self, x):
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
 
@@ -39,8 +40,12 @@ class BasicBlock(nn.Module):
         super().__init__()
         out = planes * self.expansion
         self.branch = nn.Sequential(
-            nn.Conv2d(in_planes, planes, 3, stride, 1, bias=not norm), _norm2d(norm, planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, out, 3, 1, 1, bias=not norm), _norm2d(norm, out))
+            nn.Conv2d(in_planes, planes, 3, stride, 1, bias=not norm),
+            _norm2d(norm, planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, out, 3, 1, 1, bias=not norm),
+            _norm2d(norm, out),
+        )
         self.shortcut = _shortcut(shortcut, in_planes, out, stride, norm) if residual else None
 
     def forward(self, x):
@@ -57,9 +62,15 @@ class Bottleneck(BasicBlock):
         nn.Module.__init__(self)
         out = planes * self.expansion
         self.branch = nn.Sequential(
-            nn.Conv2d(in_planes, planes, 1, bias=not norm), _norm2d(norm, planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, stride, 1, bias=not norm), _norm2d(norm, planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, out, 1, bias=not norm), _norm2d(norm, out))
+            nn.Conv2d(in_planes, planes, 1, bias=not norm),
+            _norm2d(norm, planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, 3, stride, 1, bias=not norm),
+            _norm2d(norm, planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, out, 1, bias=not norm),
+            _norm2d(norm, out),
+        )
         self.shortcut = _shortcut(shortcut, in_planes, out, stride, norm) if residual else None
 
 
@@ -69,17 +80,27 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 class FlexibleCNN(nn.Module):
     """3x3 stem -> stages of `layers[i]` blocks with width * 2**i planes (stride 2 after the first) -> GAP -> linear."""
 
-    def __init__(self, in_channels, num_classes, layers=(2, 2, 2, 2), block="basic", width=64,
-                 residual=True, norm=True, shortcut="B"):
+    def __init__(
+        self,
+        in_channels,
+        num_classes,
+        layers=(2, 2, 2, 2),
+        block="basic",
+        width=64,
+        residual=True,
+        norm=True,
+        shortcut="B",
+    ):
         super().__init__()
         if not layers or any(n < 1 for n in layers):
             raise ValueError(f"layers must be positive block counts, got {list(layers)}")
         block_cls = BLOCKS[block]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=not norm),
-                                  _norm2d(norm, width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=not norm), _norm2d(norm, width), nn.ReLU(inplace=True)
+        )
         stages, in_planes = [], width
         for i, n in enumerate(layers):
-            planes = width * 2 ** i
+            planes = width * 2**i
             blocks = []
             for j in range(n):  # stride 2 opens every stage after the first
                 blocks.append(block_cls(in_planes, planes, 2 if i > 0 and j == 0 else 1, residual, norm, shortcut))

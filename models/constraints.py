@@ -8,6 +8,7 @@ exclude=("head",) for Sec. 5.1's "each hidden unit"), and FlexibleMLP's skip pro
 (learned maps into hidden units, whose norm would otherwise grow unchecked). Not biases, not norm layers (per-unit
 gains), not transposed convs (weight[o] is not a unit's incoming vector there).
 """
+
 import torch
 from torch import nn
 
@@ -24,8 +25,11 @@ def max_norm_(model, c, exclude=()):
     while isinstance(inner := getattr(model, "module", getattr(model, "_orig_mod", None)), nn.Module):
         model = inner
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    ws = [m.weight for name, m in model.named_modules()
-          if isinstance(m, _LAYERS) and not any(name == p or name.startswith(p + ".") for p in exclude)]
+    ws = [
+        m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, _LAYERS) and not any(name == p or name.startswith(p + ".") for p in exclude)
+    ]
     if ws:  # foreach: a few kernel launches for all layers (on a GPU, launches are most of the cost)
         scale = [torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True) for w in ws]
         torch._foreach_reciprocal_(scale)

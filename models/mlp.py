@@ -6,6 +6,7 @@ where x_0 is the flattened input, after input dropout when set (Srivastava et al
 pixels; Hinton et al. 2015's teacher copies that), and P_ts is the identity when widths match, else a
 learned bias-free Linear. `residual=True` is the every-block case skips = {t: t-1}.
 """
+
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -28,8 +29,18 @@ class MLPBlock(nn.Module):
 
 
 class FlexibleMLP(nn.Module):
-    def __init__(self, in_features, num_classes, hidden_sizes, skips=(), residual=False,
-                 norm="none", activation="relu", dropout=0.0, input_dropout=0.0):
+    def __init__(
+        self,
+        in_features,
+        num_classes,
+        hidden_sizes,
+        skips=(),
+        residual=False,
+        norm="none",
+        activation="relu",
+        dropout=0.0,
+        input_dropout=0.0,
+    ):
         super().__init__()
         widths = [in_features, *hidden_sizes]  # widths[t] = width of x_t
         if (depth := len(widths) - 1) < 1:
@@ -41,8 +52,9 @@ class FlexibleMLP(nn.Module):
         self.skips = sorted(pairs)
         self.blocks = nn.ModuleList(MLPBlock(a, b, norm, activation, dropout) for a, b in zip(widths, widths[1:]))
         # Projections keyed "target_source"; identity skips need no module.
-        self.proj = nn.ModuleDict({f"{t}_{s}": nn.Linear(widths[s], widths[t], bias=False)
-                                   for t, s in self.skips if widths[s] != widths[t]})
+        self.proj = nn.ModuleDict(
+            {f"{t}_{s}": nn.Linear(widths[s], widths[t], bias=False) for t, s in self.skips if widths[s] != widths[t]}
+        )
         self.head = nn.Linear(widths[-1], num_classes)
         # Both choices are parameter-free: state_dict keys (and old checkpoints) are the same either way.
         self.in_drop = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()

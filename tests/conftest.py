@@ -1,4 +1,5 @@
 """Tiny data sets written in the real on-disk formats, and a helper that runs the CLI as a user would."""
+
 import contextlib
 import gzip
 import os
@@ -24,7 +25,7 @@ def make_images(n, classes, shape, seed):
     h, w = shape[-2], shape[-1]
     for i, c in enumerate(y):
         r, col = (c * 3) % (h - 4), (c * 5) % (w - 4)
-        x[i, ..., r:r + 4, col:col + 4] = 220
+        x[i, ..., r : r + 4, col : col + 4] = 220
     return x, y.astype(np.uint8)
 
 
@@ -40,8 +41,12 @@ def write_mnist(root, folder="MNIST", n_train=300, n_test=100):
     raw.mkdir(parents=True, exist_ok=True)
     xtr, ytr = make_images(n_train, 10, (28, 28), 0)
     xte, yte = make_images(n_test, 10, (28, 28), 1)
-    for name, arr in [("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
-                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)]:
+    for name, arr in [
+        ("train-images-idx3-ubyte", xtr),
+        ("train-labels-idx1-ubyte", ytr),
+        ("t10k-images-idx3-ubyte", xte),
+        ("t10k-labels-idx1-ubyte", yte),
+    ]:
         write_idx(raw / f"{name}.gz", arr)
     return Path(root)
 
@@ -73,6 +78,7 @@ def _pickle(path, obj):
 
 def write_folder(root, classes=3, n_train=60, n_test=30, size=16, val=False):
     from PIL import Image
+
     root = Path(root)
     splits = [("train", n_train, 6), ("test", n_test, 7)] + ([("val", n_test, 8)] if val else [])
     for split, n, seed in splits:
@@ -103,10 +109,21 @@ def folder_root(tmp_path_factory):
 def lock_held_elsewhere(folder, name=".lock", shared=False):
     """Another process holds the run lock of `folder` (as a process training in it would; shared on .busy: one
     working in it, e.g. an exercise2 run between its phases) while the block runs."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from checkpoint import RunLock; l = RunLock(sys.argv[2], sys.argv[3], sys.argv[4] == "
-                               "'True'); print(l.held, flush=True); time.sleep(120)", str(ROOT), str(folder), name,
-                               str(shared)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1]);"
+            "from checkpoint import RunLock; l = RunLock(sys.argv[2], sys.argv[3], sys.argv[4] == "
+            "'True'); print(l.held, flush=True); time.sleep(120)",
+            str(ROOT),
+            str(folder),
+            name,
+            str(shared),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "True"
         yield
@@ -127,21 +144,34 @@ def run_cli(script, *args, cwd=None, timeout=300, env=None, process=False):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     full_env.update({"PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})})
     if process:
-        p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
-                           capture_output=True, text=True, timeout=timeout, env=full_env)
+        p = subprocess.run(
+            [sys.executable, str(ROOT / script), *map(str, args)],
+            cwd=cwd or ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+        )
         return Result(p.returncode, p.stdout, p.stderr)
     import contextlib
     import importlib
     import io
     import signal
+
     from cli import run_main
+
     folder = str((ROOT / script).parent)  # as `python script` would find its own folder's modules
     if folder not in sys.path:
         sys.path.append(folder)
     module = importlib.import_module(Path(script).stem)
     out, err = io.StringIO(), io.StringIO()
-    saved = (dict(os.environ), list(sys.argv), os.getcwd(), signal.getsignal(signal.SIGINT),
-             signal.getsignal(signal.SIGTERM))
+    saved = (
+        dict(os.environ),
+        list(sys.argv),
+        os.getcwd(),
+        signal.getsignal(signal.SIGINT),
+        signal.getsignal(signal.SIGTERM),
+    )
     os.environ.clear()
     os.environ.update(full_env)
     sys.argv = [script, *map(str, args)]

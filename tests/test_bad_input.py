@@ -1,13 +1,13 @@
 """The bad-input catalogue: broken data, folders and checkpoints give one line and exit 2, nothing half-written."""
+
 import gzip
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT, run_cli, write_cifar, write_folder, write_mnist
+from PIL import Image
 
 QUIET = ["--wandb", "disabled", "--epochs", "1"]
 
@@ -27,12 +27,15 @@ def _mnist(tmp_path, damage):
     return root
 
 
-@pytest.mark.parametrize("name,damage,message", [
-    ("truncated gz", lambda f: f.write_bytes(f.read_bytes()[:200]), "corrupt data file"),
-    ("not gzip", lambda f: f.write_bytes(b"hello, not gzip at all"), "corrupt data file"),
-    ("bad magic", lambda f: f.write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\x00" * 100)), "bad magic"),
-    ("short data", lambda f: f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes())[:-10])), "bytes of data"),
-])
+@pytest.mark.parametrize(
+    "name,damage,message",
+    [
+        ("truncated gz", lambda f: f.write_bytes(f.read_bytes()[:200]), "corrupt data file"),
+        ("not gzip", lambda f: f.write_bytes(b"hello, not gzip at all"), "corrupt data file"),
+        ("bad magic", lambda f: f.write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\x00" * 100)), "bad magic"),
+        ("short data", lambda f: f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes())[:-10])), "bytes of data"),
+    ],
+)
 def test_corrupt_mnist(tmp_path, name, damage, message):
     root = _mnist(tmp_path, damage)
     p = run_cli("exercise1.py", "--data_root", root, "--save_dir", tmp_path / "runs", *QUIET)
@@ -44,8 +47,18 @@ def test_corrupt_cifar_pickle(tmp_path, damage):
     root = write_cifar(tmp_path / "data")
     f = root / "cifar-10-batches-py" / "data_batch_3"
     f.write_bytes(b"garbage!" * 10 if damage == "garbage" else f.read_bytes()[:1000])
-    p = run_cli("exercise1.py", "--model", "resnet8", "--dataset", "cifar10", "--data_root", root, "--save_dir",
-                tmp_path / "runs", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--model",
+        "resnet8",
+        "--dataset",
+        "cifar10",
+        "--data_root",
+        root,
+        "--save_dir",
+        tmp_path / "runs",
+        *QUIET,
+    )
     assert_one_line_exit_2(p, "corrupt data file", tmp_path / "runs")
 
 
@@ -100,25 +113,69 @@ def test_unwritable_save_dir(mnist_root, tmp_path):
 
 def test_checkpoint_of_another_class_count(tmp_path):
     c10, c20 = write_cifar(tmp_path / "c10"), write_cifar(tmp_path / "c20", classes=20)
-    p = run_cli("exercise1.py", "--model", "resnet8", "--dataset", "cifar100", "--data_root", c20, "--save_dir",
-                tmp_path, "--run_name", "r", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--model",
+        "resnet8",
+        "--dataset",
+        "cifar100",
+        "--data_root",
+        c20,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
-    p = run_cli("exercise2.py", "--data_root", c10, "--save_dir", tmp_path / "kd", "--teacher_ckpt",
-                tmp_path / "r" / "best.pt", *QUIET)
+    p = run_cli(
+        "exercise2.py",
+        "--data_root",
+        c10,
+        "--save_dir",
+        tmp_path / "kd",
+        "--teacher_ckpt",
+        tmp_path / "r" / "best.pt",
+        *QUIET,
+    )
     assert_one_line_exit_2(p, "trained on 20 classes", tmp_path / "kd")
 
 
 def test_same_name_at_the_same_time_never_shares_a_folder(mnist_root, tmp_path):
-    cmd = [sys.executable, str(ROOT / "exercise1.py"), "--data_root", str(mnist_root), "--save_dir", str(tmp_path),
-           "--run_name", "same", "--wandb", "disabled", "--epochs", "1"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "exercise1.py"),
+        "--data_root",
+        str(mnist_root),
+        "--save_dir",
+        str(tmp_path),
+        "--run_name",
+        "same",
+        "--wandb",
+        "disabled",
+        "--epochs",
+        "1",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     codes = sorted(p.wait(timeout=200) for p in procs)
     assert codes == [0, 2]
-    auto = [sys.executable, str(ROOT / "exercise1.py"), "--data_root", str(mnist_root), "--save_dir",
-            str(tmp_path / "auto"), "--wandb", "disabled", "--epochs", "1"]
-    procs = [subprocess.Popen(auto, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    auto = [
+        sys.executable,
+        str(ROOT / "exercise1.py"),
+        "--data_root",
+        str(mnist_root),
+        "--save_dir",
+        str(tmp_path / "auto"),
+        "--wandb",
+        "disabled",
+        "--epochs",
+        "1",
+    ]
+    procs = [
+        subprocess.Popen(auto, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=200)[0].strip().splitlines()[-1] for p in procs]
     assert all(p.returncode == 0 for p in procs) and outs[0] != outs[1]
 

@@ -1,4 +1,5 @@
 """The bench scripts run and print what the README shows (their timings are not tested: see bench/)."""
+
 import sys
 
 from conftest import ROOT, run_cli

@@ -2,6 +2,7 @@
 changed. In-process (run_cli), so the whole table takes seconds; the cases are classes of input, each tried
 through the real entry point.
 """
+
 import gzip
 import json
 import os
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli, write_cifar, write_mnist
 
 QUIET = ["--wandb", "disabled", "--epochs", "1"]
@@ -31,21 +31,73 @@ def files(tmp_path_factory):
     f = {"mnist": write_mnist(base / "mnist"), "cifar": write_cifar(base / "cifar"), "base": base}
     fashion = write_mnist(base / "fashion", folder="FashionMNIST")
     f["fashion"] = fashion
-    for name, argv in (("mlp", ["--hidden_size", "16", "--depth", "1"]),
-                       ("cnn", ["--model", "FlexibleCNN", "--layers", "1", "--width", "4", "--dataset", "mnist"])):
-        r = run_cli("exercise1.py", "--data_root", f["mnist"], "--save_dir", base / "runs", "--run_name", name,
-                    *argv, *QUIET)
+    for name, argv in (
+        ("mlp", ["--hidden_size", "16", "--depth", "1"]),
+        ("cnn", ["--model", "FlexibleCNN", "--layers", "1", "--width", "4", "--dataset", "mnist"]),
+    ):
+        r = run_cli(
+            "exercise1.py", "--data_root", f["mnist"], "--save_dir", base / "runs", "--run_name", name, *argv, *QUIET
+        )
         assert r.returncode == 0, r.stderr
-    r = run_cli("exercise1.py", "--data_root", fashion, "--dataset", "fashion-mnist", "--save_dir", base / "runs",
-                "--run_name", "fashion", "--hidden_size", "16", "--depth", "1", *QUIET)
+    r = run_cli(
+        "exercise1.py",
+        "--data_root",
+        fashion,
+        "--dataset",
+        "fashion-mnist",
+        "--save_dir",
+        base / "runs",
+        "--run_name",
+        "fashion",
+        "--hidden_size",
+        "16",
+        "--depth",
+        "1",
+        *QUIET,
+    )
     assert r.returncode == 0, r.stderr
-    r = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", f["mnist"], "--save_dir", base / "runs",
-                "--run_name", "kd", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP",
-                "--s_hidden_sizes", "8", *QUIET)
+    r = run_cli(
+        "exercise2.py",
+        "--dataset",
+        "mnist",
+        "--data_root",
+        f["mnist"],
+        "--save_dir",
+        base / "runs",
+        "--run_name",
+        "kd",
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "16",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        *QUIET,
+    )
     assert r.returncode == 0, r.stderr
-    r = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", f["mnist"], "--save_dir", base / "runs",
-                "--run_name", "kdc", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP",
-                "--s_hidden_sizes", "8", "--cache_teacher", *QUIET)
+    r = run_cli(
+        "exercise2.py",
+        "--dataset",
+        "mnist",
+        "--data_root",
+        f["mnist"],
+        "--save_dir",
+        base / "runs",
+        "--run_name",
+        "kdc",
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "16",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        "--cache_teacher",
+        *QUIET,
+    )
     assert r.returncode == 0, r.stderr
     runs = base / "runs"
     cache = torch.load(runs / "kdc" / "teacher_logits.pt", weights_only=True)
@@ -60,8 +112,10 @@ def files(tmp_path_factory):
     torch.save({**good, "model": {k: v[..., :1] for k, v in good["model"].items()}}, base / "bad_shapes.pt")
     torch.save({**good, "model": {k: v * float("nan") for k, v in good["model"].items()}}, base / "nan.pt")
     cnn = torch.load(runs / "cnn" / "best.pt", weights_only=True)
-    torch.save({**cnn, "model": {k: v * float("nan") if v.is_floating_point() else v for k, v in cnn["model"].items()}},
-               base / "nan_cnn.pt")
+    torch.save(
+        {**cnn, "model": {k: v * float("nan") if v.is_floating_point() else v for k, v in cnn["model"].items()}},
+        base / "nan_cnn.pt",
+    )
     (base / "garbage.pt").write_bytes(b"\x00garbage" * 10)
     torch.save({"key": {}, "logits": torch.zeros(3, 10)}, base / "logits_other.pt")
     # A run folder whose last.pt is crafted: --resume must refuse it without running it.
@@ -87,11 +141,14 @@ def files(tmp_path_factory):
     last = torch.load(runs / "mlp" / "last.pt", weights_only=True)
     torch.save({**last, "config": {**last["config"], "train": torch.zeros(2)}}, runs / "lying_last_run" / "last.pt")
     # Run folders damaged in the ways an edit, a crash or another machine leaves them (each refused before any write).
-    for name, edit in (("progress_run", lambda ck: {**ck, "history": "notalist"}),
-                       ("nan_last_run", lambda ck: {**ck, "model": {k: v * float("nan")
-                                                                     for k, v in ck["model"].items()}}),
-                       ("gpu_run", lambda ck: {**ck, "config": {**ck["config"], "train": {**ck["config"]["train"],
-                                                                                          "device": "cuda"}}})):
+    for name, edit in (
+        ("progress_run", lambda ck: {**ck, "history": "notalist"}),
+        ("nan_last_run", lambda ck: {**ck, "model": {k: v * float("nan") for k, v in ck["model"].items()}}),
+        (
+            "gpu_run",
+            lambda ck: {**ck, "config": {**ck["config"], "train": {**ck["config"]["train"], "device": "cuda"}}},
+        ),
+    ):
         shutil.copytree(runs / "mlp", runs / name)
         torch.save(edit(last), runs / name / "last.pt")
         (runs / name / "summary.json").unlink()
@@ -105,8 +162,23 @@ def files(tmp_path_factory):
     (runs / "bs0_run" / "config.json").write_text(json.dumps(cfg))
     (runs / "docs").mkdir()  # not a run: --overwrite must leave it alone
     (runs / "docs" / "thesis.tex").write_text("mine")
-    r = run_cli("exercise1.py", "--data_root", f["mnist"], "--save_dir", runs, "--run_name", "seeds", "--seeds", "0",
-                "1", "--hidden_size", "8", "--depth", "1", *QUIET)
+    r = run_cli(
+        "exercise1.py",
+        "--data_root",
+        f["mnist"],
+        "--save_dir",
+        runs,
+        "--run_name",
+        "seeds",
+        "--seeds",
+        "0",
+        "1",
+        "--hidden_size",
+        "8",
+        "--depth",
+        "1",
+        *QUIET,
+    )
     assert r.returncode == 0, r.stderr
     for name, edit in (("seeds_ab", lambda c: {**c, "seeds": "ab"}), ("seeds_none", lambda c: {**c, "seeds": []})):
         shutil.copytree(runs / "seeds", runs / name)  # a study config.json its flags would not take
@@ -121,8 +193,13 @@ def files(tmp_path_factory):
     bad_norm["arch"]["input_norm"] = ((0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
     torch.save(bad_norm, base / "bad_norm.pt")
     # Broken data sets, one per kind of damage.
-    for name, damage in (("garbled", _garble), ("labels", _bad_label), ("bomb", _bomb), ("sizes", _test_size),
-                         ("constant", _constant)):
+    for name, damage in (
+        ("garbled", _garble),
+        ("labels", _bad_label),
+        ("bomb", _bomb),
+        ("sizes", _test_size),
+        ("constant", _constant),
+    ):
         root = write_mnist(base / name)
         damage(root / "MNIST" / "raw")
         f[name] = root
@@ -138,7 +215,7 @@ def files(tmp_path_factory):
 def _garble(raw):
     p = raw / "train-images-idx3-ubyte.gz"
     data = bytearray(p.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 64] = os.urandom(64)
+    data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
     p.write_bytes(bytes(data))
 
 
@@ -151,12 +228,14 @@ def _bomb(raw):
 def _test_size(raw):
     """Test images of another size than the training images."""
     from conftest import write_idx
+
     write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((100, 32, 32), dtype=np.uint8))
 
 
 def _constant(raw):
     """Training images that are all one colour: nothing to learn, and a std of 0 to normalise by."""
     from conftest import write_idx
+
     write_idx(raw / "train-images-idx3-ubyte.gz", np.full((300, 28, 28), 7, dtype=np.uint8))
 
 
@@ -169,8 +248,21 @@ def _bad_label(raw):
 
 M, C, B = "{mnist}", "{cifar}", "{base}"
 R = "{base}/runs"
-KD = ["exercise2.py", "--dataset", "mnist", "--data_root", M, "--teacher", "FlexibleMLP", "--t_hidden_sizes", "8",
-      "--student", "FlexibleMLP", "--s_hidden_sizes", "4"]
+KD = [
+    "exercise2.py",
+    "--dataset",
+    "mnist",
+    "--data_root",
+    M,
+    "--teacher",
+    "FlexibleMLP",
+    "--t_hidden_sizes",
+    "8",
+    "--student",
+    "FlexibleMLP",
+    "--s_hidden_sizes",
+    "4",
+]
 KS = KD[:5] + KD[9:]  # the student only: the teacher comes from --teacher_ckpt
 FT = ["exercise2.py", "--task", "finetune", "--dataset", "mnist", "--data_root", M]
 E1 = ["exercise1.py", "--data_root", M]
@@ -258,10 +350,14 @@ CASES = [
     (KS + ["--teacher_ckpt", "{base}/nan.pt"], "NaN"),
     (KS + ["--teacher_ckpt", f"{R}/fashion/best.pt"], "another data set"),
     (KD + ["--teacher_logits", "x.pt"], "--teacher_logits"),
-    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/nowhere.pt"],
-     "does not exist"),
-    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/logits_other.pt"],
-     "another teacher"),
+    (
+        KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/nowhere.pt"],
+        "does not exist",
+    ),
+    (
+        KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{base}/logits_other.pt"],
+        "another teacher",
+    ),
     (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kd/teacher.pth", "--teacher_logits", "{crafted}"], "run code"),
     (KD + ["--teacher_amp", "fp16", "--device", "cpu"], "--teacher_amp fp16"),
     (KD + ["--pretrained", f"{R}/cnn/best.pt"], "--task finetune"),
@@ -284,8 +380,13 @@ def test_one_line_exit_2_nothing_written(files, tmp_path, argv, message):
     save = tmp_path / "out"
     before = sorted(str(p) for p in (files["base"] / "runs").rglob("*"))
     stamps = {p: p.stat().st_mtime_ns for p in (files["base"] / "runs").rglob("*") if p.is_file()}
-    extra = [] if "--resume" in args else [*QUIET] if any(a.startswith("--save_dir") for a in args) else [
-        "--save_dir", str(save), *QUIET]
+    extra = (
+        []
+        if "--resume" in args
+        else [*QUIET]
+        if any(a.startswith("--save_dir") for a in args)
+        else ["--save_dir", str(save), *QUIET]
+    )
     r = run_cli(args[0], *args[1:], *extra)
     assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
@@ -303,19 +404,36 @@ def test_catalogue_is_large_enough():
 
 def test_wandb_problems_only_warn(files, tmp_path):
     (tmp_path / "netrc_dir").mkdir()
-    r = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
-                "--hidden_size", "8", "--epochs", "1", "--wandb", "auto", cwd=tmp_path,
-                env={"NETRC": str(tmp_path / "netrc_dir"), "HOME": str(tmp_path), "WANDB_DIR": str(tmp_path)})
+    r = run_cli(
+        "exercise1.py",
+        "--data_root",
+        files["mnist"],
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        "--hidden_size",
+        "8",
+        "--epochs",
+        "1",
+        "--wandb",
+        "auto",
+        cwd=tmp_path,
+        env={"NETRC": str(tmp_path / "netrc_dir"), "HOME": str(tmp_path), "WANDB_DIR": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("argv", [
-    ["--norm", "batch", "--batch_size", "7", "--subset", "100", "--val_split", "0.1"],  # a last batch of one
-    ["--hidden_sizes", *["4"] * 200],  # an automatic name too long for the file system
-    ["--seeds", "5"],  # one seed: trained with that seed
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--norm", "batch", "--batch_size", "7", "--subset", "100", "--val_split", "0.1"],  # a last batch of one
+        ["--hidden_sizes", *["4"] * 200],  # an automatic name too long for the file system
+        ["--seeds", "5"],  # one seed: trained with that seed
+    ],
+)
 def test_edge_inputs_simply_work(files, tmp_path, argv):
     r = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, *argv, *QUIET)
     assert r.returncode == 0, r.stderr
@@ -352,12 +470,20 @@ MORE = [
     (["exercise1.py", "--resume", f"{R}/no_last_run"], "last.pt is gone"),
     (["exercise1.py", "--resume", f"{R}/lying_last_run"], "(train)"),
     (["exercise2.py", "--resume", f"{R}/mlp"], "continue it with: python exercise1.py --resume /"),
-    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_nan.pt"],
-     "damaged"),
-    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_short.pt"],
-     "damaged"),
-    (KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits",
-           "{base}/logits_classes.pt"], "of 10 classes"),
+    (
+        KS + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_nan.pt"],
+        "damaged",
+    ),
+    (
+        KS
+        + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_short.pt"],
+        "damaged",
+    ),
+    (
+        KS
+        + ["--cache_teacher", "--teacher_ckpt", f"{R}/kdc/teacher.pth", "--teacher_logits", "{base}/logits_classes.pt"],
+        "of 10 classes",
+    ),
     (KS + ["--teacher_ckpt", "{base}/bad_norm.pt"], "damaged lab1 checkpoint"),
     (["exercise1.py", "--resume", f"{R}/progress_run", "--epochs", "2"], "damaged training state"),
     (["exercise1.py", "--resume", f"{R}/nan_last_run", "--epochs", "2"], "NaN"),
@@ -398,12 +524,34 @@ def test_flags_that_make_no_sense_together(files, tmp_path, argv, message):
 
 def test_overwrite_never_destroys_a_run_in_training(files, tmp_path):
     from conftest import lock_held_elsewhere
-    ok = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
-                 "--hidden_size", "8", *QUIET)
+
+    ok = run_cli(
+        "exercise1.py",
+        "--data_root",
+        files["mnist"],
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        "--hidden_size",
+        "8",
+        *QUIET,
+    )
     assert ok.returncode == 0
     for held in ({}, {"name": ".busy", "shared": True}):  # training in it; working in it outside a training
         with lock_held_elsewhere(tmp_path / "r", **held):
-            p = run_cli("exercise1.py", "--data_root", files["mnist"], "--save_dir", tmp_path, "--run_name", "r",
-                        "--hidden_size", "8", "--overwrite", *QUIET)
+            p = run_cli(
+                "exercise1.py",
+                "--data_root",
+                files["mnist"],
+                "--save_dir",
+                tmp_path,
+                "--run_name",
+                "r",
+                "--hidden_size",
+                "8",
+                "--overwrite",
+                *QUIET,
+            )
             assert p.returncode == 2 and "another process" in p.stderr, p.stderr
             assert (tmp_path / "r" / "summary.json").exists()

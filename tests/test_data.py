@@ -7,11 +7,23 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATA, _pickle, run_cli, write_cifar, write_folder, write_idx, write_mnist
-from dataloader import (DataConfig, DataError, DataSet, StandardLoader, TensorLoader, check_sizes, load_dataset,
-                        make_loaders, random_affine, random_crop_flip, stratified_kfold, stratified_split,
-                        stratified_subset)
+
+from dataloader import (
+    DataConfig,
+    DataError,
+    DataSet,
+    StandardLoader,
+    TensorLoader,
+    check_sizes,
+    load_dataset,
+    make_loaders,
+    random_affine,
+    random_crop_flip,
+    stratified_kfold,
+    stratified_split,
+    stratified_subset,
+)
 
 
 def test_mnist_idx_gz(mnist_root):
@@ -70,6 +82,7 @@ def test_folder_cache_goes_to_user_cache_when_read_only(tmp_path, monkeypatch):
 
 def test_missing_data_error_names_files(tmp_path, monkeypatch):
     import torchvision
+
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*--data_root"):
         load_dataset("mnist", tmp_path)
@@ -129,7 +142,7 @@ def test_crop_flip_is_a_translated_or_flipped_copy():
         padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
         for dy in range(5):
             for dx in range(5):
-                crop = padded[:, dy:dy + 8, dx:dx + 8]
+                crop = padded[:, dy : dy + 8, dx : dx + 8]
                 found |= torch.equal(out[i], crop) or torch.equal(out[i], crop.flip(-1))
         assert found
 
@@ -155,12 +168,13 @@ def test_real_cifar10_jpeg_folder():
 
 # ---------------------------------------------------------------- corrupt data: one-line DataError, never a traceback
 
+
 def _gz_flip(f, middle):
     """Flip 4 bytes of the deflate stream: at its start (zlib.error), just after the gzip header's file name, or
     in its middle (a CRC error)."""
     b = bytearray(f.read_bytes())
     at = len(b) // 2 if middle else b.index(0, 10) + 1
-    b[at:at + 4] = bytes(v ^ 0xFF for v in b[at:at + 4])
+    b[at : at + 4] = bytes(v ^ 0xFF for v in b[at : at + 4])
     f.write_bytes(bytes(b))
 
 
@@ -199,57 +213,104 @@ def _evil(root, fn):
 def _bomb(monkeypatch, pixels):
     """Make the 16x16 = 256-pixel images "bombs": PIL raises above 2 * pixels, and only warns above pixels."""
     from PIL import Image
+
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)
 
 
 MNIST_DAMAGE = [
-    ("garbled gz (deflate header)", lambda r, m: _gz_flip(r / "MNIST/raw/train-labels-idx1-ubyte.gz", False),
-     "corrupt data file"),
-    ("garbled gz (middle)", lambda r, m: _gz_flip(r / "MNIST/raw/train-images-idx3-ubyte.gz", True),
-     "corrupt data file"),
+    (
+        "garbled gz (deflate header)",
+        lambda r, m: _gz_flip(r / "MNIST/raw/train-labels-idx1-ubyte.gz", False),
+        "corrupt data file",
+    ),
+    (
+        "garbled gz (middle)",
+        lambda r, m: _gz_flip(r / "MNIST/raw/train-images-idx3-ubyte.gz", True),
+        "corrupt data file",
+    ),
     ("label 12", lambda r, m: _mnist_labels(r, [12] + [0] * 299), "train label 12 is outside 0..9"),
     ("fewer labels", lambda r, m: _mnist_labels(r, [0] * 299), "300 images and 299 labels"),
-    ("labels as images", lambda r, m: shutil.copy(r / "MNIST/raw/train-labels-idx1-ubyte.gz",
-                                                  r / "MNIST/raw/train-images-idx3-ubyte.gz"), "not (N, H, W) images"),
+    (
+        "labels as images",
+        lambda r, m: shutil.copy(
+            r / "MNIST/raw/train-labels-idx1-ubyte.gz", r / "MNIST/raw/train-images-idx3-ubyte.gz"
+        ),
+        "not (N, H, W) images",
+    ),
 ]
 CIFAR_DAMAGE = [
-    ("label 10", lambda r, m: _cifar_edit(r, "data_batch_1", lambda d: _labels_set(d, 0, 10)),
-     "train label 10 is outside 0..9"),
-    ("label -1", lambda r, m: _cifar_edit(r, "test_batch", lambda d: _labels_set(d, 3, -1)),
-     "test label -1 is outside 0..9"),
-    ("label a string", lambda r, m: _cifar_edit(r, "data_batch_1", lambda d: _labels_set(d, 0, "cat")),
-     "a list of N integer labels"),
-    ("label 2**70", lambda r, m: _cifar_edit(r, "data_batch_2", lambda d: _labels_set(d, 1, 2**70)),
-     "a list of N integer labels"),
-    ("fewer labels", lambda r, m: _cifar_edit(r, "data_batch_4", lambda d: {**d, b"labels": d[b"labels"][1:]}),
-     "a list of N integer labels"),
-    ("data float32", lambda r, m: _cifar_edit(r, "data_batch_1", lambda d: {**d, b"data": d[b"data"] / 255}),
-     "uint8 (N, 3072)"),
-    ("data wrong shape", lambda r, m: _cifar_edit(r, "data_batch_5", lambda d: {**d, b"data": d[b"data"][:, :100]}),
-     "uint8 (N, 3072)"),
+    (
+        "label 10",
+        lambda r, m: _cifar_edit(r, "data_batch_1", lambda d: _labels_set(d, 0, 10)),
+        "train label 10 is outside 0..9",
+    ),
+    (
+        "label -1",
+        lambda r, m: _cifar_edit(r, "test_batch", lambda d: _labels_set(d, 3, -1)),
+        "test label -1 is outside 0..9",
+    ),
+    (
+        "label a string",
+        lambda r, m: _cifar_edit(r, "data_batch_1", lambda d: _labels_set(d, 0, "cat")),
+        "a list of N integer labels",
+    ),
+    (
+        "label 2**70",
+        lambda r, m: _cifar_edit(r, "data_batch_2", lambda d: _labels_set(d, 1, 2**70)),
+        "a list of N integer labels",
+    ),
+    (
+        "fewer labels",
+        lambda r, m: _cifar_edit(r, "data_batch_4", lambda d: {**d, b"labels": d[b"labels"][1:]}),
+        "a list of N integer labels",
+    ),
+    (
+        "data float32",
+        lambda r, m: _cifar_edit(r, "data_batch_1", lambda d: {**d, b"data": d[b"data"] / 255}),
+        "uint8 (N, 3072)",
+    ),
+    (
+        "data wrong shape",
+        lambda r, m: _cifar_edit(r, "data_batch_5", lambda d: {**d, b"data": d[b"data"][:, :100]}),
+        "uint8 (N, 3072)",
+    ),
     ("batch a list", lambda r, m: _cifar_edit(r, "data_batch_3", lambda d: list(d.values())), "expected a dict"),
-    ("meta without names", lambda r, m: _cifar_edit(r, "batches.meta", lambda d: {b"num_vis": 3072}),
-     "lists the class names"),
+    (
+        "meta without names",
+        lambda r, m: _cifar_edit(r, "batches.meta", lambda d: {b"num_vis": 3072}),
+        "lists the class names",
+    ),
     ("meta a list", lambda r, m: _cifar_edit(r, "batches.meta", lambda d: d[b"label_names"]), "lists the class names"),
-    ("meta names ints", lambda r, m: _cifar_edit(r, "batches.meta", lambda d: {b"label_names": list(range(10))}),
-     "lists the class names"),
-    ("meta 5 names for 10 labels", lambda r, m: _cifar_edit(r, "batches.meta", lambda d: {b"label_names": [b"a"] * 5}),
-     "outside 0..4"),
+    (
+        "meta names ints",
+        lambda r, m: _cifar_edit(r, "batches.meta", lambda d: {b"label_names": list(range(10))}),
+        "lists the class names",
+    ),
+    (
+        "meta 5 names for 10 labels",
+        lambda r, m: _cifar_edit(r, "batches.meta", lambda d: {b"label_names": [b"a"] * 5}),
+        "outside 0..4",
+    ),
     ("pickle runs os.system", lambda r, m: _evil(r, os.system), "it would run code: posix.system"),
     ("pickle runs exec", lambda r, m: _evil(r, exec), "it would run code: builtins.exec"),
 ]
 CIFAR100_DAMAGE = [
-    ("fine label 20 of 20 classes",
-     lambda r, m: _cifar_edit(r, "train", lambda d: _labels_set(d, 7, 20, b"fine_labels"), "cifar-100-python"),
-     "train label 20 is outside 0..19"),
+    (
+        "fine label 20 of 20 classes",
+        lambda r, m: _cifar_edit(r, "train", lambda d: _labels_set(d, 7, 20, b"fine_labels"), "cifar-100-python"),
+        "train label 20 is outside 0..19",
+    ),
 ]
 FOLDER_DAMAGE = [
     ("decompression bomb", lambda r, m: _bomb(m, 100), "decompression bomb"),
     ("decompression bomb warning", lambda r, m: _bomb(m, 200), "decompression bomb"),
 ]
-CORRUPT = ([("mnist", write_mnist, *c) for c in MNIST_DAMAGE] + [("cifar10", write_cifar, *c) for c in CIFAR_DAMAGE]
-           + [("cifar100", lambda r: write_cifar(r, classes=20), *c) for c in CIFAR100_DAMAGE]
-           + [("folder", lambda r: write_folder(r, classes=2, n_train=6, n_test=4), *c) for c in FOLDER_DAMAGE])
+CORRUPT = (
+    [("mnist", write_mnist, *c) for c in MNIST_DAMAGE]
+    + [("cifar10", write_cifar, *c) for c in CIFAR_DAMAGE]
+    + [("cifar100", lambda r: write_cifar(r, classes=20), *c) for c in CIFAR100_DAMAGE]
+    + [("folder", lambda r: write_folder(r, classes=2, n_train=6, n_test=4), *c) for c in FOLDER_DAMAGE]
+)
 
 
 @pytest.mark.parametrize("dataset,write,case,damage,message", CORRUPT, ids=[f"{c[0]}: {c[2]}" for c in CORRUPT])
@@ -279,6 +340,7 @@ def test_unpickler_still_reads_every_protocol(tmp_path):
 
 # ---------------------------------------------------------------- sizes that would leave a split empty
 
+
 def _tiny(counts, n_val=0, shape=(1, 4, 4)):
     """A DataSet whose class c has counts[c] training examples (labels interleaved), 7 test examples."""
     y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
@@ -288,21 +350,24 @@ def _tiny(counts, n_val=0, shape=(1, 4, 4)):
     return DataSet(x, y, x[:7].clone(), y[:7].clone(), [f"c{i}" for i in range(len(counts))], **val)
 
 
-UNEVEN = [13, 7, 5, 9, 11, 6, 8, 10, 12, 19]   # 100 examples, 10 classes, smallest 5
+UNEVEN = [13, 7, 5, 9, 11, 6, 8, 10, 12, 19]  # 100 examples, 10 classes, smallest 5
 
 
-@pytest.mark.parametrize("counts,n_val,kw,k_folds,message", [
-    (UNEVEN, 0, {"subset": 5}, 0, "--subset 5 is smaller than the number of classes (10)"),
-    (UNEVEN, 0, {"subset": 101}, 0, "--subset 101 is larger than the training set (100): use 10..100"),
-    ([4, 4, 4], 0, {"subset": 5, "val_split": 0.1}, 0, "--val_split 0.1 of 5 training examples is 0 examples"),
-    (UNEVEN, 0, {"val_split": 0.004}, 0, "--val_split 0.004 of 100 training examples is 0 examples"),
-    (UNEVEN, 0, {"subset": 20, "val_split": 0.99}, 0, "--val_split 0.99 leaves 0 of the 20 training examples"),
-    (UNEVEN, 0, {"subset": 20, "val_split": 0.6}, 0, "--val_split 0.6 leaves 8 of the 20 training examples"),
-    (UNEVEN, 0, {"val_split": 0}, 6, "--k_folds 6 is more than the 5 examples of the smallest class"),
-    (UNEVEN, 0, {"subset": 30}, 3, "--k_folds 3 is more than the 1 examples of the smallest class (30 training"),
-    ([3, 3], 0, {}, 7, "--k_folds 7 is more than the 3 examples"),
-    ([1, 1, 1], 2, {}, 0, "only 1 training examples for 3 classes"),
-])
+@pytest.mark.parametrize(
+    "counts,n_val,kw,k_folds,message",
+    [
+        (UNEVEN, 0, {"subset": 5}, 0, "--subset 5 is smaller than the number of classes (10)"),
+        (UNEVEN, 0, {"subset": 101}, 0, "--subset 101 is larger than the training set (100): use 10..100"),
+        ([4, 4, 4], 0, {"subset": 5, "val_split": 0.1}, 0, "--val_split 0.1 of 5 training examples is 0 examples"),
+        (UNEVEN, 0, {"val_split": 0.004}, 0, "--val_split 0.004 of 100 training examples is 0 examples"),
+        (UNEVEN, 0, {"subset": 20, "val_split": 0.99}, 0, "--val_split 0.99 leaves 0 of the 20 training examples"),
+        (UNEVEN, 0, {"subset": 20, "val_split": 0.6}, 0, "--val_split 0.6 leaves 8 of the 20 training examples"),
+        (UNEVEN, 0, {"val_split": 0}, 6, "--k_folds 6 is more than the 5 examples of the smallest class"),
+        (UNEVEN, 0, {"subset": 30}, 3, "--k_folds 3 is more than the 1 examples of the smallest class (30 training"),
+        ([3, 3], 0, {}, 7, "--k_folds 7 is more than the 3 examples"),
+        ([1, 1, 1], 2, {}, 0, "only 1 training examples for 3 classes"),
+    ],
+)
 def test_check_sizes_refuses(counts, n_val, kw, k_folds, message):
     ds = _tiny(counts, n_val)
     if n_val:  # a data set whose own train split has fewer examples than classes
@@ -315,15 +380,18 @@ def test_check_sizes_refuses(counts, n_val, kw, k_folds, message):
             make_loaders(ds, DataConfig(**kw), 0, "cpu")
 
 
-@pytest.mark.parametrize("counts,n_val,kw,expected", [
-    (UNEVEN, 0, {}, {"train": 90, "val": 10, "test": 7}),
-    (UNEVEN, 0, {"val_split": 0}, {"train": 100, "val": 0, "test": 7}),
-    (UNEVEN, 0, {"subset": 37, "val_split": 0.3}, {"train": 26, "val": 11, "test": 7}),
-    (UNEVEN, 0, {"subset": 100, "val_split": 0.25}, {"train": 75, "val": 25, "test": 7}),
-    (UNEVEN, 0, {"subset": 10, "val_split": 0}, {"train": 10, "val": 0, "test": 7}),
-    (UNEVEN, 0, {"subset": 12, "val_split": 0.1}, {"train": 11, "val": 1, "test": 7}),
-    (UNEVEN, 6, {"subset": 50, "val_split": 0.5}, {"train": 50, "val": 6, "test": 7}),  # its own val/ split
-])
+@pytest.mark.parametrize(
+    "counts,n_val,kw,expected",
+    [
+        (UNEVEN, 0, {}, {"train": 90, "val": 10, "test": 7}),
+        (UNEVEN, 0, {"val_split": 0}, {"train": 100, "val": 0, "test": 7}),
+        (UNEVEN, 0, {"subset": 37, "val_split": 0.3}, {"train": 26, "val": 11, "test": 7}),
+        (UNEVEN, 0, {"subset": 100, "val_split": 0.25}, {"train": 75, "val": 25, "test": 7}),
+        (UNEVEN, 0, {"subset": 10, "val_split": 0}, {"train": 10, "val": 0, "test": 7}),
+        (UNEVEN, 0, {"subset": 12, "val_split": 0.1}, {"train": 11, "val": 1, "test": 7}),
+        (UNEVEN, 6, {"subset": 50, "val_split": 0.5}, {"train": 50, "val": 6, "test": 7}),  # its own val/ split
+    ],
+)
 def test_check_sizes_equal_what_make_loaders_uses(counts, n_val, kw, expected):
     ds, cfg = _tiny(counts, n_val), DataConfig(batch_size=8, **kw)
     assert check_sizes(ds, cfg, seed=3) == expected
@@ -333,8 +401,9 @@ def test_check_sizes_equal_what_make_loaders_uses(counts, n_val, kw, expected):
     assert sum(len(b.y) for b in loaders.train) == expected["train"]
 
 
-@pytest.mark.parametrize("counts,subset,k", [(UNEVEN, 0, 5), (UNEVEN, 0, 2), (UNEVEN, 37, 2), (UNEVEN, 64, 3),
-                                             ([50, 1, 49], 10, 5)])  # the subset leaves class 1 out
+@pytest.mark.parametrize(
+    "counts,subset,k", [(UNEVEN, 0, 5), (UNEVEN, 0, 2), (UNEVEN, 37, 2), (UNEVEN, 64, 3), ([50, 1, 49], 10, 5)]
+)  # the subset leaves class 1 out
 def test_check_sizes_per_fold(counts, subset, k):
     ds, cfg = _tiny(counts), DataConfig(subset=subset)
     sizes = check_sizes(ds, cfg, seed=1, k_folds=k)
@@ -347,18 +416,30 @@ def test_check_sizes_per_fold(counts, subset, k):
 
 # ---------------------------------------------------------------- batches: the merge rule, exact resume
 
+
 def _loader(kind, n, bs, world=1, rank=0, **kw):
     ds = _tiny([n - n // 2, n // 2], shape=(3, 8, 8))
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
     if kind == "tensor":
-        return TensorLoader(ds.train_x, ds.train_y, bs, mean, std, "cpu", shuffle=True, seed=5, shard=(rank, world),
-                            **kw)
+        return TensorLoader(
+            ds.train_x, ds.train_y, bs, mean, std, "cpu", shuffle=True, seed=5, shard=(rank, world), **kw
+        )
     return StandardLoader(ds.train_x, ds.train_y, bs, mean, std, "cpu", shuffle=True, seed=5, **kw)
 
 
 @pytest.mark.parametrize("kind", ["tensor", "standard"])
-@pytest.mark.parametrize("n,bs,sizes", [(15, 7, [7, 8]), (16, 7, [7, 7, 2]), (14, 7, [7, 7]), (1, 7, [1]),
-                                        (5, 7, [5]), (8, 7, [8]), (71, 7, [7] * 9 + [8])])
+@pytest.mark.parametrize(
+    "n,bs,sizes",
+    [
+        (15, 7, [7, 8]),
+        (16, 7, [7, 7, 2]),
+        (14, 7, [7, 7]),
+        (1, 7, [1]),
+        (5, 7, [5]),
+        (8, 7, [8]),
+        (71, 7, [7] * 9 + [8]),
+    ],
+)
 def test_a_last_batch_of_one_joins_the_previous_one(kind, n, bs, sizes):
     loader = _loader(kind, n, bs, **({"num_workers": 0} if kind == "standard" else {}))
     batches = list(loader)
@@ -371,13 +452,16 @@ def test_a_last_batch_of_one_joins_the_previous_one(kind, n, bs, sizes):
             bn(b.x)  # would raise "Expected more than 1 value per channel" on a batch of one
 
 
-@pytest.mark.parametrize("n,bs,world,per_rank", [
-    (19, 7, 3, [[3, 4], [2, 4], [2, 4]]),           # global batches 7, 5: 5 < 2 * 3 ranks, merged into 12
-    (20, 7, 3, [[3, 3, 2], [2, 2, 2], [2, 2, 2]]),  # 7, 7, 6: kept
-    (17, 8, 2, [[4, 5], [4, 4]]),                   # 8, 8, 1: merged (was dropped before)
-    (19, 8, 2, [[4, 6], [4, 5]]),                   # 8, 8, 3: merged (was a batch of 2 + 1)
-    (20, 8, 2, [[4, 4, 2], [4, 4, 2]]),             # 8, 8, 4: kept
-])
+@pytest.mark.parametrize(
+    "n,bs,world,per_rank",
+    [
+        (19, 7, 3, [[3, 4], [2, 4], [2, 4]]),  # global batches 7, 5: 5 < 2 * 3 ranks, merged into 12
+        (20, 7, 3, [[3, 3, 2], [2, 2, 2], [2, 2, 2]]),  # 7, 7, 6: kept
+        (17, 8, 2, [[4, 5], [4, 4]]),  # 8, 8, 1: merged (was dropped before)
+        (19, 8, 2, [[4, 6], [4, 5]]),  # 8, 8, 3: merged (was a batch of 2 + 1)
+        (20, 8, 2, [[4, 4, 2], [4, 4, 2]]),  # 8, 8, 4: kept
+    ],
+)
 def test_ddp_shards_follow_the_merge_rule(n, bs, world, per_rank):
     shards = [_loader("tensor", n, bs, world, r) for r in range(world)]
     batches = [list(s) for s in shards]
@@ -395,7 +479,7 @@ def test_tensor_loader_batches_unchanged_where_no_merge_happens():
     g = torch.Generator().manual_seed(2 * 100_003 + 3)
     order = torch.randperm(59, generator=g)
     for k, b in enumerate(loader):
-        idx = order[k * 8:(k + 1) * 8]
+        idx = order[k * 8 : (k + 1) * 8]
         x = random_crop_flip(ds.train_x[idx].float(), g)
         assert torch.equal(b.idx, idx) and torch.allclose(b.x, (x / 255 - 0.5) / 0.25, atol=1e-5)
     assert k == 7 and len(b.y) == 3
@@ -420,8 +504,18 @@ def test_standard_loader_resumes_exactly_whatever_the_workers():
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
 
     def make(workers):
-        return StandardLoader(ds.train_x, ds.train_y, 5, mean, std, "cpu", augment=random_crop_flip, shuffle=True,
-                              seed=4, num_workers=workers)
+        return StandardLoader(
+            ds.train_x,
+            ds.train_y,
+            5,
+            mean,
+            std,
+            "cpu",
+            augment=random_crop_flip,
+            shuffle=True,
+            seed=4,
+            num_workers=workers,
+        )
 
     rng = torch.get_rng_state()
     ref = make(0)

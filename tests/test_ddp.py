@@ -1,21 +1,48 @@
 """torchrun with 2 CPU processes (gloo) against 1 process with the same global batch."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
 def torchrun(n, mnist_root, save_dir):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-                           "--master_port", str(29500 + n + os.getpid() % 1000), str(ROOT / "exercise1.py"),
-                           "--data_root", str(mnist_root), "--epochs", "3", "--batch_size", "30", "--scheduler",
-                           "--save_dir", str(save_dir), "--run_name", f"n{n}", "--wandb", "disabled", "--device", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(n),
+            "--master_port",
+            str(29500 + n + os.getpid() % 1000),
+            str(ROOT / "exercise1.py"),
+            "--data_root",
+            str(mnist_root),
+            "--epochs",
+            "3",
+            "--batch_size",
+            "30",
+            "--scheduler",
+            "--save_dir",
+            str(save_dir),
+            "--run_name",
+            f"n{n}",
+            "--wandb",
+            "disabled",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_two_processes_match_one(mnist_root, tmp_path):

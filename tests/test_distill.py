@@ -1,4 +1,5 @@
 """Distillation: the loss itself, the teacher cache, and exercise2.py through its command line."""
+
 import json
 import os
 from pathlib import Path
@@ -6,12 +7,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_cli, write_cifar
+
 from losses import DistillLoss, distillation_loss
 
-TINY = ["--epochs", "1", "--t_layers", "1", "1", "--t_width", "8", "--s_layers", "1", "--s_width", "4",
-        "--wandb", "disabled"]
+TINY = [
+    "--epochs",
+    "1",
+    "--t_layers",
+    "1",
+    "1",
+    "--t_width",
+    "8",
+    "--s_layers",
+    "1",
+    "--s_width",
+    "4",
+    "--wandb",
+    "disabled",
+]
 
 
 def test_loss_matches_reference():
@@ -65,6 +79,7 @@ def test_cached_logits_equal_on_the_fly(cifar_root, tmp_path):
     from distill import teacher_logits
     from exercise2 import build_config, get_args_parser
     from models import ModelConfig, build_model
+
     args = get_args_parser().parse_args(["--data_root", str(cifar_root), "--device", "cpu", "--cache_teacher"])
     cfg = build_config(args)
     ds = load_dataset("cifar10", cifar_root)
@@ -87,8 +102,10 @@ def test_teacher_amp_sets_the_soft_targets_precision(cifar_root, flag, dtype):
     from distill import distill_loss
     from exercise2 import build_config, get_args_parser
     from models import ModelConfig, build_model
-    cfg = build_config(get_args_parser().parse_args(["--data_root", str(cifar_root), "--device", "cpu",
-                                                     "--teacher_amp", flag]))
+
+    cfg = build_config(
+        get_args_parser().parse_args(["--data_root", str(cifar_root), "--device", "cpu", "--teacher_amp", flag])
+    )
     assert cfg.distill.teacher_amp == flag
     ds = load_dataset("cifar10", cifar_root)
     torch.manual_seed(0)
@@ -102,13 +119,37 @@ def test_teacher_amp_sets_the_soft_targets_precision(cifar_root, flag, dtype):
 
 
 def test_pipeline_leaves_every_file(cifar_root, tmp_path):
-    p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--use_skip",
-                "--temperature", "3.0", "--alpha", "0.5", "--run_name", "kd", "--teacher_amp", "bf16")
+    p = run_cli(
+        "exercise2.py",
+        "--data_root",
+        cifar_root,
+        "--save_dir",
+        tmp_path,
+        *TINY,
+        "--use_skip",
+        "--temperature",
+        "3.0",
+        "--alpha",
+        "0.5",
+        "--run_name",
+        "kd",
+        "--teacher_amp",
+        "bf16",
+    )
     assert p.returncode == 0, p.stderr
     run = tmp_path / "kd"
     assert Path(p.stdout.strip().splitlines()[-1]) == run
-    for f in ("teacher.pth", "student_baseline.pth", "student_distill.pth", "summary.json", "results.md",
-              "comparison.png", "curves.png", "config.json", "command.txt"):
+    for f in (
+        "teacher.pth",
+        "student_baseline.pth",
+        "student_distill.pth",
+        "summary.json",
+        "results.md",
+        "comparison.png",
+        "curves.png",
+        "config.json",
+        "command.txt",
+    ):
         assert (run / f).stat().st_size > 0, f
     for phase in ("teacher", "student_baseline", "student_distill"):
         assert (run / phase / "metrics.jsonl").exists() and (run / phase / "curves.png").exists()
@@ -127,13 +168,26 @@ def test_pipeline_leaves_every_file(cifar_root, tmp_path):
 
 
 def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
-    first = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "a",
-                    "--cache_teacher")
+    first = run_cli(
+        "exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "a", "--cache_teacher"
+    )
     assert first.returncode == 0, first.stderr
     assert "teacher logits: computed once" in first.stdout
-    p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "b",
-                "--teacher_ckpt", tmp_path / "a" / "teacher.pth", "--cache_teacher", "--teacher_logits",
-                tmp_path / "a" / "teacher_logits.pt")
+    p = run_cli(
+        "exercise2.py",
+        "--data_root",
+        cifar_root,
+        "--save_dir",
+        tmp_path,
+        *TINY,
+        "--run_name",
+        "b",
+        "--teacher_ckpt",
+        tmp_path / "a" / "teacher.pth",
+        "--cache_teacher",
+        "--teacher_logits",
+        tmp_path / "a" / "teacher_logits.pt",
+    )
     assert p.returncode == 0, p.stderr
     assert "== teacher" not in p.stdout and "teacher: given by --teacher_ckpt" in p.stdout
     assert "teacher logits: reusing" in p.stdout
@@ -142,17 +196,31 @@ def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
     b = json.loads((tmp_path / "b" / "summary.json").read_text())["teacher"]
     assert a["test_acc"] == b["test_acc"] and a["params"] == b["params"]
     # A cache of another teacher is refused.
-    other = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY[:2], *TINY[7:], "--run_name", "c",
-                    "--teacher_ckpt", tmp_path / "a" / "student_distill.pth", "--cache_teacher", "--teacher_logits",
-                    tmp_path / "a" / "teacher_logits.pt")
+    other = run_cli(
+        "exercise2.py",
+        "--data_root",
+        cifar_root,
+        "--save_dir",
+        tmp_path,
+        *TINY[:2],
+        *TINY[7:],
+        "--run_name",
+        "c",
+        "--teacher_ckpt",
+        tmp_path / "a" / "student_distill.pth",
+        "--cache_teacher",
+        "--teacher_logits",
+        tmp_path / "a" / "teacher_logits.pt",
+    )
     assert other.returncode == 2 and "another teacher" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_reused_teacher_sees_its_own_input_normalisation(cifar_root, tmp_path):
     """Under another seed the training split, and so its pixel statistics, differ; the teacher must not notice."""
     for name, extra in (("a", []), ("b", ["--teacher_ckpt", tmp_path / "a" / "teacher.pth", "--seed", "1"])):
-        p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", name,
-                    *extra)
+        p = run_cli(
+            "exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", name, *extra
+        )
         assert p.returncode == 0, p.stderr
     norm = torch.load(tmp_path / "a" / "teacher.pth", weights_only=True)["arch"]["input_norm"]
     assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["norm"] == [list(v) for v in norm]
@@ -164,23 +232,49 @@ def test_reused_teacher_sees_its_own_input_normalisation(cifar_root, tmp_path):
 
 
 def test_hinton_mnist_command(mnist_root, tmp_path):
-    p = run_cli("exercise2.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--dataset", "mnist",
-                "--teacher", "FlexibleMLP", "--t_hidden_sizes", "1200", "1200", "--t_dropout", "0.5", "--student",
-                "FlexibleMLP", "--s_hidden_sizes", "800", "800", "--temperature", "20", "--epochs", "1",
-                "--wandb", "disabled")
+    p = run_cli(
+        "exercise2.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--dataset",
+        "mnist",
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "1200",
+        "1200",
+        "--t_dropout",
+        "0.5",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "800",
+        "800",
+        "--temperature",
+        "20",
+        "--epochs",
+        "1",
+        "--wandb",
+        "disabled",
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads((Path(p.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
     assert s["teacher"]["params"] == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--alpha", "1.5"], "--alpha"),
-    (["--temperature", "0"], "--temperature"),
-    (["--temperature", "-2"], "--temperature"),
-    (["--teacher_ckpt", "/nonexistent.pth"], "does not exist"),
-    (["--teacher_logits", "x.pt"], "needs --cache_teacher"),
-    (["--teacher_amp", "fp16", "--device", "cpu"], "--teacher_amp fp16 needs a CUDA device"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--alpha", "1.5"], "--alpha"),
+        (["--temperature", "0"], "--temperature"),
+        (["--temperature", "-2"], "--temperature"),
+        (["--teacher_ckpt", "/nonexistent.pth"], "does not exist"),
+        (["--teacher_logits", "x.pt"], "needs --cache_teacher"),
+        (["--teacher_amp", "fp16", "--device", "cpu"], "--teacher_amp fp16 needs a CUDA device"),
+    ],
+)
 def test_errors(cifar_root, tmp_path, extra, message):
     p = run_cli("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path / "r", *TINY, *extra)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -190,11 +284,38 @@ def test_errors(cifar_root, tmp_path, extra, message):
 def test_teacher_of_another_class_count_or_corrupt(tmp_path):
     c10 = write_cifar(tmp_path / "c10")
     c20 = write_cifar(tmp_path / "c20", classes=20)
-    p = run_cli("exercise1.py", "--model", "FlexibleCNN", "--layers", "1", "--width", "4", "--dataset", "cifar100",
-                "--data_root", c20, "--save_dir", tmp_path, "--run_name", "t20", "--epochs", "1", "--wandb", "disabled")
+    p = run_cli(
+        "exercise1.py",
+        "--model",
+        "FlexibleCNN",
+        "--layers",
+        "1",
+        "--width",
+        "4",
+        "--dataset",
+        "cifar100",
+        "--data_root",
+        c20,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "t20",
+        "--epochs",
+        "1",
+        "--wandb",
+        "disabled",
+    )
     assert p.returncode == 0, p.stderr
-    p = run_cli("exercise2.py", "--data_root", c10, "--save_dir", tmp_path / "r", *TINY, "--teacher_ckpt",
-                tmp_path / "t20" / "best.pt")
+    p = run_cli(
+        "exercise2.py",
+        "--data_root",
+        c10,
+        "--save_dir",
+        tmp_path / "r",
+        *TINY,
+        "--teacher_ckpt",
+        tmp_path / "t20" / "best.pt",
+    )
     assert p.returncode == 2 and "20 classes" in p.stderr and not (tmp_path / "r").exists()
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00" * 100)
@@ -208,18 +329,33 @@ def test_sweep_yaml_works_as_written_under_an_agent(mnist_root, tmp_path):
     the sweep's metric under the student_distill/ prefix."""
     import yaml
     from wandb_reader import read_offline_run
+
     spec = yaml.safe_load((Path(__file__).parent.parent / "sweeps" / "distill_grid.yaml").read_text())
     fixed = {k: v["value"] for k, v in spec["parameters"].items() if "value" in v}
     assert fixed["teacher_dir"] and "TEACHER_RUN" not in str(fixed)
-    tiny = {"dataset": "mnist", "data_root": mnist_root, "student": "FlexibleMLP", "s_hidden_sizes": 8,
-            "teacher": "FlexibleMLP", "t_hidden_sizes": 16, "epochs": 1, "save_dir": tmp_path / "runs",
-            "teacher_dir": tmp_path / "teacher", "wandb": "offline"}
+    tiny = {
+        "dataset": "mnist",
+        "data_root": mnist_root,
+        "student": "FlexibleMLP",
+        "s_hidden_sizes": 8,
+        "teacher": "FlexibleMLP",
+        "t_hidden_sizes": 16,
+        "epochs": 1,
+        "save_dir": tmp_path / "runs",
+        "teacher_dir": tmp_path / "teacher",
+        "wandb": "offline",
+    }
     metric = spec["metric"]["name"]
     for trial, t in enumerate(spec["parameters"]["temperature"]["values"][:2]):
         params = {**fixed, **tiny, "temperature": t, "alpha": spec["parameters"]["alpha"]["values"][0]}
         argv = [f"--{k}" if v is True else f"--{k}={v}" for k, v in params.items() if v is not False]
-        p = run_cli("exercise2.py", *argv, cwd=tmp_path, process=True,  # an agent starts a process per trial
-                    env={"WANDB_SWEEP_ID": "sweep", "WANDB_RUN_ID": f"trial{trial}", "WANDB_DIR": str(tmp_path)})
+        p = run_cli(
+            "exercise2.py",
+            *argv,
+            cwd=tmp_path,
+            process=True,  # an agent starts a process per trial
+            env={"WANDB_SWEEP_ID": "sweep", "WANDB_RUN_ID": f"trial{trial}", "WANDB_DIR": str(tmp_path)},
+        )
         assert p.returncode == 0, p.stderr
         assert ("== teacher (shared" in p.stdout) == (trial == 0)
         assert Path(p.stdout.strip().splitlines()[-1]).is_dir()
@@ -234,9 +370,31 @@ def test_wandb_holds_every_phase_result_grouped(mnist_root, tmp_path):
     """Each phase is a W&B run of the group (= the run folder) with job_type = phase, its final summary and its
     figures; a summary run of the group holds the comparison and the results table."""
     from wandb_reader import read_offline_run
-    p = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name",
-                "kd", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP",
-                "--s_hidden_sizes", "8", "--epochs", "2", "--wandb", "offline", cwd=tmp_path)
+
+    p = run_cli(
+        "exercise2.py",
+        "--dataset",
+        "mnist",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "kd",
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "16",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        "--epochs",
+        "2",
+        "--wandb",
+        "offline",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     run = tmp_path / "kd"
     assert p.stdout.count("wandb sync") == 1
@@ -256,9 +414,30 @@ def test_wandb_holds_every_phase_result_grouped(mnist_root, tmp_path):
 def test_run_folder_stores_no_model_twice(mnist_root, tmp_path):
     """Published models hold weights, architecture and normalisation only, as second names of the phases'
     best.pt; last.pt alone holds the training state: all checkpoint files at most 5.5x the models' weights."""
-    p = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name",
-                "kd", "--teacher", "FlexibleMLP", "--t_hidden_sizes", "400", "400", "--student", "FlexibleMLP",
-                "--s_hidden_sizes", "100", "--epochs", "2", "--wandb", "disabled")
+    p = run_cli(
+        "exercise2.py",
+        "--dataset",
+        "mnist",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "kd",
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "400",
+        "400",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "100",
+        "--epochs",
+        "2",
+        "--wandb",
+        "disabled",
+    )
     assert p.returncode == 0, p.stderr
     run, seen, total = tmp_path / "kd", set(), 0
     for f in run.rglob("*"):
@@ -275,8 +454,24 @@ def test_run_folder_stores_no_model_twice(mnist_root, tmp_path):
 
 
 def test_resume_uses_the_runs_own_teacher_when_the_given_file_is_gone(mnist_root, tmp_path):
-    args = ["--dataset", "mnist", "--data_root", mnist_root, "--teacher", "FlexibleMLP", "--t_hidden_sizes", "16",
-            "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--epochs", "1", "--wandb", "disabled"]
+    args = [
+        "--dataset",
+        "mnist",
+        "--data_root",
+        mnist_root,
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "16",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        "--epochs",
+        "1",
+        "--wandb",
+        "disabled",
+    ]
     assert run_cli("exercise2.py", *args, "--save_dir", tmp_path, "--run_name", "a").returncode == 0
     given = tmp_path / "given.pth"
     given.write_bytes((tmp_path / "a" / "teacher.pth").read_bytes())
@@ -290,9 +485,33 @@ def test_resume_uses_the_runs_own_teacher_when_the_given_file_is_gone(mnist_root
 
 
 def test_a_diverging_phase_leaves_failed_summaries(mnist_root, tmp_path):
-    p = run_cli("exercise2.py", "--dataset", "mnist", "--data_root", mnist_root, "--teacher", "FlexibleMLP",
-                "--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--epochs", "2",
-                "--optimizer", "sgd", "--lr", "1e5", "--wandb", "disabled", "--save_dir", tmp_path, "--run_name", "kd")
+    p = run_cli(
+        "exercise2.py",
+        "--dataset",
+        "mnist",
+        "--data_root",
+        mnist_root,
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "16",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        "--epochs",
+        "2",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e5",
+        "--wandb",
+        "disabled",
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "kd",
+    )
     assert p.returncode == 3 and "diverged" in p.stderr.strip().splitlines()[-1]
     for f in ("summary.json", "teacher/summary.json"):
         assert json.loads((tmp_path / "kd" / f).read_text())["status"] == "failed"
@@ -300,9 +519,28 @@ def test_a_diverging_phase_leaves_failed_summaries(mnist_root, tmp_path):
 
 def test_seeds_and_kd_grid_report_paired_statistics(mnist_root, tmp_path):
     from stats import paired
-    base = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--teacher", "FlexibleMLP",
-            "--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--epochs", "1",
-            "--wandb", "disabled", "--cache_teacher"]
+
+    base = [
+        "--dataset",
+        "mnist",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "16",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        "--epochs",
+        "1",
+        "--wandb",
+        "disabled",
+        "--cache_teacher",
+    ]
     p = run_cli("exercise2.py", *base, "--run_name", "seeds", "--seeds", "0", "1", "2")
     assert p.returncode == 0, p.stderr
     s = json.loads((tmp_path / "seeds" / "summary.json").read_text())
@@ -319,8 +557,24 @@ def test_seeds_and_kd_grid_report_paired_statistics(mnist_root, tmp_path):
     else:
         assert s["gap_closed"] is None
     assert "Distilled - alone (paired)" in (tmp_path / "seeds" / "results.md").read_text()
-    p = run_cli("exercise2.py", *base, "--run_name", "grid", "--study", "kd_grid", "--temperatures", "2", "8",
-                "--alphas", "0.5", "--seeds", "0", "1", "--teacher_ckpt", tmp_path / "seeds" / "teacher.pth")
+    p = run_cli(
+        "exercise2.py",
+        *base,
+        "--run_name",
+        "grid",
+        "--study",
+        "kd_grid",
+        "--temperatures",
+        "2",
+        "8",
+        "--alphas",
+        "0.5",
+        "--seeds",
+        "0",
+        "1",
+        "--teacher_ckpt",
+        tmp_path / "seeds" / "teacher.pth",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("== student_baseline") == 2  # once per seed, not per (T, alpha)
     rows = json.loads((tmp_path / "grid" / "summary.json").read_text())["student_distill"]

@@ -1,4 +1,5 @@
 """exercise1.py through its real command line, on tiny data sets in the real on-disk formats."""
+
 import json
 import os
 import signal
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, SHARED_DATA, run_cli
 
 QUIET = ["--wandb", "disabled"]
@@ -24,13 +24,36 @@ def read_metrics(run):
 
 
 def test_mlp_run_leaves_every_file(mnist_root, tmp_path):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "2", "--depth", "3",
-                "--residual", "--norm", "--scheduler", "--batch_size", "32", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--epochs",
+        "2",
+        "--depth",
+        "3",
+        "--residual",
+        "--norm",
+        "--scheduler",
+        "--batch_size",
+        "32",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     run = last_line(p)
     assert run.parent == tmp_path
-    for name in ("config.json", "command.txt", "metrics.jsonl", "best.pt", "last.pt", "summary.json", "curves.png",
-                 "grads.png"):
+    for name in (
+        "config.json",
+        "command.txt",
+        "metrics.jsonl",
+        "best.pt",
+        "last.pt",
+        "summary.json",
+        "curves.png",
+        "grads.png",
+    ):
         assert (run / name).stat().st_size > 0, name
     assert "parameters" in p.stdout and "epoch   2/2" in p.stdout
     cfg = json.loads((run / "config.json").read_text())
@@ -40,8 +63,17 @@ def test_mlp_run_leaves_every_file(mnist_root, tmp_path):
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
-        assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "grad_norm",
-                "grad_median_first", "grad_median_last"} <= set(m)
+        assert {
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "lr",
+            "epoch_time_s",
+            "grad_norm",
+            "grad_median_first",
+            "grad_median_last",
+        } <= set(m)
         assert 0 <= m["val_acc"] <= 1 and m["train_loss"] > 0
         assert set(m["grad_norm"]) == {"blocks.0.fc", "blocks.1.fc", "blocks.2.fc", "proj.1_0", "head"}
         assert all(v > 0 for v in m["grad_norm"].values())
@@ -53,9 +85,29 @@ def test_mlp_run_leaves_every_file(mnist_root, tmp_path):
 
 
 def test_cnn_run(cifar_root, tmp_path):
-    p = run_cli("exercise1.py", "--model", "FlexibleCNN", "--layers", "1", "1", "--width", "4", "--residual", "--norm",
-                "--dataset", "cifar10", "--data_root", cifar_root, "--save_dir", tmp_path, "--epochs", "1",
-                "--run_name", "cnn", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--model",
+        "FlexibleCNN",
+        "--layers",
+        "1",
+        "1",
+        "--width",
+        "4",
+        "--residual",
+        "--norm",
+        "--dataset",
+        "cifar10",
+        "--data_root",
+        cifar_root,
+        "--save_dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--run_name",
+        "cnn",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     run = last_line(p)
     assert run == tmp_path / "cnn" and (run / "grads.png").exists()
@@ -63,28 +115,59 @@ def test_cnn_run(cifar_root, tmp_path):
 
 
 def test_preset_on_image_folder(folder_root, tmp_path):
-    p = run_cli("exercise1.py", "--model", "resnet20", "--dataset", "folder", "--data_root", folder_root,
-                "--save_dir", tmp_path, "--epochs", "1", "--optimizer", "sgd", "--lr", "0.1", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--model",
+        "resnet20",
+        "--dataset",
+        "folder",
+        "--data_root",
+        folder_root,
+        "--save_dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((last_line(p) / "summary.json").read_text())["params"] == 269_722 - 650 + 195  # 3 classes
 
 
 def test_early_stopping_stops_and_restores_best(mnist_root, tmp_path):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "20",
-                "--lr", "1e-12", "--early_stopping", "2", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--epochs",
+        "20",
+        "--lr",
+        "1e-12",
+        "--early_stopping",
+        "2",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads((last_line(p) / "summary.json").read_text())
     assert s["epochs_run"] == 3 and s["best_epoch"] == 1 and "early stopping" in p.stdout
     (last_line(p) / "summary.json").unlink()  # as if stopped during the final test: the resume stops again at once
     again = run_cli("exercise1.py", "--resume", last_line(p))
     assert again.returncode == 0, again.stderr
-    assert json.loads((last_line(p) / "summary.json").read_text()) == {**s, "train_time_s": pytest.approx(
-        s["train_time_s"])}
+    assert json.loads((last_line(p) / "summary.json").read_text()) == {
+        **s,
+        "train_time_s": pytest.approx(s["train_time_s"]),
+    }
 
 
 def test_k_fold_prints_k_results(mnist_root, tmp_path):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1",
-                "--k_folds", "3", *QUIET)
+    p = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1", "--k_folds", "3", *QUIET
+    )
     assert p.returncode == 0, p.stderr
     assert sum(": best val acc" in line for line in p.stdout.splitlines()) == 3
     assert "3-fold cross-validation: val acc" in p.stdout and "±" in p.stdout
@@ -98,17 +181,44 @@ def _comparable(metrics):
 
 def test_resume_after_sigkill_matches_uninterrupted(mnist_root, tmp_path):
     """A run killed with SIGKILL mid-training and resumed ends with exactly the uninterrupted metrics."""
-    args = ["--data_root", mnist_root, "--epochs", "3", "--scheduler", "--dropout", "0.2", "--augment",
-            "--batch_size", "16", "--hidden_size", "256", *QUIET]
+    args = [
+        "--data_root",
+        mnist_root,
+        "--epochs",
+        "3",
+        "--scheduler",
+        "--dropout",
+        "0.2",
+        "--augment",
+        "--batch_size",
+        "16",
+        "--hidden_size",
+        "256",
+        *QUIET,
+    ]
     full = run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r")
     assert full.returncode == 0, full.stderr
     run = tmp_path / "b" / "r"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "exercise1.py"), *map(str, args), "--save_dir",
-                             str(tmp_path / "b"), "--run_name", "r"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "exercise1.py"),
+            *map(str, args),
+            "--save_dir",
+            str(tmp_path / "b"),
+            "--run_name",
+            "r",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not (run / "metrics.jsonl").exists() or len(
-            (run / "metrics.jsonl").read_text().splitlines()) < 1:
+    while (
+        time.time() < deadline
+        and not (run / "metrics.jsonl").exists()
+        or len((run / "metrics.jsonl").read_text().splitlines()) < 1
+    ):
         assert proc.poll() is None, "run ended before it could be killed"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -126,8 +236,20 @@ def test_resume_after_sigkill_matches_uninterrupted(mnist_root, tmp_path):
 @pytest.mark.parametrize("scheduler", ["none", "cosine"])
 def test_resume_may_extend_epochs(mnist_root, tmp_path, scheduler):
     """A schedule is stretched to the new length, and says so: the added epoch learns (cosine had reached 0)."""
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "2",
-                "--scheduler", scheduler, *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        "--epochs",
+        "2",
+        "--scheduler",
+        scheduler,
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     p = run_cli("exercise1.py", "--resume", tmp_path / "r" / "last.pt", "--epochs", "3")
     assert p.returncode == 0, p.stderr
@@ -139,8 +261,19 @@ def test_resume_may_extend_epochs(mnist_root, tmp_path, scheduler):
 
 def test_wandb_offline_holds_the_logged_metrics_summary_and_figures(mnist_root, tmp_path):
     from wandb_reader import read_offline_run
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path / "runs", "--epochs", "2",
-                "--wandb", "offline", cwd=tmp_path)
+
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path / "runs",
+        "--epochs",
+        "2",
+        "--wandb",
+        "offline",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     run = last_line(p)
     assert f"wandb sync runs/{run.name}/wandb" in p.stdout  # offline files live in the run folder
@@ -154,9 +287,20 @@ def test_wandb_offline_holds_the_logged_metrics_summary_and_figures(mnist_root, 
 
 
 def test_wandb_unreachable_never_stops_training(mnist_root, tmp_path):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1", "--wandb",
-                "online", cwd=tmp_path, env={"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
-                                             "WANDB_INIT_TIMEOUT": "5"}, timeout=200)
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--wandb",
+        "online",
+        cwd=tmp_path,
+        env={"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "5"},
+        timeout=200,
+    )
     assert p.returncode == 0, p.stderr
     assert "warning: W&B" in p.stderr and (last_line(p) / "summary.json").exists()
 
@@ -184,8 +328,9 @@ BAD = [
 
 @pytest.mark.parametrize("extra,message", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_input_one_line_exit_2(mnist_root, tmp_path, extra, message):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path / "runs", "--epochs", "1",
-                *QUIET, *extra)
+    p = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path / "runs", "--epochs", "1", *QUIET, *extra
+    )
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert message in p.stderr
@@ -197,8 +342,9 @@ def test_resume_of_missing_corrupt_or_foreign_checkpoint(mnist_root, tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr and len(p.stderr.splitlines()) == 1
     p = run_cli("exercise1.py", "--resume", tmp_path)
     assert p.returncode == 2 and "no lab1 run folder" in p.stderr
-    ok = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r",
-                 "--epochs", "1", *QUIET)
+    ok = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1", *QUIET
+    )
     assert ok.returncode == 0, ok.stderr
     p = run_cli("exercise1.py", "--resume", tmp_path / "r" / "best.pt")
     assert p.returncode == 2 and "holds weights only" in p.stderr
@@ -224,8 +370,7 @@ def test_existing_run_folder_is_not_overwritten(mnist_root, tmp_path):
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
-    p = run_cli("exercise1.py", "--data_root", tmp_path / "empty", "--save_dir", tmp_path / "runs", *QUIET,
-                timeout=200)
+    p = run_cli("exercise1.py", "--data_root", tmp_path / "empty", "--save_dir", tmp_path / "runs", *QUIET, timeout=200)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "train-images-idx3-ubyte.gz" in p.stderr and "--data_root" in p.stderr
     assert not (tmp_path / "runs").exists()
@@ -236,18 +381,57 @@ def test_help_documents_every_flag():
     assert p.returncode == 0
     for group in ("Model:", "Data:", "Optimisation:", "Output:"):
         assert group in p.stdout
-    for flag in ("--model", "--hidden_size", "--depth", "--hidden_sizes", "--skips", "--residual", "--norm",
-                 "--layers", "--block", "--width", "--dropout", "--activation", "--optimizer", "--weight_decay",
-                 "--scheduler", "--warmup_epochs", "--label_smoothing", "--augment", "--no_augment", "--val_split",
-                 "--subset", "--early_stopping", "--k_folds", "--seed", "--device", "--amp", "--save_dir",
-                 "--run_name", "--resume", "--wandb", "--wandb_project"):
+    for flag in (
+        "--model",
+        "--hidden_size",
+        "--depth",
+        "--hidden_sizes",
+        "--skips",
+        "--residual",
+        "--norm",
+        "--layers",
+        "--block",
+        "--width",
+        "--dropout",
+        "--activation",
+        "--optimizer",
+        "--weight_decay",
+        "--scheduler",
+        "--warmup_epochs",
+        "--label_smoothing",
+        "--augment",
+        "--no_augment",
+        "--val_split",
+        "--subset",
+        "--early_stopping",
+        "--k_folds",
+        "--seed",
+        "--device",
+        "--amp",
+        "--save_dir",
+        "--run_name",
+        "--resume",
+        "--wandb",
+        "--wandb_project",
+    ):
         assert flag in p.stdout, flag
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST").exists(), reason="../shared/data not present")
 def test_real_mnist_one_epoch_reaches_95(tmp_path):
-    p = run_cli("exercise1.py", "--data_root", SHARED_DATA, "--save_dir", tmp_path, "--epochs", "1", "--norm",
-                "--subset", "30000", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        SHARED_DATA,
+        "--save_dir",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--norm",
+        "--subset",
+        "30000",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     assert read_metrics(last_line(p))[0]["val_acc"] >= 0.95
 
@@ -255,6 +439,7 @@ def test_real_mnist_one_epoch_reaches_95(tmp_path):
 @pytest.mark.parametrize("script", ["exercise1", "exercise2"])
 def test_help_gives_every_flag_a_default_and_no_machine_facts(script):
     import importlib
+
     parser = importlib.import_module(script).get_args_parser()
     text = parser.format_help()
     for action in parser._actions:  # a test may look inside argparse; the code does not

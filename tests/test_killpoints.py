@@ -6,6 +6,7 @@ catches, like SIGKILL), then continued as a user would (`--resume RUN_DIR`, or t
 folder exists yet), and its results are compared with an uninterrupted run's. In-process, so that the
 dozens of kill points take seconds (test_reliability.py kills real processes with SIGKILL).
 """
+
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ def killer(monkeypatch):
                     plots.plt.close(args[0])  # the figure never reaches the disk; free it
                 raise Killed(f"write {state['n']}")
             return fn(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(checkpoint, "atomic_write", counted(checkpoint.atomic_write))
@@ -42,9 +44,11 @@ def killer(monkeypatch):
         for name in ("append_jsonl", "publish"):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, counted(getattr(module, name)))
+
     def no_render(fig, path):  # a figure is a write like any other; rendering it would only cost time here
         plots.plt.close(fig)
         Path(path).touch()
+
     monkeypatch.setattr(plots, "save_figure", counted(no_render))
     monkeypatch.setattr(os, "rename", counted(os.rename))
     return state
@@ -86,21 +90,71 @@ def kill_everywhere(main, argv, folder, killer, tmp_path):
 
 def test_exercise1_run(mnist_root, tmp_path, killer):
     from exercise1 import main
-    argv = ["--data_root", str(mnist_root), "--run_name", "r", "--epochs", "3", "--hidden_size", "32", "--dropout",
-            "0.2", "--augment", "--wandb", "disabled", "--lr", "3e-3"]
+
+    argv = [
+        "--data_root",
+        str(mnist_root),
+        "--run_name",
+        "r",
+        "--epochs",
+        "3",
+        "--hidden_size",
+        "32",
+        "--dropout",
+        "0.2",
+        "--augment",
+        "--wandb",
+        "disabled",
+        "--lr",
+        "3e-3",
+    ]
     kill_everywhere(main, argv, "r", killer, tmp_path)
 
 
 def test_study_child(mnist_root, tmp_path, killer):
     from exercise1 import main
-    argv = ["--data_root", str(mnist_root), "--study", "mlp_depth", "--depths", "1", "--seeds", "0", "--epochs", "1",
-            "--hidden_size", "16", "--wandb", "disabled"]
+
+    argv = [
+        "--data_root",
+        str(mnist_root),
+        "--study",
+        "mlp_depth",
+        "--depths",
+        "1",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--hidden_size",
+        "16",
+        "--wandb",
+        "disabled",
+    ]
     kill_everywhere(main, argv, "mlp_depth", killer, tmp_path)
 
 
 def test_exercise2_phases(mnist_root, tmp_path, killer):
     from exercise2 import main
-    argv = ["--dataset", "mnist", "--data_root", str(mnist_root), "--run_name", "kd", "--epochs", "1", "--cache_teacher", "--teacher",
-            "FlexibleMLP", "--t_hidden_sizes", "32", "--student", "FlexibleMLP", "--s_hidden_sizes", "8",
-            "--wandb", "disabled"]
+
+    argv = [
+        "--dataset",
+        "mnist",
+        "--data_root",
+        str(mnist_root),
+        "--run_name",
+        "kd",
+        "--epochs",
+        "1",
+        "--cache_teacher",
+        "--teacher",
+        "FlexibleMLP",
+        "--t_hidden_sizes",
+        "32",
+        "--student",
+        "FlexibleMLP",
+        "--s_hidden_sizes",
+        "8",
+        "--wandb",
+        "disabled",
+    ]
     kill_everywhere(main, argv, "kd", killer, tmp_path)

@@ -10,8 +10,10 @@ def test_presets_output_shape(name):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name,millions", [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66),
-                                           ("resnet56", 0.85), ("resnet110", 1.7)])
+@pytest.mark.parametrize(
+    "name,millions",
+    [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85), ("resnet110", 1.7)],
+)
 def test_he_et_al_parameter_counts(name, millions):
     n = count_params(build_model(ModelConfig(name=name), (3, 32, 32), 10))
     assert round(n / 1e6, 2 if millions < 1 else 1) == millions
@@ -20,13 +22,17 @@ def test_he_et_al_parameter_counts(name, millions):
     assert count_params(plain) == n
 
 
-@pytest.mark.parametrize("cfg", [
-    ModelConfig(), ModelConfig(depth=6, residual=True, norm="batch"), ModelConfig(hidden_sizes=(64, 32, 32), norm="layer",
-                                                                                  activation="gelu", dropout=0.2),
-    ModelConfig(hidden_sizes=(16, 16, 8), skips=((1, 0), (3, 0)), activation="tanh"),
-    ModelConfig(name="FlexibleCNN", layers=(1, 1), width=8), ModelConfig(name="FlexibleCNN", layers=(1, 2, 1),
-                                                                         block="bottleneck", width=4, residual=True,
-                                                                         norm="batch")])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(),
+        ModelConfig(depth=6, residual=True, norm="batch"),
+        ModelConfig(hidden_sizes=(64, 32, 32), norm="layer", activation="gelu", dropout=0.2),
+        ModelConfig(hidden_sizes=(16, 16, 8), skips=((1, 0), (3, 0)), activation="tanh"),
+        ModelConfig(name="FlexibleCNN", layers=(1, 1), width=8),
+        ModelConfig(name="FlexibleCNN", layers=(1, 2, 1), block="bottleneck", width=4, residual=True, norm="batch"),
+    ],
+)
 @pytest.mark.parametrize("in_shape", [(1, 28, 28), (3, 32, 32)])
 def test_flexible_models_output_shape(cfg, in_shape):
     model = build_model(cfg, in_shape, 7).train()
@@ -102,8 +108,15 @@ def test_flexible_cnn_stage_widths_and_downsampling():
 def test_input_dropout_zero_is_todays_model():
     """Input dropout adds no state_dict keys at any rate (old checkpoints load) and, off, changes nothing."""
     from dataclasses import asdict
-    keys = ["blocks.0.fc.weight", "blocks.0.fc.bias", "blocks.1.fc.weight", "blocks.1.fc.bias",
-            "head.weight", "head.bias"]
+
+    keys = [
+        "blocks.0.fc.weight",
+        "blocks.0.fc.bias",
+        "blocks.1.fc.weight",
+        "blocks.1.fc.bias",
+        "head.weight",
+        "head.bias",
+    ]
     x = torch.randn(4, 1, 6, 6)
     outs = []
     for p in (0.0, 0.2):
@@ -138,6 +151,7 @@ def _rows(w):
 @pytest.mark.parametrize("layer", [torch.nn.Linear(5, 4), torch.nn.Conv2d(2, 4, 3)])
 def test_max_norm_rescales_only_rows_above_c(layer):
     from models import max_norm_
+
     with torch.no_grad():
         layer.weight.copy_(layer.weight / _rows(layer.weight).view(-1, *[1] * (layer.weight.dim() - 1)))
         layer.weight[0] *= 0.5  # norm 0.5: untouched by c
@@ -154,6 +168,7 @@ def test_max_norm_rescales_only_rows_above_c(layer):
 
 def test_max_norm_covers_head_and_projections_skips_norms_and_sees_through_wrappers():
     from models import max_norm_
+
     m = FlexibleMLP(6, 3, [4, 5], skips=[(2, 0)], norm="batch")
     with torch.no_grad():
         for p in m.parameters():

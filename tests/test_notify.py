@@ -1,5 +1,6 @@
 """notify.send_telegram against servers on 127.0.0.1 only: it delivers, it gives up after its total timeout
 however slowly a server drips, and no warning ever shows the bot token or the chat id."""
+
 import socket
 import threading
 import time
@@ -98,8 +99,20 @@ def closed_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["no scheme", "bad scheme", "no host", "bad port", "bad IPv6", "space in token", "refused",
-                                  "HTTP 401 echoing the URL", "silent server"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "no scheme",
+        "bad scheme",
+        "no host",
+        "bad port",
+        "bad IPv6",
+        "space in token",
+        "refused",
+        "HTTP 401 echoing the URL",
+        "silent server",
+    ],
+)
 def test_failures_warn_once_without_secrets(serve, env, capsys, monkeypatch, kind):
     def unauthorized(h, path, form, stop):  # answers with the token and chat id in its body, as a proxy might
         reply(h, 401, f"bad token in {path} for {form}".encode())
@@ -107,8 +120,14 @@ def test_failures_warn_once_without_secrets(serve, env, capsys, monkeypatch, kin
     def silent(h, path, form, stop):
         stop.wait(5)
 
-    url = {"no scheme": "127.0.0.1/telegram", "bad scheme": "htp://127.0.0.1:1", "no host": "http://", "bad port": "http://127.0.0.1:notaport",
-           "bad IPv6": "http://[::1", "refused": f"http://127.0.0.1:{closed_port()}"}.get(kind)
+    url = {
+        "no scheme": "127.0.0.1/telegram",
+        "bad scheme": "htp://127.0.0.1:1",
+        "no host": "http://",
+        "bad port": "http://127.0.0.1:notaport",
+        "bad IPv6": "http://[::1",
+        "refused": f"http://127.0.0.1:{closed_port()}",
+    }.get(kind)
     if kind == "space in token":  # urllib refuses the URL, quoting it (token and all) in its message
         monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN.replace("-", " "))
         url = f"http://127.0.0.1:{closed_port()}"

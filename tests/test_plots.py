@@ -1,5 +1,6 @@
 """plots.py in-process: each figure draws the data it was given, titled and labelled, readable with one epoch;
 the CLI fails with one line and exit 2 on input it cannot plot."""
+
 import json
 
 import numpy as np
@@ -19,9 +20,16 @@ def figs(monkeypatch):
 
 def record(epoch, val=True, **extra):
     """A metrics.jsonl line; values are exact in binary, so drawn data compares with ==."""
-    return {"epoch": epoch, "train_loss": 2.0 / epoch, "train_acc": 0.5 + epoch / 64, "lr": 0.1,
-            "val_loss": 3.0 / epoch if val else None, "val_acc": 0.25 + epoch / 64 if val else None,
-            "grad_norm": {"fc1.weight": 0.1 * epoch, "proj.weight": 5.0, "fc2.weight": 0.01 * epoch}, **extra}
+    return {
+        "epoch": epoch,
+        "train_loss": 2.0 / epoch,
+        "train_acc": 0.5 + epoch / 64,
+        "lr": 0.1,
+        "val_loss": 3.0 / epoch if val else None,
+        "val_acc": 0.25 + epoch / 64 if val else None,
+        "grad_norm": {"fc1.weight": 0.1 * epoch, "proj.weight": 5.0, "fc2.weight": 0.01 * epoch},
+        **extra,
+    }
 
 
 def visible_xticks(ax):
@@ -31,8 +39,12 @@ def visible_xticks(ax):
 
 def test_one_epoch_curves_show_points_titles_full_labels_and_integer_epochs(figs, tmp_path):
     drawn = plots.plot_curves([record(1)], tmp_path / "curves.png")
-    assert drawn == {"train_loss": ([1], [2.0]), "val_loss": ([1], [3.0]), "train_acc": ([1], [0.515625]),
-                     "val_acc": ([1], [0.265625])}
+    assert drawn == {
+        "train_loss": ([1], [2.0]),
+        "val_loss": ([1], [3.0]),
+        "train_acc": ([1], [0.515625]),
+        "val_acc": ([1], [0.265625]),
+    }
     assert (tmp_path / "curves.png").stat().st_size > 0
     (fig,) = figs
     assert fig._suptitle.get_text() == "training curves"
@@ -75,9 +87,13 @@ def test_overlay_draws_each_run_and_skips_missing_values(figs, tmp_path):
 def texts_inside_axes(fig, ax):
     fig.canvas.draw()
     box = ax.get_window_extent()
-    return all(box.x0 - 1 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= box.x1 + 1
-               and box.y0 - 1 <= t.get_window_extent().y0 and t.get_window_extent().y1 <= box.y1 + 1
-               for t in ax.texts)
+    return all(
+        box.x0 - 1 <= t.get_window_extent().x0
+        and t.get_window_extent().x1 <= box.x1 + 1
+        and box.y0 - 1 <= t.get_window_extent().y0
+        and t.get_window_extent().y1 <= box.y1 + 1
+        for t in ax.texts
+    )
 
 
 @pytest.mark.parametrize("values", [[0.1375, 0.1625], [0.99, 0.3, 1.0], [0.0, 0.02]])
@@ -112,8 +128,17 @@ def test_confusion_has_title_labelled_colour_bar_and_row_fractions(figs, tmp_pat
 
 def test_heatmap_writes_values_and_leaves_missing_cells_blank(figs, tmp_path):
     values = [[0.91, None, 0.93], [float("nan"), 0.8, 0.85]]
-    drawn = plots.plot_heatmap(values, [1, 4], [0.1, 0.5, 0.9], tmp_path / "h.png", "distillation grid",
-                               "test accuracy", fmt="{:.2f}", xlabel="alpha", ylabel="temperature")
+    drawn = plots.plot_heatmap(
+        values,
+        [1, 4],
+        [0.1, 0.5, 0.9],
+        tmp_path / "h.png",
+        "distillation grid",
+        "test accuracy",
+        fmt="{:.2f}",
+        xlabel="alpha",
+        ylabel="temperature",
+    )
     np.testing.assert_allclose(drawn, [[0.91, np.nan, 0.93], [np.nan, 0.8, 0.85]])
     ax, cbar = figs[0].axes
     assert ax.get_title() == "distillation grid" and cbar.get_ylabel() == "test accuracy"
@@ -128,18 +153,32 @@ def hue(color):
 
 
 def test_study_draws_both_panels_with_one_colour_family_per_kind(figs, tmp_path):
-    rows = [{"model": kind, "depth": d, "test_acc_mean": m, "test_acc_std": s}
-            for kind, d, m, s in [("plain", 8, 0.7, 0.05), ("plain", 2, 0.9, 0.01), ("residual", 2, 0.91, 0.02),
-                                  ("residual", 8, 0.93, 0.0)]]
-    curves = {("plain", 2): [record(1)], ("plain", 8): [record(1)], ("residual", 2): [record(1)],
-              ("residual", 8): [record(1, val=False)]}
+    rows = [
+        {"model": kind, "depth": d, "test_acc_mean": m, "test_acc_std": s}
+        for kind, d, m, s in [
+            ("plain", 8, 0.7, 0.05),
+            ("plain", 2, 0.9, 0.01),
+            ("residual", 2, 0.91, 0.02),
+            ("residual", 8, 0.93, 0.0),
+        ]
+    ]
+    curves = {
+        ("plain", 2): [record(1)],
+        ("plain", 8): [record(1)],
+        ("residual", 2): [record(1)],
+        ("residual", 8): [record(1, val=False)],
+    }
     drawn = plots.plot_study(rows, curves, tmp_path / "study.png", "MLP depth")
     assert drawn["test_acc"]["plain"][:2] == ([2, 8], [0.9, 0.7])
     assert drawn["test_acc"]["plain"][2] == pytest.approx([0.01, 0.05])
     assert drawn["test_acc"]["residual"][2] == pytest.approx([0.02, 0.0])
     v, t = [0.265625], [0.515625]
-    assert drawn["curves"] == {"plain 2": ([1], v), "plain 8": ([1], v), "residual 2": ([1], v),
-                               "residual 8 (train acc: no validation split)": ([1], t)}
+    assert drawn["curves"] == {
+        "plain 2": ([1], v),
+        "plain 8": ([1], v),
+        "residual 2": ([1], v),
+        "residual 8 (train acc: no validation split)": ([1], t),
+    }
     left, right = figs[0].axes
     assert left.get_title() == "MLP depth" and left.get_xlabel() == "depth" and right.get_title()
     assert "training where no validation split" in right.get_ylabel()
@@ -157,10 +196,21 @@ def test_study_draws_both_panels_with_one_colour_family_per_kind(figs, tmp_path)
 
 
 def test_layer_grads_first_epoch_main_path_only(figs, tmp_path):
-    deep = [{"epoch": 1, "grad_norm": {"conv1.weight": 1e-1, "layer1.0.shortcut.0.weight": 9.0,
-                                       "layer1.0.conv1.weight": 1e-2, "fc.weight": 1e-3}}, record(2)]
-    drawn = plots.plot_layer_grads({"plain 20 (epoch 1)": deep, "residual 20": [record(1)], "empty": []},
-                                   tmp_path / "g.png")
+    deep = [
+        {
+            "epoch": 1,
+            "grad_norm": {
+                "conv1.weight": 1e-1,
+                "layer1.0.shortcut.0.weight": 9.0,
+                "layer1.0.conv1.weight": 1e-2,
+                "fc.weight": 1e-3,
+            },
+        },
+        record(2),
+    ]
+    drawn = plots.plot_layer_grads(
+        {"plain 20 (epoch 1)": deep, "residual 20": [record(1)], "empty": []}, tmp_path / "g.png"
+    )
     assert drawn == {"plain 20 (epoch 1)": ([1, 2, 3], [1e-1, 1e-2, 1e-3]), "residual 20": ([1, 2], [0.1, 0.01])}
     (ax,) = figs[0].axes
     assert ax.get_yscale() == "log" and ax.get_title() and ax.get_xlabel() == "weight layer (input -> output)"
@@ -194,7 +244,9 @@ def test_compare_draws_the_runs(figs, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
     (ax,) = figs[0].axes
     assert [(ln.get_label(), list(ln.get_xdata()), ln.get_marker()) for ln in ax.lines] == [
-        ("a", [1], "o"), ("b", [1, 2], "o")]
+        ("a", [1], "o"),
+        ("b", [1, 2], "o"),
+    ]
     assert ax.get_ylabel() == "training loss"
 
 
@@ -207,8 +259,15 @@ def test_compare_refuses_a_metric_it_cannot_plot_and_names_those_it_can(tmp_path
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("content,what", [(None, "not found"), ("{not json\n", "cannot be read"),
-                                          ("[1, 2]\n", "JSON object"), ('{"train_acc": 1}\n', "epoch")])
+@pytest.mark.parametrize(
+    "content,what",
+    [
+        (None, "not found"),
+        ("{not json\n", "cannot be read"),
+        ("[1, 2]\n", "JSON object"),
+        ('{"train_acc": 1}\n', "epoch"),
+    ],
+)
 def test_compare_unreadable_run_is_one_line(tmp_path, capsys, content, what):
     (tmp_path / "r").mkdir()
     if content is not None:
@@ -217,8 +276,17 @@ def test_compare_unreadable_run_is_one_line(tmp_path, capsys, content, what):
 
 
 def test_table_prints_every_run_with_dashes_for_missing_numbers(tmp_path, capsys):
-    a = write_run(tmp_path / "a", summary={"params": 1234567, "best_val_acc": None, "test_acc": 0.91,
-                                           "test_loss": 0.3, "epochs_run": 2, "train_time_s": 12.34})
+    a = write_run(
+        tmp_path / "a",
+        summary={
+            "params": 1234567,
+            "best_val_acc": None,
+            "test_acc": 0.91,
+            "test_loss": 0.3,
+            "epochs_run": 2,
+            "train_time_s": 12.34,
+        },
+    )
     b = write_run(tmp_path / "b", summary={"status": "failed", "error": "boom"})
     plots.main(["table", a, b])
     lines = capsys.readouterr().out.splitlines()

@@ -2,6 +2,7 @@
 
 Waiting is for a file or a line to appear, never for a fixed time.
 """
+
 import errno
 import json
 import os
@@ -14,15 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, lock_held_elsewhere, run_cli
 
 QUIET = ["--wandb", "disabled"]
 
 
 def start(args, **kw):
-    return subprocess.Popen([sys.executable, str(ROOT / "exercise1.py"), *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "exercise1.py"), *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def wait_for(check, proc, timeout=120):
@@ -40,13 +46,29 @@ def printed_command(err):
 
 
 def metrics(run):
-    return [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_nan_loss_stops_with_exit_3(mnist_root, tmp_path):
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "3",
-                "--optimizer", "sgd", "--lr", "1e5", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        "--epochs",
+        "3",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e5",
+        *QUIET,
+    )
     assert p.returncode == 3, (p.stdout, p.stderr)
     last = p.stderr.strip().splitlines()[-1]  # after the progress bars, one line
     assert "diverged" in last and "--lr" in last and "Traceback" not in p.stderr
@@ -59,8 +81,21 @@ def test_nan_loss_stops_with_exit_3(mnist_root, tmp_path):
 def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_root, tmp_path, sig, code):
     """SIGTERM / Ctrl-C in the middle of an epoch: last.pt holds that very step, the last line says how to go
     on, and that command, run as printed, ends exactly like an uninterrupted run."""
-    args = ["--data_root", mnist_root, "--epochs", "2", "--scheduler", "--dropout", "0.2", "--augment",
-            "--batch_size", "4", "--hidden_size", "512", *QUIET]
+    args = [
+        "--data_root",
+        mnist_root,
+        "--epochs",
+        "2",
+        "--scheduler",
+        "--dropout",
+        "0.2",
+        "--augment",
+        "--batch_size",
+        "4",
+        "--hidden_size",
+        "512",
+        *QUIET,
+    ]
     full = run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r")
     assert full.returncode == 0, full.stderr
     run = tmp_path / "b" / "r"
@@ -83,8 +118,9 @@ def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_ro
 @pytest.mark.parametrize("script", ["exercise1.py", "exercise2.py"])
 def test_ctrl_c_while_torch_loads_ends_quietly(script):
     """Ctrl-C in the first seconds, while the imports run, before run_main's handlers: no traceback."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / script)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / script)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for(lambda: "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text(), proc)  # inside `import torch`
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -93,8 +129,25 @@ def test_ctrl_c_while_torch_loads_ends_quietly(script):
 
 def test_sigterm_before_the_first_checkpoint_resumes_from_the_start(mnist_root, tmp_path):
     """A stop in the first epoch, before any last.pt: the printed command still works (it starts the run over)."""
-    proc = start(["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                  "--batch_size", "2", "--hidden_size", "512", "--depth", "3", *QUIET])
+    proc = start(
+        [
+            "--data_root",
+            mnist_root,
+            "--save_dir",
+            tmp_path,
+            "--run_name",
+            "r",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "2",
+            "--hidden_size",
+            "512",
+            "--depth",
+            "3",
+            *QUIET,
+        ]
+    )
     wait_for(lambda: (tmp_path / "r" / "config.json").exists(), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -105,8 +158,23 @@ def test_sigterm_before_the_first_checkpoint_resumes_from_the_start(mnist_root, 
 
 
 def test_sigterm_in_a_study_prints_a_command_that_continues_it(mnist_root, tmp_path):
-    proc = start(["--study", "mlp_depth", "--depths", "2", "--epochs", "50", "--batch_size", "8", "--data_root",
-                  mnist_root, "--save_dir", tmp_path, *QUIET])
+    proc = start(
+        [
+            "--study",
+            "mlp_depth",
+            "--depths",
+            "2",
+            "--epochs",
+            "50",
+            "--batch_size",
+            "8",
+            "--data_root",
+            mnist_root,
+            "--save_dir",
+            tmp_path,
+            *QUIET,
+        ]
+    )
     wait_for(lambda: (tmp_path / "mlp_depth" / "plain2_seed0" / "last.pt").exists(), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -116,8 +184,10 @@ def test_sigterm_in_a_study_prints_a_command_that_continues_it(mnist_root, tmp_p
 
 def test_second_process_on_the_same_run_is_refused(mnist_root, tmp_path):
     from checkpoint import RunLock
-    ok = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                 *QUIET)
+
+    ok = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1", *QUIET
+    )
     assert ok.returncode == 0
     with lock_held_elsewhere(tmp_path / "r"):
         p = run_cli("exercise1.py", "--resume", tmp_path / "r", "--epochs", "2")
@@ -128,6 +198,7 @@ def test_second_process_on_the_same_run_is_refused(mnist_root, tmp_path):
 
 def test_checkpoint_write_failing_halfway_leaves_the_old_one(tmp_path):
     from checkpoint import atomic_write, load_file, save_checkpoint
+
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"format": "lab1-checkpoint-v1", "model": {"w": torch.ones(3)}})
 
@@ -144,6 +215,7 @@ def test_checkpoint_write_failing_halfway_leaves_the_old_one(tmp_path):
 
 def test_disk_full_is_one_line_naming_the_path_and_the_space(mnist_root, tmp_path, monkeypatch):
     import checkpoint
+
     real = checkpoint.torch.save
 
     def full(obj, f, *a, **k):
@@ -152,8 +224,9 @@ def test_disk_full_is_one_line_naming_the_path_and_the_space(mnist_root, tmp_pat
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
-    p = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                *QUIET)
+    p = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1", *QUIET
+    )
     assert p.returncode == 1, p.stderr
     line = p.stderr.strip().splitlines()[-1]
     assert "no space left on device" in line and "last.pt" in line and "MiB" in line and "Traceback" not in p.stderr
@@ -174,12 +247,27 @@ def small_disk(tmp_path):
 @pytest.mark.parametrize("full_at", ["checkpoint", "figures"])
 def test_a_really_full_disk_is_one_line_naming_a_file(mnist_root, small_disk, tmp_path, full_at):
     """torch.save on a full disk raises RuntimeErrors of its own, matplotlib OSErrors without a file name."""
-    args = ["--data_root", mnist_root, "--run_name", "r", "--epochs", "1", "--hidden_size", "32", "--depth", "2", *QUIET]
+    args = [
+        "--data_root",
+        mnist_root,
+        "--run_name",
+        "r",
+        "--epochs",
+        "1",
+        "--hidden_size",
+        "32",
+        "--depth",
+        "2",
+        *QUIET,
+    ]
     free = 100 * 1024  # less than last.pt
     if full_at == "figures":  # room for everything written before the first figure
         assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "ok").returncode == 0
-        free = sum(4096 + f.stat().st_size for f in (tmp_path / "ok" / "r").iterdir() if f.suffix in (".pt", ".json",
-                                                                                                    ".jsonl", ".txt"))
+        free = sum(
+            4096 + f.stat().st_size
+            for f in (tmp_path / "ok" / "r").iterdir()
+            if f.suffix in (".pt", ".json", ".jsonl", ".txt")
+        )
     (small_disk / "filler").write_bytes(bytes(2**20 - free - 16 * 1024))
     p = run_cli("exercise1.py", *args, "--save_dir", small_disk, process=True)
     line = p.stderr.strip().splitlines()[-1].split("\r")[-1]
@@ -190,8 +278,9 @@ def test_a_really_full_disk_is_one_line_naming_a_file(mnist_root, small_disk, tm
 
 
 def test_stale_temporary_files_of_killed_writers_are_removed(mnist_root, tmp_path):
-    ok = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1",
-                 *QUIET)
+    ok = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1", *QUIET
+    )
     assert ok.returncode == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -201,8 +290,10 @@ def test_stale_temporary_files_of_killed_writers_are_removed(mnist_root, tmp_pat
     for f in users:
         f.write_text("mine")
     assert run_cli("exercise1.py", "--resume", tmp_path / "r", "--epochs", "2").returncode == 0
-    assert run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1",
-                   *QUIET).returncode == 0
+    assert (
+        run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1", *QUIET).returncode
+        == 0
+    )
     assert not stale.exists() and all(f.read_text() == "mine" for f in users)
 
 
@@ -228,12 +319,14 @@ def test_a_signal_during_the_last_epochs_checkpoint_is_not_lost(mnist_root, tmp_
     the loop, with the continue line and exit 143, instead of testing and exiting 0 as if nothing was asked."""
     import engine
     import lifecycle
+
     real = lifecycle.append_jsonl
 
     def signal_while_saving(path, rec):
         real(path, rec)
         if rec["epoch"] == 2:
             engine.STOP.handler(signal.SIGTERM, None)  # what the operating system's signal does at this moment
+
     monkeypatch.setattr(lifecycle, "append_jsonl", signal_while_saving)
     args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "2", *QUIET]
     p = run_cli("exercise1.py", *args)
@@ -248,8 +341,21 @@ def test_standard_loader_with_workers_resumes_exactly(mnist_root, tmp_path, monk
     """--loader standard --num_workers 2: killed after epoch 1's checkpoint and resumed, the same as uninterrupted
     (its augmentation depends on (seed, epoch, index) only, not on when the DataLoader workers started)."""
     import lifecycle
-    args = ["--data_root", mnist_root, "--epochs", "2", "--augment", "--loader", "standard", "--num_workers", "2",
-            "--hidden_size", "32", *QUIET]
+
+    args = [
+        "--data_root",
+        mnist_root,
+        "--epochs",
+        "2",
+        "--augment",
+        "--loader",
+        "standard",
+        "--num_workers",
+        "2",
+        "--hidden_size",
+        "32",
+        *QUIET,
+    ]
     assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r").returncode == 0
     real = lifecycle.append_jsonl
 
@@ -257,6 +363,7 @@ def test_standard_loader_with_workers_resumes_exactly(mnist_root, tmp_path, monk
         real(path, rec)
         if rec["epoch"] == 1:
             raise SystemExit(9)  # as a kill right after epoch 1's files: the resumed process starts new workers
+
     monkeypatch.setattr(lifecycle, "append_jsonl", dies_after_epoch_1)
     assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "b", "--run_name", "r").returncode == 9
     monkeypatch.setattr(lifecycle, "append_jsonl", real)

@@ -1,10 +1,11 @@
 """Transfer learning (exercise2.py --task finetune) on tiny data."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from dataloader import DataConfig, DataSet, load_dataset
 from engine import TrainConfig
 from models import ModelConfig, build_model
@@ -16,9 +17,29 @@ QUIET = ["--wandb", "disabled"]
 @pytest.fixture(scope="module")
 def pretrained(cifar_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("pre")
-    p = run_cli("exercise1.py", "--model", "FlexibleCNN", "--layers", "1", "1", "--width", "8", "--residual", "--norm",
-                "--dataset", "cifar10", "--data_root", cifar_root, "--save_dir", out, "--run_name", "cnn", "--epochs",
-                "1", *QUIET)
+    p = run_cli(
+        "exercise1.py",
+        "--model",
+        "FlexibleCNN",
+        "--layers",
+        "1",
+        "1",
+        "--width",
+        "8",
+        "--residual",
+        "--norm",
+        "--dataset",
+        "cifar10",
+        "--data_root",
+        cifar_root,
+        "--save_dir",
+        out,
+        "--run_name",
+        "cnn",
+        "--epochs",
+        "1",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     return out / "cnn" / "best.pt"
 
@@ -69,8 +90,26 @@ def test_freezing_really_freezes(cifar_root):
 
 
 def test_all_modes_through_the_cli(pretrained, mnist_root, tmp_path):
-    p = run_cli("exercise2.py", "--task", "finetune", "--pretrained", pretrained, "--dataset", "mnist", "--data_root",
-                mnist_root, "--save_dir", tmp_path, "--run_name", "ft", "--epochs", "1", "--freeze_stages", "1", *QUIET)
+    p = run_cli(
+        "exercise2.py",
+        "--task",
+        "finetune",
+        "--pretrained",
+        pretrained,
+        "--dataset",
+        "mnist",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "ft",
+        "--epochs",
+        "1",
+        "--freeze_stages",
+        "1",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     assert "adapting inputs to the pretrained network: grey -> 3 channels, resized 28x28 -> 32x32" in p.stdout
     run = tmp_path / "ft"
@@ -86,8 +125,24 @@ def test_all_modes_through_the_cli(pretrained, mnist_root, tmp_path):
 
 
 def test_single_mode(pretrained, cifar_root, tmp_path):
-    p = run_cli("exercise2.py", "--task", "finetune", "--pretrained", pretrained, "--dataset", "cifar10",
-                "--data_root", cifar_root, "--save_dir", tmp_path, "--run_name", "lin", "--mode", "linear", *QUIET)
+    p = run_cli(
+        "exercise2.py",
+        "--task",
+        "finetune",
+        "--pretrained",
+        pretrained,
+        "--dataset",
+        "cifar10",
+        "--data_root",
+        cifar_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "lin",
+        "--mode",
+        "linear",
+        *QUIET,
+    )
     assert p.returncode == 0, p.stderr
     assert "adapting" not in p.stdout
     assert set(json.loads((tmp_path / "lin" / "summary.json").read_text())) == {"linear"}
@@ -95,13 +150,17 @@ def test_single_mode(pretrained, cifar_root, tmp_path):
 
 def test_errors(pretrained, mnist_root, tmp_path):
     base = ["--task", "finetune", "--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path / "r", *QUIET]
-    mlp = run_cli("exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "mlp", "--epochs",
-                  "1", *QUIET)
+    mlp = run_cli(
+        "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "mlp", "--epochs", "1", *QUIET
+    )
     assert mlp.returncode == 0
-    for extra, message in [([], "needs --pretrained"), (["--pretrained", tmp_path / "no.pt"], "does not exist"),
-                           (["--pretrained", tmp_path / "mlp" / "best.pt"], "not a CNN checkpoint"),
-                           (["--pretrained", pretrained, "--mode", "knn"], "--mode"),
-                           (["--pretrained", pretrained, "--freeze_stages", "5"], "--freeze_stages")]:
+    for extra, message in [
+        ([], "needs --pretrained"),
+        (["--pretrained", tmp_path / "no.pt"], "does not exist"),
+        (["--pretrained", tmp_path / "mlp" / "best.pt"], "not a CNN checkpoint"),
+        (["--pretrained", pretrained, "--mode", "knn"], "--mode"),
+        (["--pretrained", pretrained, "--freeze_stages", "5"], "--freeze_stages"),
+    ]:
         p = run_cli("exercise2.py", *base, *extra)
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (extra, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
@@ -109,13 +168,33 @@ def test_errors(pretrained, mnist_root, tmp_path):
 
 def test_finetune_is_reproducible(pretrained, mnist_root, tmp_path):
     """The new head is drawn from --seed: the same command gives the same training, whatever ran before it."""
+
     def metrics(name):
-        p = run_cli("exercise2.py", "--task", "finetune", "--pretrained", pretrained, "--dataset", "mnist",
-                    "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", name, "--mode", "finetune",
-                    "--epochs", "1", *QUIET)
+        p = run_cli(
+            "exercise2.py",
+            "--task",
+            "finetune",
+            "--pretrained",
+            pretrained,
+            "--dataset",
+            "mnist",
+            "--data_root",
+            mnist_root,
+            "--save_dir",
+            tmp_path,
+            "--run_name",
+            name,
+            "--mode",
+            "finetune",
+            "--epochs",
+            "1",
+            *QUIET,
+        )
         assert p.returncode == 0, p.stderr
         torch.rand(7)  # moves the global generator, as anything else in the process might
-        return [{k: v for k, v in json.loads(line).items() if "time" not in k}
-                for line in (tmp_path / name / "finetune" / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if "time" not in k}
+            for line in (tmp_path / name / "finetune" / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert metrics("a") == metrics("b")

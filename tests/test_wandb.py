@@ -1,5 +1,6 @@
 """wandb_log: mode choice from wandb's own credentials, offline runs read back, the sweep-agent shared run,
 the sync command, and failures that only warn. Offline only: HOME, NETRC and WANDB_* point into tmp_path."""
+
 import os
 import subprocess
 import sys
@@ -8,11 +9,11 @@ from pathlib import Path
 import pytest
 
 wandb = pytest.importorskip("wandb")
-import wandb_log  # noqa: E402
 from wandb.sdk import wandb_setup  # noqa: E402
 from wandb.sdk.lib import wbauth  # noqa: E402
-from wandb_log import WandbLogger, finish_process, resolve_mode, sync_command  # noqa: E402
 from wandb_reader import read_offline_run  # noqa: E402
+
+from wandb_log import WandbLogger, finish_process, resolve_mode, sync_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "k" * 40  # wandb accepts keys of 40+ word characters
@@ -29,8 +30,13 @@ def wb(tmp_path, monkeypatch):
         monkeypatch.delenv(k)
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var, sub in [("WANDB_DIR", "wandb_dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")]:
+    for var, sub in [
+        ("WANDB_DIR", "wandb_dir"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ]:
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
     monkeypatch.chdir(tmp_path)
@@ -53,11 +59,13 @@ def warning_lines(err):
 
 def png(path):
     from PIL import Image
+
     Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
     return path
 
 
 # ---- resolve_mode ----
+
 
 def test_explicit_modes_stand_and_auto_without_credentials_is_offline(wb, capsys):
     assert [resolve_mode(m) for m in ("online", "offline", "disabled")] == ["online", "offline", "disabled"]
@@ -110,10 +118,19 @@ def test_netrc_that_is_a_folder_means_offline_with_one_warning(wb, monkeypatch, 
 
 # ---- offline runs ----
 
+
 def test_offline_run_keeps_config_history_summary_images_and_table(wb, capsys):
     run_dir = wb / "runs" / "mlp_a"
-    lg = WandbLogger("offline", "lab1-test", "mlp_a", {"lr": 0.1, "model": {"name": "mlp"}}, group="mlp_a",
-                     job_type="train", dir=run_dir, prefix="")
+    lg = WandbLogger(
+        "offline",
+        "lab1-test",
+        "mlp_a",
+        {"lr": 0.1, "model": {"name": "mlp"}},
+        group="mlp_a",
+        job_type="train",
+        dir=run_dir,
+        prefix="",
+    )
     assert lg.id and lg.offline_dir.parent == (run_dir / "wandb").resolve()
     for epoch in (1, 2, 3):
         lg.log({"train/loss": 1 / epoch, "val/acc": epoch / 10}, step=epoch)
@@ -159,12 +176,18 @@ def test_resumed_run_writes_a_second_folder_and_one_command_syncs_both(wb, capsy
     assert warning_lines(capsys.readouterr().err) == []
     command = sync_command([again.offline_dir])  # the resumed process knows only its own folder
     assert command == "wandb sync r/wandb"
-    dry = subprocess.run(command.replace("wandb sync", f"{sys.executable} -m wandb sync --dry-run", 1), shell=True,
-                         capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(
+        command.replace("wandb sync", f"{sys.executable} -m wandb sync --dry-run", 1),
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
 
 # ---- the sweep agent ----
+
 
 def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_RUN_ID", "trial123")
@@ -172,8 +195,9 @@ def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeyp
     reload_env()
     loggers = []
     for i, phase in enumerate(PHASES):  # as exercise2 does: one logger per phase, opened and finished in turn
-        lg = WandbLogger("offline", "p", f"r-{phase}", {"phase": phase}, group="r", job_type=phase, dir=wb / "r",
-                         prefix=f"{phase}/")
+        lg = WandbLogger(
+            "offline", "p", f"r-{phase}", {"phase": phase}, group="r", job_type=phase, dir=wb / "r", prefix=f"{phase}/"
+        )
         for epoch in (1, 2):
             lg.log({"train/loss": i + epoch / 10}, step=epoch)
         lg.finish({"test_acc": [0.7, 0.8, 0.9][i]})
@@ -187,7 +211,10 @@ def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeyp
     assert run["id"] == "trial123" and run["group"] == "r" and run["exit_code"] == 0
     assert run["config"]["phase"] == "teacher" and run["config"]["student_distill"] == {"phase": "student_distill"}
     assert {k: v for k, v in run["summary"].items() if k.endswith("test_acc")} == {
-        "teacher/test_acc": 0.7, "student_baseline/test_acc": 0.8, "student_distill/test_acc": 0.9}
+        "teacher/test_acc": 0.7,
+        "student_baseline/test_acc": 0.8,
+        "student_distill/test_acc": 0.9,
+    }
     for phase in PHASES:  # every phase's epochs 1, 2 kept: no phase's step counter fights another's
         assert [row[f"{phase}/epoch"] for row in run["history"] if f"{phase}/train/loss" in row] == [1, 2]
     assert sync_command([lg.offline_dir for lg in loggers]) == "wandb sync r/wandb"
@@ -200,11 +227,13 @@ def test_finish_process_with_nothing_open_is_a_no_op(wb, capsys):
 
 # ---- sync_command ----
 
+
 def test_sync_command_is_one_short_command(wb):
     def folder(path, run_id):
         (wb / path).mkdir(parents=True)
         (wb / path / f"run-{run_id}.wandb").write_bytes(b":W&B")
         return wb / path
+
     assert sync_command([]) is None and sync_command([None]) is None
     study = [folder(f"study/{c}/wandb/offline-run-20260101_000000-{c}", c) for c in ("d2", "d4")]
     assert sync_command(study) == "wandb sync study/*/wandb"
@@ -214,8 +243,9 @@ def test_sync_command_is_one_short_command(wb):
     folder("wandb/offline-run-20260101_000000-mine", "mine")
     again = folder("wandb/offline-run-20260101_000000-mine-1", "mine")
     folder("wandb/offline-run-20260101_000000-other", "other")
-    assert sync_command([again]) == ("wandb sync wandb/offline-run-20260101_000000-mine "
-                                     "wandb/offline-run-20260101_000000-mine-1")
+    assert sync_command([again]) == (
+        "wandb sync wandb/offline-run-20260101_000000-mine wandb/offline-run-20260101_000000-mine-1"
+    )
     spaced = folder("my runs/x/wandb/offline-run-20260101_000000-sp", "sp")
     assert sync_command([spaced, spaced]) == "wandb sync 'my runs/x/wandb'"
     assert sync_command([study[0], spaced]) == "wandb sync 'my runs/x/wandb' study/d2/wandb"
@@ -225,9 +255,11 @@ def test_sync_command_is_one_short_command(wb):
 
 # ---- failures only warn ----
 
+
 def test_failing_init_warns_once_hides_keys_and_makes_the_logger_a_no_op(wb, monkeypatch, capsys):
     def boom(*a, **k):
         raise RuntimeError(f"server said no to key {KEY}\nsecond line")
+
     monkeypatch.setattr(wandb, "init", boom)
     lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
     lg.log({"a": 1}, step=1)
@@ -245,6 +277,7 @@ def test_failing_call_warns_once_then_the_logger_is_off(wb, capsys):
 
     def broken(*a, **k):
         raise OSError("disk full")
+
     lg.run.log = broken
     lg.log({"a": 1}, step=1)
     lg.log({"a": 2}, step=2)
@@ -254,7 +287,9 @@ def test_failing_call_warns_once_then_the_logger_is_off(wb, capsys):
 
 
 def test_disabled_never_imports_wandb():
-    code = ("import sys, wandb_log; lg = wandb_log.WandbLogger('disabled', 'p', 'n', {}); lg.log({'a': 1}, step=1); "
-            "lg.finish({'a': 1}); wandb_log.finish_process(); print(lg.id, 'wandb' in sys.modules)")
+    code = (
+        "import sys, wandb_log; lg = wandb_log.WandbLogger('disabled', 'p', 'n', {}); lg.log({'a': 1}, step=1); "
+        "lg.finish({'a': 1}); wandb_log.finish_process(); print(lg.id, 'wandb' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["None", "False"], out.stderr

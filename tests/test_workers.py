@@ -1,5 +1,6 @@
 """Studies shared by several worker processes: each child trained exactly once, a dead worker's child taken
 over and resumed, and the same results as one worker (real processes: the process boundary is the point)."""
+
 import json
 import os
 import signal
@@ -9,24 +10,56 @@ import time
 
 from conftest import ROOT, run_cli
 
-STUDY = ["--study", "mlp_depth", "--depths", "1", "--seeds", "0", "1", "--epochs", "2", "--hidden_size", "16",
-         "--batch_size", "16", "--wandb", "disabled"]
+STUDY = [
+    "--study",
+    "mlp_depth",
+    "--depths",
+    "1",
+    "--seeds",
+    "0",
+    "1",
+    "--epochs",
+    "2",
+    "--hidden_size",
+    "16",
+    "--batch_size",
+    "16",
+    "--wandb",
+    "disabled",
+]
 
 
 def results(study):
     out = {}
     for child in sorted(p for p in study.iterdir() if p.is_dir() and (p / "summary.json").exists()):
         s = json.loads((child / "summary.json").read_text())
-        out[child.name] = ({k: v for k, v in s.items() if "time" not in k},
-                           [{k: v for k, v in json.loads(line).items() if "time" not in k}
-                            for line in (child / "metrics.jsonl").read_text().splitlines()])
+        out[child.name] = (
+            {k: v for k, v in s.items() if "time" not in k},
+            [
+                {k: v for k, v in json.loads(line).items() if "time" not in k}
+                for line in (child / "metrics.jsonl").read_text().splitlines()
+            ],
+        )
     return out
 
 
 def worker(mnist_root, save_dir):
-    return subprocess.Popen([sys.executable, str(ROOT / "exercise1.py"), "--data_root", str(mnist_root), "--save_dir",
-                             str(save_dir), *STUDY], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "exercise1.py"),
+            "--data_root",
+            str(mnist_root),
+            "--save_dir",
+            str(save_dir),
+            *STUDY,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
 
 
 def test_three_workers_and_a_killed_one_give_the_one_worker_results(mnist_root, tmp_path):
@@ -69,9 +102,25 @@ def test_three_workers_and_a_killed_one_give_the_one_worker_results(mnist_root, 
 
 def test_ctrl_c_to_a_study_with_workers_says_how_to_continue(mnist_root, tmp_path):
     """The spawning process waits for its --workers; a Ctrl-C there stops them and names the study's --resume."""
-    main = subprocess.Popen([sys.executable, str(ROOT / "exercise1.py"), "--data_root", str(mnist_root), "--save_dir",
-                             str(tmp_path), *STUDY, "--epochs", "50", "--workers", "2"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    main = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "exercise1.py"),
+            "--data_root",
+            str(mnist_root),
+            "--save_dir",
+            str(tmp_path),
+            *STUDY,
+            "--epochs",
+            "50",
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = tmp_path / "mlp_depth" / "plain1_seed0" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (first.exists() and first.read_text()):
@@ -80,5 +129,8 @@ def test_ctrl_c_to_a_study_with_workers_says_how_to_continue(mnist_root, tmp_pat
     main.send_signal(signal.SIGINT)
     _, err = main.communicate(timeout=120)
     assert main.returncode == 130, err
-    assert err.strip().splitlines()[-1].endswith(f"continue with: python {ROOT / 'exercise1.py'} --resume "
-                                                 f"{tmp_path / 'mlp_depth'}"), err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(f"continue with: python {ROOT / 'exercise1.py'} --resume {tmp_path / 'mlp_depth'}")
+    ), err

@@ -5,6 +5,7 @@ files/wandb-summary.json, so this parses the log itself: the LevelDB log format 
 7-byte header: crc32 u32, length u16, type u8 = full/first/middle/last) after a 7-byte ":W&B" header, each
 record one wandb_internal_pb2.Record.
 """
+
 import json
 import struct
 import time
@@ -25,8 +26,8 @@ def records(path):
         if _BLOCK - pos % _BLOCK < 7:  # a block's tail too short for a header is padding
             pos += _BLOCK - pos % _BLOCK
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0 or len(chunk) < length:  # zero padding, or a record still being written
             break
         buf = chunk if kind in (_FULL, _FIRST) else buf + chunk
@@ -69,13 +70,27 @@ def read_offline_run(path, wait=10.0):
 
 
 def _read(file):
-    out = {"id": None, "project": None, "name": None, "group": None, "job_type": None, "config": {},
-           "summary": {}, "history": [], "exit_code": None}
+    out = {
+        "id": None,
+        "project": None,
+        "name": None,
+        "group": None,
+        "job_type": None,
+        "config": {},
+        "summary": {},
+        "history": [],
+        "exit_code": None,
+    }
     for r in records(file):
         kind = r.WhichOneof("record_type")
         if kind == "run":
-            out.update(id=r.run.run_id, project=r.run.project, name=r.run.display_name, group=r.run.run_group,
-                       job_type=r.run.job_type)
+            out.update(
+                id=r.run.run_id,
+                project=r.run.project,
+                name=r.run.display_name,
+                group=r.run.run_group,
+                job_type=r.run.job_type,
+            )
             _put(out["config"], r.run.config.update)
         elif kind == "config":
             _put(out["config"], r.config.update)
