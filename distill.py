@@ -288,12 +288,12 @@ def student_children(cfg):
     for s in seeds:
         sfx = f"_seed{s}" if d.seeds or grid else ""
         seeded = replace(cfg, train=replace(cfg.train, seed=s))
-        kids.append(Child(f"student_baseline{sfx}", "student_baseline", s, seeded))
+        kids.append(Child(f"student_baseline{sfx}", "student_baseline", seeded, seed=s))
         for t in (d.temperatures or (d.temperature,)) if grid else (d.temperature,):
             for a in (d.alphas or (d.alpha,)) if grid else (d.alpha,):
                 name = f"student_distill_T{t:g}_a{a:g}{sfx}" if grid else f"student_distill{sfx}"
                 kids.append(
-                    Child(name, "student_distill", s, replace(seeded, distill=replace(d, temperature=t, alpha=a)))
+                    Child(name, "student_distill", replace(seeded, distill=replace(d, temperature=t, alpha=a)), seed=s)
                 )
     return kids
 
@@ -446,7 +446,7 @@ def report_multi(results, cfg, run_dir):
     teacher = results["teacher"]
     per = {
         n: {
-            "seed": r["child"].depth,
+            "seed": r["child"].seed,
             "test_acc": r["test_acc"],
             "test_loss": r["test_loss"],
             "params": r["params"],
@@ -457,7 +457,7 @@ def report_multi(results, cfg, run_dir):
         if n != "teacher"
     }
     alone = {
-        r["child"].depth: r["test_acc"]
+        r["child"].seed: r["test_acc"]
         for r in results.values()
         if "child" in r and r["child"].kind == "student_baseline"
     }
@@ -465,7 +465,7 @@ def report_multi(results, cfg, run_dir):
     for n, r in results.items():
         if n != "teacher" and r["child"].kind == "student_distill":
             d = r["child"].cfg.distill
-            configs.setdefault((d.temperature, d.alpha), {})[r["child"].depth] = r["test_acc"]
+            configs.setdefault((d.temperature, d.alpha), {})[r["child"].seed] = r["test_acc"]
     seeds = sorted(alone)
     rows, lines = (
         [],

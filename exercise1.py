@@ -160,7 +160,7 @@ def run_study(plan, ds, study_dir, args):
         r = train(model, ds, cfg, run_dir, desc=child.name, wandb={"group": study_dir.name, "job_type": child.kind})
         if child.kind == "fold":
             print(
-                f"fold {child.depth}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})"
+                f"fold {child.fold}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})"
             )
 
     title = plan["study"] or study_dir.name

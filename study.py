@@ -66,22 +66,24 @@ class StudyConfig:
 @dataclass(frozen=True)
 class Child:
     name: str  # folder name inside the study
-    kind: str  # "plain" / "residual" / the model's name (seeds only) / "fold"
-    depth: int  # depth, or the fold's number
-    cfg: object  # the child's RunConfig
+    kind: str  # "plain" / "residual" / the model's name (seeds only) / "fold" / an exercise2 phase
+    cfg: object  # the child's RunConfig (or exercise2's ExperimentConfig)
+    depth: int | None = None  # the model's depth, where the study varies or reports it
+    seed: int | None = None  # the training seed
+    fold: int | None = None  # the fold's number (1..K) of a k-fold run
 
 
 def children(study, base, depths, seeds):
     """The child runs: a depth study, one configuration per seed, or the folds of a k-fold run."""
     if base.data.k_folds:
         return [
-            Child(f"fold_{i}", "fold", i, replace(base, data=replace(base.data, fold=i)))
+            Child(f"fold_{i}", "fold", replace(base, data=replace(base.data, fold=i)), seed=base.train.seed, fold=i)
             for i in range(1, base.data.k_folds + 1)
         ]
     if not study:
         m = base.model
         depth = len(m.mlp_hidden_sizes()) if m.name == "FlexibleMLP" else sum(m.layers)
-        return [Child(f"seed{s}", m.name, depth, replace(base, train=replace(base.train, seed=s))) for s in seeds]
+        return [Child(f"seed{s}", m.name, replace(base, train=replace(base.train, seed=s)), depth, s) for s in seeds]
     out = []
     for kind in ("plain", "residual"):
         for depth in depths:
@@ -99,7 +101,11 @@ def children(study, base, depths, seeds):
                 model = ModelConfig(name=name, norm="batch")
             out += [
                 Child(
-                    f"{kind}{depth}_seed{s}", kind, depth, replace(base, model=model, train=replace(base.train, seed=s))
+                    f"{kind}{depth}_seed{s}",
+                    kind,
+                    replace(base, model=model, train=replace(base.train, seed=s)),
+                    depth,
+                    s,
                 )
                 for s in seeds
             ]
@@ -204,7 +210,7 @@ def residual_minus_plain(kids, results):
     """Per depth, the paired difference residual - plain in test accuracy over the shared seeds."""
     out = {}
     for depth in sorted({c.depth for c in kids}):
-        by = {(c.kind, c.cfg.train.seed): results[c.name]["test_acc"] for c in kids if c.depth == depth}
+        by = {(c.kind, c.seed): results[c.name]["test_acc"] for c in kids if c.depth == depth}
         seeds = sorted(s for k, s in by if k == "residual" and ("plain", s) in by)
         if seeds:
             out[str(depth)] = paired([by["residual", s] for s in seeds], [by["plain", s] for s in seeds])
@@ -272,16 +278,16 @@ def report(study_dir, title, kids):
 
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
-    curves, seed = {}, kids[0].cfg.train.seed  # the curves and gradients drawn are of the first seed's runs
+    curves, seed = {}, kids[0].seed  # the curves and gradients drawn are of the first seed's runs
     for c in kids:
-        if c.cfg.train.seed == seed:
+        if c.seed == seed:
             curves.setdefault((c.kind, c.depth), results[c.name]["history"])
     plot_study(
         rows, curves, study_dir / "comparison.png", title + (f" (curves: seed {seed})" if len(rows) < len(kids) else "")
     )
     deepest = {}
     for c in kids:
-        if c.cfg.train.seed == seed and c.depth >= deepest.get(c.kind, (0, None))[0]:
+        if c.seed == seed and c.depth >= deepest.get(c.kind, (0, None))[0]:
             deepest[c.kind] = (c.depth, c.name)
     plot_layer_grads(
         {f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()},
