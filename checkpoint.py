@@ -7,92 +7,21 @@ when they are not the current ones), so that one file always says which weights 
 Loading never runs code from a file: everything goes through torch.load(weights_only=True).
 """
 
-import errno
-import fcntl
-import json
-import os
 import pickle
 import re
-import shutil
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from datasets import check_norm
+from errors import CheckpointError
+from files import atomic_write
+from flags import from_dict
+from models import ModelConfig, build_model, is_cnn
+
 FORMAT = "lab1-checkpoint-v1"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, corrupt, unsafe, or does not fit; one-line message."""
-
-
-class DiskFull(Exception):
-    """No space left while writing a run's file; one-line message naming the path and the space needed."""
-
-
-def atomic_write(path, write, needed=0):
-    """Call write(tmp_path), fsync it, then rename over `path`: readers never see a partial file.
-
-    needed: the bytes the write is expected to take, for the message when the disk is full.
-    """
-    path = Path(path)
-    tmp = tmp_name(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as one of many RuntimeErrors
-        full_now = shutil.disk_usage(path.parent).free  # the partial file still takes its space
-        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or full_now < max(needed, 2**20)):
-            raise
-        tmp.unlink(missing_ok=True)
-        raise DiskFull(
-            f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
-            f"about {size(needed)} needed; the files written before are intact"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def size(nbytes):
-    """Bytes for people: "12 KiB", "3.4 MiB", "1.2 GiB"."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes / 1024:.0f} KiB"
-
-
-TMP = ".lab1-tmp"  # what marks lab1's temporary names: nothing else is ever cleaned up
-
-
-def tmp_name(path):
-    """Where `path` is written before it is renamed into place: `.NAME.lab1-tmpPID` beside it."""
-    path = Path(path)
-    return path.with_name(f".{path.name}{TMP}{os.getpid()}")
-
-
-def remove_stale_tmp(folder):
-    """Delete lab1's temporary files (and folders) left by writers that were killed (their PID is gone)."""
-    for p in Path(folder).glob(f".*{TMP}*"):
-        pid = p.name.rsplit(TMP, 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)) and not p.is_symlink():
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _nbytes(obj):
@@ -146,9 +75,6 @@ def load_checkpoint(path, need=("model", "arch"), mmap=False):
 def _valid_arch(arch):
     """What rebuilds and feeds the model: a model config, an image shape (C, H, W) of sensible size, a class count,
     and an input normalisation (if recorded) with one mean and one std > 0 per channel."""
-    from dataloader import check_norm
-    from models import is_cnn
-
     try:
         c, h, w = arch["in_shape"]
         ok = all(type(v) is int for v in (c, h, w)) and 1 <= c <= 4 and 1 <= h <= 4096 and 1 <= w <= 4096
@@ -173,80 +99,36 @@ def load_weights(model, state, path="checkpoint"):
         raise CheckpointError(f"{path} holds weights of another architecture: {first[:200]}") from None
 
 
-class RunLock:
-    """An exclusive lock on a run folder, held while a process trains in it; the OS releases it on death.
-
-    POSIX record locks (fcntl.lockf) also work on NFS where the server supports locking (NFSv4, or lockd).
-    """
-
-    def __init__(self, folder, name=".lock", shared=False):
-        self.fd = os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-        self.held_then = self.fd is not None
-
-    @staticmethod
-    def busy(folder, name=".lock"):
-        """Whether another process holds the lock of `folder` right now (a lock file is needed to hold one)."""
-        if not (Path(folder) / name).exists():
-            return False
-        lock = RunLock(folder, name)
-        lock.release()
-        return not lock.held_then
-
-    @property
-    def held(self):
-        return self.fd is not None
-
-    def release(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def arch_of(cfg: ModelConfig, ds, dataset, norm):
+    """What a checkpoint needs to rebuild the model and feed it, including the input normalisation."""
+    return {
+        "model": asdict(cfg),
+        "in_shape": list(ds.in_shape),
+        "num_classes": ds.num_classes,
+        "classes": list(ds.classes),
+        "dataset": dataset,
+        "is_cnn": is_cnn(cfg.name),
+        "input_norm": norm,
+    }
 
 
-def write_json(path, obj):
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text), needed=len(text))
-
-
-def read_json(path, what="file"):
-    """A JSON file of a run folder, or a one-line CheckpointError saying it is missing or damaged."""
+def model_from_arch(arch, path="checkpoint"):
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
-        raise CheckpointError(f"{what} {path} is unreadable or damaged ({type(e).__name__})") from None
+        return build_model(from_dict(ModelConfig, arch["model"]), tuple(arch["in_shape"]), arch["num_classes"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} describes no buildable model ({str(e).splitlines()[0][:120]})") from None
 
 
-def read_jsonl(path):
-    """The records of a JSON-lines file ([] if it is missing), or a one-line CheckpointError if one is damaged."""
-    path = Path(path)
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    except (OSError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path} is unreadable or damaged ({type(e).__name__})") from None
+def model_from_checkpoint(path, ckpt):
+    """The model a checkpoint holds, with its weights; NaN or infinite weights are refused in one line."""
+    model = model_from_arch(ckpt["arch"], path)
+    load_weights(model, ckpt["model"], path)
+    check_finite(model, path)
+    return model
 
 
-def write_jsonl(path, records):
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text), needed=len(text))
-
-
-def append_jsonl(path, record):
-    """One line at the end of `path`. A kill part-way can leave a torn last line: resume rewrites the file from
-    the checkpoint's history, which is the truth."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def write_report(folder, summary, lines):
-    """The end of every report: results.md (a Markdown table), printed, then summary.json last (it marks the
-    work finished)."""
-    text = "\n".join(lines) + "\n"
-    atomic_write(Path(folder) / "results.md", lambda tmp: Path(tmp).write_text(text), needed=len(text))
-    print(text, end="", flush=True)
-    write_json(Path(folder) / "summary.json", summary)
+def check_finite(model, path):
+    """Weights that are all finite numbers of the model's own dtypes, else one line."""
+    state = model.state_dict()
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise CheckpointError(f"{path} holds NaN or infinite weights")

@@ -5,11 +5,13 @@ OutputConfig here); exercise1 and exercise2 add the same data, optimisation and 
 `add_run_flags`.
 """
 
+import json
 from dataclasses import dataclass
 
-from cli import UsageError, add_flags, config_dict, flag, from_args, from_dict, nonempty, resolve_amp, resolve_device
 from dataloader import DataConfig
-from engine import TrainConfig
+from engine import TrainConfig, resolve_amp, resolve_device
+from errors import UsageError
+from flags import add_flags, config_dict, flag, from_args, from_dict, nonempty
 from models import ModelConfig
 
 COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
@@ -116,3 +118,16 @@ def check_batch_norm(batch_size, *norms):
             "--batch_size 1 cannot train a model with batch norm (one example per batch has no "
             "variance): use --batch_size 2 or more, or --norm none"
         )
+
+
+def differences(a, b, where="", skip=("train.epochs",)):
+    """The dotted keys whose values differ between two configs (keys only one has, and `skip`, aside)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(a.keys() & b.keys())
+            if where + k not in skip
+            for d in differences(a[k], b[k], f"{where}{k}.", skip)
+        ]
+    same = json.dumps(a, default=repr) == json.dumps(b, default=repr)  # a tensor where a number belongs: differs
+    return [] if same else [where.rstrip(".") or "all of it"]

@@ -15,28 +15,21 @@ from pathlib import Path
 import torch
 
 import study
-from checkpoint import (
-    FORMAT,
-    CheckpointError,
-    RunLock,
-    load_checkpoint,
-    load_file,
-    load_weights,
-    read_json,
-    read_jsonl,
-    save_checkpoint,
-    write_report,
-)
-from cli import Distinct, UsageError, config_dict, flag, from_dict, nonneg_int, pos_float, unit
+from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
 from config import OutputConfig, RunConfig
 from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
-from lifecycle import arch_of, finished, loaders_for, model_from_checkpoint, new_model, open_logger, publish, train
+from errors import CheckpointError, UsageError
+from figures import plot_bars, plot_heatmap, plot_overlay
+from files import RunLock, publish, read_json, read_jsonl, write_report
+from flags import Distinct, config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
-from plots import plot_bars, plot_heatmap, plot_overlay
+from run import loaders_for, new_model, train
+from rundir import finished
 from stats import format_paired, gap_closed, mean_std, paired
 from study import Child
+from wandb_log import open_logger
 
 PHASES = ("teacher", "student_baseline", "student_distill")
 

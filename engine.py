@@ -1,7 +1,7 @@
 """The one training loop: `train_one_epoch`, `evaluate`, and `fit` (epochs, validation, early stopping).
 
 Every script uses it; what differs between plain training and distillation is only the loss function.
-`fit` talks to the outside through one hook called at the end of each epoch (lifecycle.py saves checkpoints
+`fit` talks to the outside through one hook called at the end of each epoch (saver.py saves checkpoints
 and logs there), and stops between two steps when STOP says so (Ctrl-C / SIGTERM). Inside a step nothing is
 copied to the host: losses and counts accumulate on the device and are read only every `log_every` steps.
 """
@@ -16,19 +16,8 @@ import torch
 from tqdm import tqdm
 
 import distributed
-from cli import (
-    Stopped,
-    UsageError,
-    flag,
-    fraction,
-    nonneg_float,
-    nonneg_int,
-    pos_float,
-    pos_int,
-    resolve_amp,
-    resolve_device,
-    unit,
-)
+from errors import Diverged, Stopped, UsageError
+from flags import flag, fraction, nonneg_float, nonneg_int, pos_float, pos_int, unit
 from models import max_norm_
 
 
@@ -76,10 +65,6 @@ class TrainConfig:
                 f"the run was trained with --device {self.device} --amp {self.amp}, which this machine "
                 "cannot run; continue it where that device is"
             ) from None
-
-
-class Diverged(Exception):
-    """The loss became NaN or infinite."""
 
 
 class StopRequested(Exception):
@@ -396,7 +381,7 @@ def fit(
                     desc,
                     partial and partial["accum"],
                 )
-            except StopRequested as stop:  # the lifecycle saves the part-done epoch from this
+            except StopRequested as stop:  # saver.py saves the part-done epoch from this
                 stop.partial = stop.accum and {
                     "accum": stop.accum,
                     "lr": lr,
@@ -429,3 +414,25 @@ def fit(
             else:
                 progress.bad_epochs += 1
             on_epoch_end(rec, improved)
+
+
+def resolve_device(request):
+    if request == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if request == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here")
+    if request == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: no MPS device is available here")
+    return request
+
+
+def resolve_amp(request, device, flag_name="--amp"):
+    if not device.startswith("cuda"):
+        if request == "fp16":
+            raise UsageError(f"{flag_name} fp16 needs a CUDA device; use bf16 or off here")
+        return "off" if request == "auto" else request
+    if request == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return request

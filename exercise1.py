@@ -27,30 +27,18 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import distributed
+import notify
 import study
-from checkpoint import read_json
-from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
+from cli import run_main
 from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
-from dataloader import load_dataset
-from lifecycle import (
-    check_model,
-    check_run_dir,
-    command,
-    continue_with,
-    create_run_dir,
-    describe_data,
-    done,
-    extend_epochs,
-    finished,
-    new_model,
-    record_epochs,
-    resume_dir,
-    short_name,
-    train,
-    working_in,
-)
+from datasets import load_dataset
+from errors import UsageError
+from files import read_json
+from flags import Parser, add_flags, from_args, given
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
-from notify import notify
+from resume import extend_epochs, record_epochs, resume_dir
+from run import check_model, describe_data, done, new_model, train
+from rundir import check_run_dir, command, continue_with, create_run_dir, finished, short_name, timestamp, working_in
 
 
 def get_args_parser():
@@ -149,7 +137,7 @@ def study_plan(args, cfg):
 
 
 def run_study(plan, ds, study_dir, args):
-    """A depth study, a seeds study, or the folds of a k-fold run: every child through lifecycle.train."""
+    """A depth study, a seeds study, or the folds of a k-fold run: every child through run.train."""
     base = RunConfig.from_dict(plan["base"])
     kids = study.children(plan["study"], base, plan["depths"], plan["seeds"])
 

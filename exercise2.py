@@ -25,26 +25,18 @@ from dataclasses import fields, replace
 import distill
 import distributed
 import transfer
-from checkpoint import RunLock, write_json
-from cli import Parser, UsageError, add_flags, from_args, given, resolve_amp, run_main, timestamp
+from cli import run_main
 from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
-from dataloader import load_dataset, make_loaders
-from engine import Diverged
-from lifecycle import (
-    check_run_dir,
-    command,
-    continue_with,
-    create_run_dir,
-    describe_data,
-    done,
-    extend_epochs,
-    new_model,
-    record_epochs,
-    resume_dir,
-    short_name,
-    working_in,
-)
+from dataloader import make_loaders
+from datasets import load_dataset
+from engine import resolve_amp
+from errors import Diverged, UsageError
+from files import RunLock, write_json
+from flags import Parser, add_flags, from_args, given
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
+from resume import extend_epochs, record_epochs, resume_dir
+from run import describe_data, done, new_model
+from rundir import check_run_dir, command, continue_with, create_run_dir, short_name, timestamp, working_in
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
 

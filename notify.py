@@ -7,7 +7,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from cli import warn
+from errors import warn
 
 
 def _reason(e, secrets):

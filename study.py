@@ -20,12 +20,15 @@ import sys
 import time
 from dataclasses import dataclass, fields, replace
 
-from checkpoint import CheckpointError, RunLock, read_json, read_jsonl, write_json, write_report
-from cli import Distinct, UsageError, count, flag, from_dict, nonneg_int, pos_processes
-from lifecycle import differences, duration, finished
+from config import differences
+from errors import CheckpointError, UsageError
+from figures import plot_layer_grads, plot_study
+from files import RunLock, read_json, read_jsonl, write_json, write_report
+from flags import Distinct, count, flag, from_dict, nonneg_int, pos_processes
 from models import PRESETS, ModelConfig
-from plots import plot_layer_grads, plot_study
-from stats import mean_std, number, paired
+from rundir import finished
+from saver import duration
+from stats import format_paired, mean_std, number, paired
 
 STUDIES = ("mlp_depth", "cnn_depth")
 DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
@@ -274,8 +277,6 @@ def report(study_dir, title, kids):
             f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |"
         )
     if diff:
-        from stats import format_paired
-
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
     curves, seed = {}, kids[0].seed  # the curves and gradients drawn are of the first seed's runs

@@ -19,26 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, load_checkpoint, load_file, read_json, save_checkpoint, write_json, write_report
-from cli import UsageError, flag, from_args, from_dict, given, nonneg_int, pos_float, timestamp
+from checkpoint import load_checkpoint, load_file, model_from_arch, model_from_checkpoint, save_checkpoint
 from config import OutputConfig, RunConfig, data_and_train
-from dataloader import DataConfig, DataSet, load_dataset, make_loaders
+from dataloader import DataConfig, make_loaders
+from datasets import DataSet, load_dataset
 from engine import TrainConfig, make_autocast
-from lifecycle import (
-    check_run_dir,
-    create_run_dir,
-    describe_data,
-    done,
-    extend_epochs,
-    model_from_arch,
-    model_from_checkpoint,
-    new_model,
-    record_epochs,
-    short_name,
-    train,
-    working_in,
-)
+from errors import CheckpointError, UsageError
+from figures import plot_bars
+from files import read_json, write_json, write_report
+from flags import flag, from_args, from_dict, given, nonneg_int, pos_float
 from models import ModelConfig, summary
+from resume import extend_epochs, record_epochs
+from run import describe_data, done, new_model, train
+from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in
 
 MODES = ("linear", "svm", "finetune", "scratch")
 
@@ -175,8 +168,6 @@ def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
 
 
 def report(results, run_dir):
-    from plots import plot_bars
-
     lines = ["| Mode | Test acc | Train time (s) |", "|---|---|---|"]
     lines += [f"| {m} | {r['test_acc']:.4f} | {r['train_time_s']:.1f} |" for m, r in results.items()]
     plot_bars(

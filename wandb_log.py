@@ -186,3 +186,52 @@ def sync_command(offline_dirs):
     if len(whole) > 1 and all(r.name == "wandb" for r in whole) and len({r.parent.parent for r in whole}) == 1:
         args = [f"{_q(whole[0].parent.parent)}/*/wandb"] + [_q(p) for p in folders]
     return "wandb sync " + " ".join(args)
+
+
+def wandb_record(rec):
+    """metrics.jsonl record -> namespaced W&B keys (train/loss, val/acc, lr, grad/<layer>)."""
+    out = {"epoch": rec["epoch"], "lr": rec["lr"], "epoch_time_s": rec["epoch_time_s"]}
+    for k, v in rec.items():
+        if v is None or k in out:
+            continue
+        if k == "grad_norm":
+            out.update({f"grad/{layer}": g for layer, g in v.items()})
+        elif k.startswith(("train_", "val_")):
+            out["/".join(k.split("_", 1))] = v
+        else:
+            out[f"grad/{k}"] = v
+    return out
+
+
+_offline = []
+
+
+def open_logger(cfg, run_dir, resume_id=None, name=None, **kw):
+    if cfg.output.wandb == "disabled":
+        return None
+    logger = WandbLogger(
+        cfg.output.wandb,
+        cfg.output.wandb_project,
+        name or run_dir.name,
+        cfg.to_dict(),
+        resume_id=resume_id,
+        dir=run_dir,
+        **kw,
+    )
+    if logger.offline_dir:
+        _offline.append(logger.offline_dir)
+    return logger
+
+
+def finish_logger(logger, summary):
+    if logger:
+        logger.finish(summary)
+
+
+def close_wandb():
+    """End of the work: close a shared (sweep) W&B run, and print one command that uploads all offline runs."""
+    finish_process()
+    cmd = sync_command(_offline)
+    _offline.clear()
+    if cmd:
+        print(f"W&B offline: upload later with `{cmd}`")

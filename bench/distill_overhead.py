@@ -24,9 +24,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import machine, peak_rss_mib, seeded_model, timed_rounds, train_epoch  # noqa: E402
 
-from cli import resolve_device, run_main  # noqa: E402
-from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
-from engine import Optim, TrainConfig, make_autocast  # noqa: E402
+from cli import run_main  # noqa: E402
+from dataloader import DataConfig, make_loaders  # noqa: E402
+from datasets import load_dataset  # noqa: E402
+from engine import (  # noqa: E402
+    Optim,
+    TrainConfig,
+    make_autocast,
+    resolve_device,  # noqa: E402
+)
 from losses import CrossEntropy, DistillLoss, held_in_bf16  # noqa: E402
 from models import ModelConfig  # noqa: E402
 

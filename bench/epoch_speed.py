@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import bare_epoch, machine, peak_rss_mib, seeded_model, timed_rounds, train_epoch  # noqa: E402
 
-from cli import resolve_amp, resolve_device, run_main  # noqa: E402
-from dataloader import DataConfig, load_dataset, make_loaders  # noqa: E402
-from engine import Optim, TrainConfig, channels_last_for, make_autocast, make_optimizer  # noqa: E402
+from cli import run_main  # noqa: E402
+from dataloader import DataConfig, make_loaders  # noqa: E402
+from datasets import load_dataset  # noqa: E402
+from engine import Optim, TrainConfig, channels_last_for, make_autocast, make_optimizer, resolve_amp, resolve_device  # noqa: E402  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
 from models import ModelConfig, is_cnn  # noqa: E402
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import Parser, run_main  # noqa: E402
-from dataloader import DataError, load_dataset  # noqa: E402
+from cli import run_main  # noqa: E402
+from datasets import load_dataset  # noqa: E402
+from errors import DataError  # noqa: E402
+from flags import Parser  # noqa: E402
 
 
 def main(argv=None):

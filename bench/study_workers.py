@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import machine  # noqa: E402
 
-from cli import Parser, nonneg_int, pos_int, run_main  # noqa: E402
+from cli import run_main  # noqa: E402
+from flags import Parser, nonneg_int, pos_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

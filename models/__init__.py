@@ -8,7 +8,7 @@ ResNet-18/34/50 in their CIFAR form (3x3 stem).
 from dataclasses import dataclass
 from functools import partial
 
-from cli import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_pair
+from flags import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_pair
 
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
 from .constraints import max_norm_

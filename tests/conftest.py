@@ -114,7 +114,7 @@ def lock_held_elsewhere(folder, name=".lock", shared=False):
             sys.executable,
             "-c",
             "import sys, time; sys.path.insert(0, sys.argv[1]);"
-            "from checkpoint import RunLock; l = RunLock(sys.argv[2], sys.argv[3], sys.argv[4] == "
+            "from files import RunLock; l = RunLock(sys.argv[2], sys.argv[3], sys.argv[4] == "
             "'True'); print(l.held, flush=True); time.sleep(120)",
             str(ROOT),
             str(folder),

@@ -11,12 +11,9 @@ from conftest import SHARED_DATA, _pickle, run_cli, write_cifar, write_folder, w
 
 from dataloader import (
     DataConfig,
-    DataError,
-    DataSet,
     StandardLoader,
     TensorLoader,
     check_sizes,
-    load_dataset,
     make_loaders,
     random_affine,
     random_crop_flip,
@@ -24,6 +21,8 @@ from dataloader import (
     stratified_split,
     stratified_subset,
 )
+from datasets import DataSet, load_dataset
+from errors import DataError
 
 
 def test_mnist_idx_gz(mnist_root):

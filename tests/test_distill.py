@@ -75,7 +75,8 @@ def test_annealing_moves_alpha_and_t_linearly():
 
 
 def test_cached_logits_equal_on_the_fly(cifar_root, tmp_path):
-    from dataloader import load_dataset, make_loaders
+    from dataloader import make_loaders
+    from datasets import load_dataset
     from distill import teacher_logits
     from exercise2 import build_config, get_args_parser
     from models import ModelConfig, build_model
@@ -98,7 +99,8 @@ def _null():
 
 @pytest.mark.parametrize("flag,dtype", [("auto", torch.float32), ("off", torch.float32), ("bf16", torch.bfloat16)])
 def test_teacher_amp_sets_the_soft_targets_precision(cifar_root, flag, dtype):
-    from dataloader import load_dataset, make_loaders
+    from dataloader import make_loaders
+    from datasets import load_dataset
     from distill import distill_loss
     from exercise2 import build_config, get_args_parser
     from models import ModelConfig, build_model

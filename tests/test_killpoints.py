@@ -9,14 +9,13 @@ dozens of kill points take seconds (test_reliability.py kills real processes wit
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-import checkpoint
-import distill
-import lifecycle
-import plots
+import figures
+import files
 
 
 class Killed(BaseException):
@@ -33,23 +32,22 @@ def killer(monkeypatch):
             state["n"] += 1
             if state["n"] == state["at"]:
                 if args and hasattr(args[0], "savefig"):
-                    plots.plt.close(args[0])  # the figure never reaches the disk; free it
+                    figures.plt.close(args[0])  # the figure never reaches the disk; free it
                 raise Killed(f"write {state['n']}")
             return fn(*args, **kwargs)
 
         return wrapper
 
-    monkeypatch.setattr(checkpoint, "atomic_write", counted(checkpoint.atomic_write))
-    for module in (lifecycle, distill):
-        for name in ("append_jsonl", "publish"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, counted(getattr(module, name)))
+    for name in ("atomic_write", "append_jsonl", "publish"):  # in every module that imported it
+        real = getattr(files, name)
+        for module in [m for m in list(sys.modules.values()) if getattr(m, name, None) is real]:
+            monkeypatch.setattr(module, name, counted(real))
 
     def no_render(fig, path):  # a figure is a write like any other; rendering it would only cost time here
-        plots.plt.close(fig)
+        figures.plt.close(fig)
         Path(path).touch()
 
-    monkeypatch.setattr(plots, "save_figure", counted(no_render))
+    monkeypatch.setattr(figures, "save_figure", counted(no_render))
     monkeypatch.setattr(os, "rename", counted(os.rename))
     return state
 

@@ -1,5 +1,5 @@
-"""plots.py in-process: each figure draws the data it was given, titled and labelled, readable with one epoch;
-the CLI fails with one line and exit 2 on input it cannot plot."""
+"""figures.py and plots.py in-process: each figure draws the data it was given, titled and labelled, readable with
+one epoch; the CLI fails with one line and exit 2 on input it cannot plot."""
 
 import json
 
@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from matplotlib.colors import rgb_to_hsv, to_rgb
 
+import figures
 import plots
 
 
 @pytest.fixture
 def figs(monkeypatch):
     """Every figure a plot function saves, kept for inspection (it is still written to disk)."""
-    saved, save = [], plots.save_figure
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path: (saved.append(fig), save(fig, path)))
+    saved, save = [], figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: (saved.append(fig), save(fig, path)))
     return saved
 
 
@@ -38,7 +39,7 @@ def visible_xticks(ax):
 
 
 def test_one_epoch_curves_show_points_titles_full_labels_and_integer_epochs(figs, tmp_path):
-    drawn = plots.plot_curves([record(1)], tmp_path / "curves.png")
+    drawn = figures.plot_curves([record(1)], tmp_path / "curves.png")
     assert drawn == {
         "train_loss": ([1], [2.0]),
         "val_loss": ([1], [3.0]),
@@ -58,7 +59,7 @@ def test_one_epoch_curves_show_points_titles_full_labels_and_integer_epochs(figs
 
 def test_curves_without_validation_draw_train_only_and_long_runs_drop_markers(figs, tmp_path):
     history = [record(e, val=False) for e in range(1, 31)]
-    drawn = plots.plot_curves(history, tmp_path / "c.png", title="run 7")
+    drawn = figures.plot_curves(history, tmp_path / "c.png", title="run 7")
     assert set(drawn) == {"train_loss", "train_acc"} and drawn["train_acc"][0] == list(range(1, 31))
     assert figs[0]._suptitle.get_text() == "run 7"
     for ax in figs[0].axes:
@@ -67,7 +68,7 @@ def test_curves_without_validation_draw_train_only_and_long_runs_drop_markers(fi
 
 
 def test_grads_one_epoch_markers_and_data(figs, tmp_path):
-    drawn = plots.plot_grads([record(1)], tmp_path / "grads.png", title="layers")
+    drawn = figures.plot_grads([record(1)], tmp_path / "grads.png", title="layers")
     assert drawn == {"fc1.weight": ([1], [0.1]), "proj.weight": ([1], [5.0]), "fc2.weight": ([1], [0.01])}
     (ax,) = figs[0].axes
     assert ax.get_title() == "layers" and ax.get_yscale() == "log" and ax.get_ylabel() == "mean gradient norm"
@@ -76,7 +77,7 @@ def test_grads_one_epoch_markers_and_data(figs, tmp_path):
 
 def test_overlay_draws_each_run_and_skips_missing_values(figs, tmp_path):
     curves = {"a": [record(1)], "b": [record(1), record(2, val=False), record(3)]}
-    drawn = plots.plot_overlay(curves, tmp_path / "o.png")
+    drawn = figures.plot_overlay(curves, tmp_path / "o.png")
     assert drawn == {"a": ([1], [0.265625]), "b": ([1, 3], [0.265625, 0.296875])}
     (ax,) = figs[0].axes
     assert ax.get_ylabel() == "validation accuracy" and ax.get_title() == "validation accuracy per epoch"
@@ -99,7 +100,7 @@ def texts_inside_axes(fig, ax):
 @pytest.mark.parametrize("values", [[0.1375, 0.1625], [0.99, 0.3, 1.0], [0.0, 0.02]])
 def test_accuracy_bars_start_at_zero_stay_under_one_and_keep_labels_inside(figs, tmp_path, values):
     names = [f"m{i}" for i in range(len(values))]
-    drawn = plots.plot_bars(names, values, ["1.0M params"] * len(values), tmp_path / "bars.png")
+    drawn = figures.plot_bars(names, values, ["1.0M params"] * len(values), tmp_path / "bars.png")
     assert drawn == dict(zip(names, values))
     fig = figs[0]
     (ax,) = fig.axes
@@ -111,14 +112,14 @@ def test_accuracy_bars_start_at_zero_stay_under_one_and_keep_labels_inside(figs,
 
 
 def test_bars_of_other_quantities_go_above_one(figs, tmp_path):
-    plots.plot_bars(["a", "b"], [120.0, 300.0], ["x", "y"], tmp_path / "t.png", ylabel="seconds", title="time")
+    figures.plot_bars(["a", "b"], [120.0, 300.0], ["x", "y"], tmp_path / "t.png", ylabel="seconds", title="time")
     ax = figs[0].axes[0]
     assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 300 and ax.get_title() == "time"
     assert texts_inside_axes(figs[0], ax)
 
 
 def test_confusion_has_title_labelled_colour_bar_and_row_fractions(figs, tmp_path):
-    drawn = plots.plot_confusion([[3, 1], [0, 4]], ["cat", "dog"], tmp_path / "cm.png")
+    drawn = figures.plot_confusion([[3, 1], [0, 4]], ["cat", "dog"], tmp_path / "cm.png")
     np.testing.assert_allclose(drawn, [[0.75, 0.25], [0.0, 1.0]])
     ax, cbar = figs[0].axes
     assert ax.get_title() == "confusion matrix" and cbar.get_ylabel() == "fraction of the true class"
@@ -128,7 +129,7 @@ def test_confusion_has_title_labelled_colour_bar_and_row_fractions(figs, tmp_pat
 
 def test_heatmap_writes_values_and_leaves_missing_cells_blank(figs, tmp_path):
     values = [[0.91, None, 0.93], [float("nan"), 0.8, 0.85]]
-    drawn = plots.plot_heatmap(
+    drawn = figures.plot_heatmap(
         values,
         [1, 4],
         [0.1, 0.5, 0.9],
@@ -168,7 +169,7 @@ def test_study_draws_both_panels_with_one_colour_family_per_kind(figs, tmp_path)
         ("residual", 2): [record(1)],
         ("residual", 8): [record(1, val=False)],
     }
-    drawn = plots.plot_study(rows, curves, tmp_path / "study.png", "MLP depth")
+    drawn = figures.plot_study(rows, curves, tmp_path / "study.png", "MLP depth")
     assert drawn["test_acc"]["plain"][:2] == ([2, 8], [0.9, 0.7])
     assert drawn["test_acc"]["plain"][2] == pytest.approx([0.01, 0.05])
     assert drawn["test_acc"]["residual"][2] == pytest.approx([0.02, 0.0])
@@ -208,7 +209,7 @@ def test_layer_grads_first_epoch_main_path_only(figs, tmp_path):
         },
         record(2),
     ]
-    drawn = plots.plot_layer_grads(
+    drawn = figures.plot_layer_grads(
         {"plain 20 (epoch 1)": deep, "residual 20": [record(1)], "empty": []}, tmp_path / "g.png"
     )
     assert drawn == {"plain 20 (epoch 1)": ([1, 2, 3], [1e-1, 1e-2, 1e-3]), "residual 20": ([1, 2], [0.1, 0.01])}

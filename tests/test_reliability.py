@@ -183,7 +183,7 @@ def test_sigterm_in_a_study_prints_a_command_that_continues_it(mnist_root, tmp_p
 
 
 def test_second_process_on_the_same_run_is_refused(mnist_root, tmp_path):
-    from checkpoint import RunLock
+    from files import RunLock
 
     ok = run_cli(
         "exercise1.py", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "1", *QUIET
@@ -197,7 +197,8 @@ def test_second_process_on_the_same_run_is_refused(mnist_root, tmp_path):
 
 
 def test_checkpoint_write_failing_halfway_leaves_the_old_one(tmp_path):
-    from checkpoint import atomic_write, load_file, save_checkpoint
+    from checkpoint import load_file, save_checkpoint
+    from files import atomic_write
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"format": "lab1-checkpoint-v1", "model": {"w": torch.ones(3)}})
@@ -318,21 +319,21 @@ def test_a_signal_during_the_last_epochs_checkpoint_is_not_lost(mnist_root, tmp_
     """Asked after the loop's last check (the last validation, the last checkpoint): the run stops right after
     the loop, with the continue line and exit 143, instead of testing and exiting 0 as if nothing was asked."""
     import engine
-    import lifecycle
+    import saver
 
-    real = lifecycle.append_jsonl
+    real = saver.append_jsonl
 
     def signal_while_saving(path, rec):
         real(path, rec)
         if rec["epoch"] == 2:
             engine.STOP.handler(signal.SIGTERM, None)  # what the operating system's signal does at this moment
 
-    monkeypatch.setattr(lifecycle, "append_jsonl", signal_while_saving)
+    monkeypatch.setattr(saver, "append_jsonl", signal_while_saving)
     args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--epochs", "2", *QUIET]
     p = run_cli("exercise1.py", *args)
     assert p.returncode == 143 and "continue with:" in p.stderr.strip().splitlines()[-1], p.stderr
     assert not (tmp_path / "r" / "summary.json").exists()
-    monkeypatch.setattr(lifecycle, "append_jsonl", real)
+    monkeypatch.setattr(saver, "append_jsonl", real)
     assert run_cli("exercise1.py", *printed_command(p.stderr)).returncode == 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
 
@@ -340,7 +341,7 @@ def test_a_signal_during_the_last_epochs_checkpoint_is_not_lost(mnist_root, tmp_
 def test_standard_loader_with_workers_resumes_exactly(mnist_root, tmp_path, monkeypatch):
     """--loader standard --num_workers 2: killed after epoch 1's checkpoint and resumed, the same as uninterrupted
     (its augmentation depends on (seed, epoch, index) only, not on when the DataLoader workers started)."""
-    import lifecycle
+    import saver
 
     args = [
         "--data_root",
@@ -357,15 +358,15 @@ def test_standard_loader_with_workers_resumes_exactly(mnist_root, tmp_path, monk
         *QUIET,
     ]
     assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "a", "--run_name", "r").returncode == 0
-    real = lifecycle.append_jsonl
+    real = saver.append_jsonl
 
     def dies_after_epoch_1(path, rec):
         real(path, rec)
         if rec["epoch"] == 1:
             raise SystemExit(9)  # as a kill right after epoch 1's files: the resumed process starts new workers
 
-    monkeypatch.setattr(lifecycle, "append_jsonl", dies_after_epoch_1)
+    monkeypatch.setattr(saver, "append_jsonl", dies_after_epoch_1)
     assert run_cli("exercise1.py", *args, "--save_dir", tmp_path / "b", "--run_name", "r").returncode == 9
-    monkeypatch.setattr(lifecycle, "append_jsonl", real)
+    monkeypatch.setattr(saver, "append_jsonl", real)
     assert run_cli("exercise1.py", "--resume", tmp_path / "b" / "r").returncode == 0
     assert metrics(tmp_path / "b" / "r") == metrics(tmp_path / "a" / "r")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from study import mean_std
+from stats import mean_std
 
 STUDY = [
     "--study",

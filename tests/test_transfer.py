@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from dataloader import DataConfig, DataSet, load_dataset
+from dataloader import DataConfig
+from datasets import DataSet, load_dataset
 from engine import TrainConfig
 from models import ModelConfig, build_model
 from transfer import adapt_inputs, cached_features, prepare_finetune

@@ -1,0 +1,165 @@
+import errno
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+from errors import CheckpointError, DiskFull
+
+
+def atomic_write(path, write, needed=0):
+    """Call write(tmp_path), fsync it, then rename over `path`: readers never see a partial file.
+
+    needed: the bytes the write is expected to take, for the message when the disk is full.
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as one of many RuntimeErrors
+        full_now = shutil.disk_usage(path.parent).free  # the partial file still takes its space
+        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or full_now < max(needed, 2**20)):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise DiskFull(
+            f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
+            f"about {size(needed)} needed; the files written before are intact"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def size(nbytes):
+    """Bytes for people: "12 KiB", "3.4 MiB", "1.2 GiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 1024:.0f} KiB"
+
+
+TMP = ".lab1-tmp"  # what marks lab1's temporary names: nothing else is ever cleaned up
+
+
+def tmp_name(path):
+    """Where `path` is written before it is renamed into place: `.NAME.lab1-tmpPID` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP}{os.getpid()}")
+
+
+def remove_stale_tmp(folder):
+    """Delete lab1's temporary files (and folders) left by writers that were killed (their PID is gone)."""
+    for p in Path(folder).glob(f".*{TMP}*"):
+        pid = p.name.rsplit(TMP, 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)) and not p.is_symlink():
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a process trains in it; the OS releases it on death.
+
+    POSIX record locks (fcntl.lockf) also work on NFS where the server supports locking (NFSv4, or lockd).
+    """
+
+    def __init__(self, folder, name=".lock", shared=False):
+        self.fd = os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+        self.held_then = self.fd is not None
+
+    @staticmethod
+    def busy(folder, name=".lock"):
+        """Whether another process holds the lock of `folder` right now (a lock file is needed to hold one)."""
+        if not (Path(folder) / name).exists():
+            return False
+        lock = RunLock(folder, name)
+        lock.release()
+        return not lock.held_then
+
+    @property
+    def held(self):
+        return self.fd is not None
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def write_json(path, obj):
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), needed=len(text))
+
+
+def read_json(path, what="file"):
+    """A JSON file of a run folder, or a one-line CheckpointError saying it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+        raise CheckpointError(f"{what} {path} is unreadable or damaged ({type(e).__name__})") from None
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file ([] if it is missing), or a one-line CheckpointError if one is damaged."""
+    path = Path(path)
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} is unreadable or damaged ({type(e).__name__})") from None
+
+
+def write_jsonl(path, records):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), needed=len(text))
+
+
+def append_jsonl(path, record):
+    """One line at the end of `path`. A kill part-way can leave a torn last line: resume rewrites the file from
+    the checkpoint's history, which is the truth."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_report(folder, summary, lines):
+    """The end of every report: results.md (a Markdown table), printed, then summary.json last (it marks the
+    work finished)."""
+    text = "\n".join(lines) + "\n"
+    atomic_write(Path(folder) / "results.md", lambda tmp: Path(tmp).write_text(text), needed=len(text))
+    print(text, end="", flush=True)
+    write_json(Path(folder) / "summary.json", summary)
+
+
+def publish(src, dst):
+    """dst as a second name of the finished model src (a hard link; a copy where links are impossible)."""
+    if Path(dst).exists() and os.path.samefile(src, dst):
+        return
+    tmp = tmp_name(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # (a no-op that leaves tmp when both name one file: excluded above)

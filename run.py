@@ -1,0 +1,212 @@
+"""A run's lifecycle around the training loop: its folder, config files, lock, resume, checkpoints, metrics,
+W&B, and the final test and report. exercise1 runs, study children, exercise2 phases and transfer modes all
+go through it:
+
+    run_dir = create_run_dir(save_dir, name, config)   # appears atomically, config.json and command.txt inside
+    result = train(model, ds, cfg, run_dir)           # continues run_dir/last.pt when there is one
+
+Checkpoints (timm's CheckpointSaver does the same beside its loop): after every epoch last.pt (the whole
+state, and the best weights when they are not the current ones) is written first, then best.pt (weights
+only) if the epoch improved, then the metrics line. last.pt is the truth: a resumed run rewrites
+metrics.jsonl from it and best.pt if it is stale, so a kill before any write resumes to the same result.
+summary.json is written last and marks a run finished.
+"""
+
+import os
+import random
+from pathlib import Path
+
+import torch
+
+import distributed
+from checkpoint import FORMAT, arch_of, save_checkpoint
+from config import RunConfig
+from dataloader import check_sizes, make_loaders, stratified_kfold, stratified_subset
+from engine import STOP, Optim, Progress, StopRequested, channels_last_for, evaluate, fit, make_autocast, place
+from errors import Diverged, Stopped, UsageError
+from figures import plot_confusion, plot_curves, plot_grads
+from files import RunLock, remove_stale_tmp, write_json, write_jsonl
+from losses import CrossEntropy
+from models import ModelConfig, build_model, count_params, is_cnn
+from resume import _resume, record_epochs
+from saver import Saver, _stale
+from wandb_log import close_wandb, finish_logger, open_logger
+
+# ---------------------------------------------------------------- how to continue after Ctrl-C / SIGTERM
+
+
+# ---------------------------------------------------------------- run folders
+
+
+# ---------------------------------------------------------------- models
+
+
+def new_model(cfg: ModelConfig, ds, seed, device="cpu"):
+    """Seeded construction, after check_model."""
+    check_model(cfg, ds, device)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return build_model(cfg, ds.in_shape, ds.num_classes)
+
+
+def check_model(cfg: ModelConfig, ds, device="cpu"):
+    """Bad architecture values become one line; so does a model too large for the memory (sized on the meta
+    device, so nothing is allocated)."""
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_model(cfg, ds.in_shape, ds.num_classes).parameters())
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    need = 16 * n  # fp32 weights, gradients and two optimizer moments
+    free = (
+        torch.cuda.mem_get_info()[0]
+        if str(device).startswith("cuda")
+        else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    )
+    if need > free:
+        raise UsageError(
+            f"{cfg.name} has {n:,} parameters and needs about {need / 2**30:.1f} GiB for weights, "
+            f"gradients and optimizer state; {free / 2**30:.1f} GiB are free on {device}"
+        )
+
+
+# ---------------------------------------------------------------- one training run
+
+
+def describe_data(ds, cfg):
+    """The `data:` line: the examples actually used (after --subset, the validation split, or per fold)."""
+    sizes = check_sizes(ds, cfg.data, cfg.train.seed, cfg.data.k_folds)
+    n = lambda v: "/".join(f"{x:,}" for x in v) if isinstance(v, list) else f"{v:,}"  # noqa: E731
+    fold = f" (per fold of {cfg.data.k_folds})" if cfg.data.k_folds else ""
+    print(
+        f"data: {cfg.data.dataset}, {n(sizes['train'])} train / {n(sizes['val'])} validation{fold} / "
+        f"{n(sizes['test'])} test examples of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
+        f"device {cfg.train.device} | amp {cfg.train.amp}",
+        flush=True,
+    )
+
+
+def loaders_for(ds, cfg: RunConfig):
+    data, seed = cfg.data, cfg.train.seed
+    fold = None
+    if data.fold:
+        y = ds.train_y[stratified_subset(ds.train_y, data.subset, seed)] if data.subset else ds.train_y
+        fold = stratified_kfold(y, data.k_folds, seed)[data.fold - 1]
+    return make_loaders(
+        ds,
+        data,
+        seed,
+        cfg.train.device,
+        fold,
+        channels_last=channels_last_for(cfg.train.device, is_cnn(cfg.model.name)),
+        shard=(distributed.rank(), distributed.world()),
+    )
+
+
+def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_groups=None, wandb=None):
+    """Train `model` in run_dir (continuing its last.pt if there is one), test its best weights, write
+    summary.json and the figures. wandb: extra WandbLogger arguments (group, job_type, prefix, name)."""
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir) if distributed.is_main() else None
+    if lock is not None and not lock.held:
+        raise UsageError(f"{run_dir} is being trained by another process right now (it holds {run_dir / '.lock'})")
+    try:
+        remove_stale_tmp(run_dir)
+        return _train(
+            model, ds, cfg, run_dir, loss_fn or CrossEntropy(cfg.train.label_smoothing), desc, param_groups, wandb or {}
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
+    t, main = cfg.train, distributed.is_main()
+    loaders = loaders_for(ds, cfg)
+    place(model, t.device, is_cnn(cfg.model.name))
+    opt = Optim.make(param_groups or model.parameters(), t, len(loaders.train), cfg.model.max_norm)
+    progress, partial, best, wandb_id = Progress(), None, None, None
+    if (run_dir / "last.pt").exists():
+        progress, partial, best, wandb_id = _resume(run_dir, model, opt, loaders, desc)
+    record_epochs(run_dir, t.epochs)  # a run or study child: its config.json (the phases of the others have none)
+    logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
+    meta = {
+        "format": FORMAT,
+        "arch": arch_of(cfg.model, ds, cfg.data.dataset, loaders.norm),
+        "config": cfg.to_dict(),
+        "wandb_id": logger.id if logger else None,
+        "desc": desc,
+    }
+    saver = Saver(run_dir, meta, model, opt, progress, logger, best)
+    if partial:  # the time-left estimate counts the part of an epoch already done before this session
+        saver.epoch_start += partial["accum"]["step"] / len(loaders.train)
+    if main:
+        write_jsonl(run_dir / "metrics.jsonl", progress.history)  # the checkpoint's history is the truth
+        if best is not None and _stale(run_dir / "best.pt", progress.best_epoch):
+            saver.write_best()
+    step_model = distributed.wrap(model)
+    step_model = torch.compile(step_model) if t.compile else step_model
+    try:
+        fit(step_model, loaders, opt, t, loss_fn, progress, saver.epoch_end, desc, partial)
+    except StopRequested as stop:
+        where = f"the end of epoch {progress.epoch}"
+        if main and getattr(stop, "partial", None) and hasattr(loaders.train, "position"):
+            save_checkpoint(run_dir / "last.pt", saver.state({**stop.partial, "loader": loaders.train.position()}))
+            where = f"epoch {progress.epoch + 1}, step {stop.accum['step']} of {len(loaders.train)}"
+        saved = f"{run_dir / 'last.pt'} holds {where}" if (run_dir / "last.pt").exists() else "nothing was saved yet"
+        raise Stopped(STOP.requested, f"stopped in epoch {progress.epoch + 1}; {saved}") from None
+    except Diverged as e:
+        kept = f"; {run_dir / 'best.pt'} holds epoch {progress.best_epoch}" if (run_dir / "best.pt").exists() else ""
+        if main:
+            write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "epochs_run": progress.epoch})
+        finish_logger(logger, {"status": "failed"})
+        raise Diverged(f"{e}{kept}. Try a lower --lr, --amp off, or --norm") from None
+    if saver.best is not None:
+        model.load_state_dict(saver.best)
+    return _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc)
+
+
+def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
+    """Test the best weights once; figures first, summary.json last (it marks the run finished)."""
+    test = evaluate(model, loaders.test, make_autocast(cfg.train), return_preds=True, desc=f"{desc}: test")
+    k, preds = ds.num_classes, test["preds"]
+    cm = torch.bincount(ds.test_y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
+    result = {
+        "status": "finished",
+        "model": cfg.model.name,
+        "params": count_params(model),
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "best_val_acc": progress.best_val_acc if loaders.val is not None else None,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": progress.epoch,
+        "train_time_s": progress.elapsed,
+        "per_class_acc": dict(zip(ds.classes, (cm.diag() / cm.sum(1).clamp(min=1)).tolist())),
+        "confusion": cm.tolist(),
+    }
+    if distributed.is_main():
+        title = f"{run_dir.name} ({cfg.model.name})"
+        plot_curves(progress.history, run_dir / "curves.png", title=title)
+        plot_grads(progress.history, run_dir / "grads.png", title=title)
+        plot_confusion(cm, ds.classes, run_dir / "confusion.png", title=f"{title}: test set")
+        write_json(run_dir / "summary.json", result)
+        if logger:
+            logger.log_images([run_dir / f for f in ("curves.png", "grads.png", "confusion.png")])
+        finish_logger(logger, {k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+    print(
+        f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
+        + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
+        + f", {progress.elapsed:.1f}s of training)",
+        flush=True,
+    )
+    return {**result, "history": progress.history, "test_preds": preds}
+
+
+# ---------------------------------------------------------------- W&B
+
+
+def done(run_dir):
+    """The last lines of a successful command: the W&B upload command if any, then the run folder (if given)."""
+    close_wandb()
+    if run_dir is not None:
+        print(run_dir, flush=True)

@@ -1,0 +1,171 @@
+"""A run folder: its name, its atomic creation, the marks that it is in use (.busy) and how a stop names the
+command that continues it."""
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from errors import CheckpointError, UsageError
+from files import TMP, RunLock, read_json, remove_stale_tmp, tmp_name, write_json
+
+NAME_MAX = 200  # bytes of a folder name; file systems allow 255, and temporary names add a suffix
+
+
+_hints = []
+
+
+BUSY = ".busy"  # held shared by every command working in a run folder, training or not: --overwrite waits for none
+
+
+_occupied = []
+
+
+def working_in(run_dir):
+    """From now until the command ends: a stop names `--resume run_dir` (continue_with), and run_dir is marked in
+    use (released by run_main), so that --overwrite refuses it."""
+    continue_with(command("--resume", run_dir))
+    _occupied.append(RunLock(run_dir, BUSY, shared=True))
+
+
+def vacate():
+    while _occupied:
+        _occupied.pop().release()
+
+
+def continue_with(hint):
+    """From now until the command ends, a stop prints `hint`, also once the work is done (a resume of a finished run
+    says so). The first one set wins: a study's, not its child's."""
+    if not _hints:
+        _hints.append(hint)
+
+
+def take_hint():
+    hint = f"continue with: {_hints[0]}" if _hints else "nothing was saved; run the command again"
+    _hints.clear()
+    return hint
+
+
+def command(*args):
+    return shlex.join(["python", sys.argv[0], *map(str, args)])
+
+
+def check_run_name(save_dir, name):
+    """A plain, not too long name in a writable save_dir; checked before any work."""
+    if not name or os.sep in name or name in (".", "..") or not name.isprintable() or TMP in name:
+        raise UsageError(f"--run_name {name!r} must be a plain folder name, without a path separator (or {TMP})")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"--run_name {name!r} is not valid UTF-8 text") from None
+    if len(name.encode()) > NAME_MAX:
+        raise UsageError(f"--run_name is {len(name.encode())} bytes long; folder names may have at most {NAME_MAX}")
+    probe = Path(save_dir)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK) or (os.geteuid() == 0 and not probe.stat().st_mode & 0o200):
+        raise UsageError(f"--save_dir {save_dir}: {probe} is not a writable folder")
+
+
+def short_name(name):
+    """An automatic name cut to NAME_MAX bytes, with a hash of the whole so that different names stay different."""
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    import hashlib
+
+    return f"{name.encode()[: NAME_MAX - 12].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
+    """What create_run_dir would refuse, said before any work: a bad name or save_dir, an existing folder (without
+    --overwrite), or, with it, something that is not a lab1 run folder."""
+    check_run_name(save_dir, name)
+    target = Path(save_dir) / name
+    if not (target.exists() or target.is_symlink()) or auto_named and not overwrite:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"run folder {target} already exists; pass --overwrite or another --run_name "
+            f"(or continue it: {command('--resume', target)})"
+        )
+    if target.is_symlink() or not (target / "config.json").is_file():
+        raise UsageError(
+            f"{target} is not a lab1 run folder (no config.json); --overwrite replaces run folders only: "
+            "pass another --run_name"
+        )
+
+
+def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
+    """SAVE_DIR/NAME with config.json and command.txt, made atomically: it appears whole or not at all, and two
+    runs with one name never share it. An existing folder is an error unless overwrite (an automatic name gets
+    a numeric suffix instead)."""
+    check_run_dir(save_dir, name, overwrite, auto_named)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(save_dir)
+    tmp = tmp_name(save_dir / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_json(tmp / "config.json", config)
+        (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
+        (tmp / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+        if overwrite and (save_dir / name).exists():
+            busy = [
+                p.parent
+                for lock in (".lock", BUSY)
+                for p in (save_dir / name).rglob(lock)
+                if RunLock.busy(p.parent, lock)
+            ]
+            if busy:
+                raise UsageError(
+                    f"{busy[0]} is being trained by another process right now; --overwrite would destroy its work"
+                )
+            shutil.rmtree(save_dir / name)
+        for i in range(1, 1000):
+            target = save_dir / (name if i == 1 else f"{name}_{i}")
+            if not target.exists():
+                try:
+                    os.rename(tmp, target)  # fails if another process got there first with a non-empty folder
+                    return target
+                except OSError:
+                    pass
+            if not auto_named:
+                raise UsageError(
+                    f"run folder {target} already exists; pass --overwrite or another --run_name "
+                    f"(or continue it: {command('--resume', target)})"
+                )
+        raise UsageError(f"could not create a run folder for {save_dir / name}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finished(run_dir):
+    """Whether the run in run_dir (a run, a phase, a child or a whole study) says it finished."""
+    try:
+        return read_json(Path(run_dir) / "summary.json").get("status") == "finished"
+    except (CheckpointError, AttributeError):  # not there yet, or damaged
+        return False
+
+
+def _script(kind):
+    return "exercise2.py" if kind in ("exercise2", "finetune") else "exercise1.py"
+
+
+def _kind(config):
+    """exercise1 / study / exercise2 / finetune (folders written before the kind was recorded: by their keys)."""
+    return config.get("kind") or (
+        "exercise2"
+        if "teacher" in config
+        else "finetune"
+        if "modes" in config
+        else "study"
+        if "base" in config
+        else "exercise1"
+    )
+
+
+def timestamp():
+    return time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,83 @@
+"""The checkpoint policy beside the training loop (timm's CheckpointSaver): after every epoch last.pt is written
+first (the whole state, and the best weights when they are not the current ones), then best.pt if the epoch
+improved, then the metrics line; on a stop mid-epoch, last.pt with the part-done epoch."""
+
+import time
+from dataclasses import asdict
+
+import distributed
+from checkpoint import FORMAT, load_file, save_checkpoint
+from errors import CheckpointError
+from files import append_jsonl
+from resume import rng_state
+from wandb_log import wandb_record
+
+
+class Saver:
+    """Writes a run's files at the end of each epoch (the hook engine.fit calls), and on a stop mid-epoch."""
+
+    def __init__(self, run_dir, meta, model, opt, progress, logger, best):
+        self.run_dir, self.meta, self.model, self.opt, self.progress = run_dir, meta, model, opt, progress
+        self.logger, self.best, self.main = logger, best, distributed.is_main()
+        self.t_start, self.epoch_start = time.perf_counter(), progress.epoch
+
+    def state(self, partial=None):
+        ckpt = {
+            **self.meta,
+            "model": self.model.state_dict(),
+            **self.opt.state_dict(),
+            "rng": rng_state(),
+            **asdict(self.progress),
+        }
+        if self.best is not None and (partial or self.progress.best_epoch != self.progress.epoch):
+            ckpt["best_model"] = self.best  # one file says which weights are best
+        return {**ckpt, "partial": partial} if partial else ckpt
+
+    def write_best(self):
+        save_checkpoint(
+            self.run_dir / "best.pt",
+            {"format": FORMAT, "arch": self.meta["arch"], "model": self.best, "epoch": self.progress.best_epoch},
+        )
+
+    def epoch_end(self, rec, improved):
+        if improved:  # every rank keeps the best weights (identical across ranks under DDP)
+            self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.main:
+            save_checkpoint(self.run_dir / "last.pt", self.state())
+            if improved:
+                self.write_best()
+            append_jsonl(self.run_dir / "metrics.jsonl", rec)
+            if self.logger:
+                self.logger.log(wandb_record(rec), step=rec["epoch"])
+        self.print_epoch(rec)
+
+    def print_epoch(self, rec):
+        epochs, done = self.meta["config"]["train"]["epochs"], rec["epoch"]
+        val = f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f} | " if rec["val_acc"] is not None else ""
+        per_epoch = (time.perf_counter() - self.t_start) / max(done - self.epoch_start, 1e-3)
+        left = f" | about {duration(per_epoch * (epochs - done))} left" if done < epochs else ""
+        if distributed.is_main():
+            print(
+                f"{self.meta['desc']} epoch {done:3d}/{epochs} | train loss {rec['train_loss']:.4f} acc "
+                f"{rec['train_acc']:.4f} | {val}lr {rec['lr']:.2e} | {rec['epoch_time_s']:.1f}s{left}",
+                flush=True,
+            )
+
+
+def duration(seconds):
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 90
+        else f"{seconds / 60:.0f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
+
+
+def _stale(path, epoch):
+    if not path.exists():
+        return True
+    try:
+        return load_file(path).get("epoch") != epoch
+    except CheckpointError:
+        return True
