@@ -27,7 +27,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import distributed
-import notify
 import study
 from cli import run_main
 from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
@@ -36,6 +35,7 @@ from errors import UsageError
 from files import read_json
 from flags import Parser, add_flags, from_args, given
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
+from notify import notify
 from resume import extend_epochs, record_epochs, resume_dir
 from run import check_model, describe_data, done, new_model, train
 from rundir import check_run_dir, command, continue_with, create_run_dir, finished, short_name, timestamp, working_in
