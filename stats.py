@@ -1,9 +1,13 @@
-"""Statistics for multi-seed results: one run per seed is noisy, so tables report mean ± sample std and,
-for "A beats B" claims, the paired per-seed difference with a Student-t 95% interval (pairing by seed
-removes the seed-to-seed variance that A and B share). No project imports; scipy is imported lazily."""
+"""Statistics for "A beats B" claims. Across seeds: one run per seed is noisy, so tables report mean ± sample std
+and the paired per-seed difference with a Student-t 95% interval (pairing by seed removes the seed-to-seed variance
+that A and B share). Within one run: two models scored on the same test examples are compared per example (McNemar's
+exact test, paired bootstrap intervals), since the examples both get right or both get wrong say nothing about which
+is better. No project imports; scipy is imported lazily."""
 
 import math
 import statistics
+
+import numpy as np
 
 
 def number(v):
@@ -52,3 +56,86 @@ def format_paired(p, scale=1.0, digits=4):
     if lo is None:
         return f"{f(p['mean'])} (n={p['seeds']}, no CI)"
     return f"{f(p['mean'])} ± {p['std'] * scale:.{digits}f} (95% CI {f(lo)} .. {f(hi)}, n={p['seeds']})"
+
+
+def _per_example(*columns):
+    """Per-example correctness columns (same test examples, same order) as one (k, n) bool array. Anything but 0/1
+    values is refused: predicted labels passed by mistake would otherwise read as "correct"."""
+    cols = [np.asarray(c) for c in columns]
+    if any(c.ndim != 1 for c in cols) or len({len(c) for c in cols}) != 1 or not len(cols[0]):
+        raise ValueError(
+            f"need one non-empty 1-D correctness vector per model, of equal lengths, got shapes "
+            f"{[c.shape for c in cols]}"
+        )
+    if not all(c.dtype == bool or np.isin(c, (0, 1)).all() for c in cols):
+        raise ValueError("correctness vectors hold booleans (or 0/1), one per test example")
+    return np.stack(cols).astype(bool)
+
+
+def mcnemar(a_correct, b_correct):
+    """McNemar's exact test for two classifiers scored on the same examples: only the discordant examples (one
+    right, the other wrong) carry evidence, and under "equally good" each is A's with probability 1/2. Returns
+    {"n", "a_only", "b_only", "p_value"}: the two-sided binomial p-value of a_only out of a_only + b_only, 1.0
+    when there are no discordant examples."""
+    a, b = _per_example(a_correct, b_correct)
+    a_only, b_only = int(np.count_nonzero(a & ~b)), int(np.count_nonzero(b & ~a))
+    p = 1.0
+    if a_only + b_only:
+        from scipy.stats import binomtest
+
+        p = float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"n": len(a), "a_only": a_only, "b_only": b_only, "p_value": p}
+
+
+def _bootstrap_counts(cols, n_boot, seed):
+    """(n_boot, k) int64: per resample of the n examples (drawn with replacement, the same indices for every
+    column), how many each column got right. Drawn in chunks of at most ~4M indices (60k examples x 10k resamples
+    at once would be 2.4 GB); the chunk size depends only on n, so a seed gives the same numbers every time."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    n = cols.shape[1]
+    rows = max(1, 2**22 // n)
+    out = np.empty((n_boot, len(cols)), dtype=np.int64)
+    for start in range(0, n_boot, rows):
+        idx = rng.integers(0, n, size=(min(rows, n_boot - start), n), dtype=np.int64 if n > 2**31 else np.int32)
+        for j, col in enumerate(cols):
+            out[start : start + len(idx), j] = np.count_nonzero(col[idx], axis=1)
+    return out
+
+
+def _ci95(values):
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_diff(a_correct, b_correct, n_boot=10000, seed=0):
+    """Paired bootstrap of accuracy(A) - accuracy(B) on one test set: {"mean": the observed difference, "ci95":
+    [lo, hi] (2.5th and 97.5th percentiles over n_boot resamples of the examples), "n_boot"}. Resampling both
+    models' results with the same indices keeps their pairing, so the examples both get right add no noise."""
+    cols = _per_example(a_correct, b_correct)
+    counts = _bootstrap_counts(cols, n_boot, seed)
+    n = cols.shape[1]
+    mean = (int(np.count_nonzero(cols[0])) - int(np.count_nonzero(cols[1]))) / n  # from counts: no rounding twice
+    return {"mean": mean, "ci95": _ci95((counts[:, 0] - counts[:, 1]) / n), "n_boot": n_boot}
+
+
+def bootstrap_gap_closed(student_correct, alone_correct, teacher_correct, n_boot=10000, seed=0):
+    """Paired bootstrap of gap_closed() over the test examples: {"value": the observed gap closed (None when the
+    teacher is no better than the student alone), "ci95": [lo, hi] over the resamples where it is defined ([None,
+    None] if none is), "n_boot", "undefined": how many resamples had teacher <= alone and were left out}. Many
+    undefined resamples mean the teacher's lead itself is not established, and the interval is optimistic."""
+    cols = _per_example(student_correct, alone_correct, teacher_correct)
+    s, a, t = _bootstrap_counts(cols, n_boot, seed).T  # counts: the 1/n cancels in the ratio
+    ok = t > a
+    value = gap_closed(*(float(c.mean()) for c in cols))
+    ci = _ci95((s[ok] - a[ok]) / (t[ok] - a[ok])) if ok.any() else [None, None]
+    return {"value": value, "ci95": ci, "n_boot": n_boot, "undefined": int(n_boot - np.count_nonzero(ok))}
+
+
+def format_mcnemar(m, a="A", b="B"):
+    """mcnemar()'s dict as one table cell, e.g. "A only 12, B only 30, p = 0.0064 (McNemar exact, n=10000)";
+    a and b name the models. p below 0.0001 prints in scientific notation rather than as a bare 0.0000."""
+    p = m["p_value"]
+    shown = f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+    return f"{a} only {m['a_only']}, {b} only {m['b_only']}, p = {shown} (McNemar exact, n={m['n']})"

@@ -12,6 +12,7 @@ from flags import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_p
 
 from .cnn import BLOCKS, BasicBlock, Bottleneck, FlexibleCNN
 from .constraints import max_norm_
+from .init import INITS, init_weights
 from .mlp import ACTIVATIONS, NORMS, FlexibleMLP
 
 
@@ -46,6 +47,13 @@ class ModelConfig:
         "filters, the head included) to L2 norm <= C (Srivastava et al. 2014); 0 = off",
         type=nonneg_float,
         metavar="C",
+    )
+    init: str = flag(
+        "default",
+        "weight initialisation: default = each model's own (PyTorch's kaiming_uniform with a=sqrt(5) for "
+        "Linear/Conv; FlexibleCNN and presets: Kaiming normal fan_out for convs), he = Kaiming normal (fan_in, ReLU "
+        "gain), xavier = Glorot uniform; biases zero for he/xavier, norm layers untouched",
+        choices=INITS,
     )
     layers: tuple = flag(
         (2, 2, 2, 2),
@@ -91,7 +99,8 @@ CNN_ONLY = {"layers", "block", "width"}
 
 
 def unread_flags(name, given):
-    """The ModelConfig fields among `given` that model `name` never reads (a preset fixes all but max_norm, norm)."""
+    """The ModelConfig fields among `given` that model `name` never reads (a preset fixes all but max_norm, init,
+    norm)."""
     unread = (
         CNN_ONLY if name == "FlexibleMLP" else MLP_ONLY if name == "FlexibleCNN" else MLP_ONLY | CNN_ONLY | {"residual"}
     )
@@ -99,7 +108,11 @@ def unread_flags(name, given):
 
 
 def build_model(cfg: ModelConfig, in_shape, num_classes):
-    """in_shape = (C, H, W) of one example."""
+    """in_shape = (C, H, W) of one example; the weights as --init asks (init="default": as constructed)."""
+    return init_weights(_construct(cfg, in_shape, num_classes), cfg.init)
+
+
+def _construct(cfg: ModelConfig, in_shape, num_classes):
     if cfg.name == "FlexibleMLP":
         n_in = in_shape[0] * in_shape[1] * in_shape[2]
         return FlexibleMLP(
@@ -140,6 +153,8 @@ __all__ = [
     "PRESETS",
     "MODEL_NAMES",
     "max_norm_",
+    "init_weights",
+    "INITS",
     "FlexibleMLP",
     "FlexibleCNN",
     "BasicBlock",

@@ -1,3 +1,7 @@
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -181,3 +185,119 @@ def test_max_norm_covers_head_and_projections_skips_norms_and_sees_through_wrapp
     assert (m.head.weight == 10).all() and (m.blocks[0].norm.weight == 10).all() and (m.head.bias == 10).all()
     max_norm_(m, 1.0)
     assert torch.allclose(_rows(m.head.weight), torch.ones(1))
+
+
+# ---------------------------------------------------------------- --init
+
+
+def _linear_and_conv(model):
+    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+@pytest.mark.parametrize(
+    "cfg,direct",
+    [
+        (ModelConfig(hidden_sizes=(16, 8), skips=((2, 0),)), lambda: FlexibleMLP(36, 3, [16, 8], skips=[(2, 0)])),
+        (
+            ModelConfig(name="FlexibleCNN", layers=(1, 1), width=4, norm="none"),
+            lambda: FlexibleCNN(1, 3, (1, 1), width=4, residual=False, norm=False),
+        ),
+        (ModelConfig(name="resnet8", norm="batch"), lambda: PRESETS["resnet8"](1, 3)),
+    ],
+)
+def test_default_init_is_the_model_as_constructed_bit_for_bit(cfg, direct):
+    """--init default draws nothing more: published runs (built before the flag existed) reproduce exactly."""
+    from dataclasses import asdict, replace
+
+    from cli import from_dict
+
+    built = []
+    for c in (cfg, replace(cfg, init="default")):
+        torch.manual_seed(0)
+        built.append((build_model(c, (1, 6, 6), 3).state_dict(), torch.rand(3)))  # the RNG stream after it too
+    torch.manual_seed(0)
+    before = (direct().state_dict(), torch.rand(3))
+    for sd, after in built:
+        assert sd.keys() == before[0].keys() and all(torch.equal(sd[k], before[0][k]) for k in sd)
+        assert torch.equal(after, before[1])
+    old = {k: v for k, v in asdict(cfg).items() if k != "init"}  # a config.json written before --init
+    assert from_dict(ModelConfig, old) == cfg and cfg.init == "default"
+    with pytest.raises(ValueError):
+        from_dict(ModelConfig, {**old, "init": "orthogonal"})
+
+
+WIDE = [
+    ModelConfig(hidden_sizes=(1024, 512), skips=((2, 0),)),  # the skip projection proj.2_0 too
+    ModelConfig(name="FlexibleCNN", layers=(1, 1), width=64, norm="none"),
+]
+
+
+@pytest.mark.parametrize("cfg", WIDE)
+@pytest.mark.parametrize("kind", ["he", "xavier"])
+def test_he_and_xavier_weight_std_per_layer_and_zero_biases(cfg, kind):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = build_model(replace(cfg, init=kind), (3, 28, 28), 10)
+    torch.manual_seed(0)
+    default = build_model(cfg, (3, 28, 28), 10)
+    layers = _linear_and_conv(model)
+    assert len(layers) >= 3 and any(m.bias is not None for m in layers)
+    for m, d in zip(layers, _linear_and_conv(default)):
+        w = m.weight
+        fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()  # receptive field counted in both
+        want = math.sqrt(2 / fan_in) if kind == "he" else math.sqrt(2 / (fan_in + fan_out))
+        assert w.std().item() == pytest.approx(want, rel=0.05)
+        assert not torch.equal(w, d.weight)  # re-drawn (FlexibleCNN's own convs may have the same std)
+        if kind == "xavier":
+            assert w.abs().max().item() <= math.sqrt(3) * want  # uniform on [-a, a], a = sqrt(3) std
+        if m.bias is not None:
+            assert not m.bias.any()
+
+
+def test_init_leaves_norm_layers_and_runs_in_module_order():
+    from models import init_weights
+
+    torch.manual_seed(0)
+    m = FlexibleMLP(12, 3, [8, 8], norm="batch")
+    with torch.no_grad():
+        for p in m.blocks[0].norm.parameters():
+            p.fill_(0.7)
+    torch.manual_seed(1)
+    init_weights(m, "he")
+    assert (m.blocks[0].norm.weight == 0.7).all() and (m.blocks[0].norm.bias == 0.7).all()
+    again = FlexibleMLP(12, 3, [8, 8], norm="batch")
+    torch.manual_seed(1)
+    init_weights(again, "he")  # the same draws, whatever the weights held before
+    assert all(torch.equal(a, b) for a, b in zip(again.head.parameters(), m.head.parameters()))
+    with pytest.raises(ValueError):
+        init_weights(m, "orthogonal")
+    with torch.device("meta"):  # the size check builds on the meta device: nothing drawn, nothing allocated
+        assert build_model(ModelConfig(init="he"), (1, 28, 28), 10).head.weight.is_meta
+
+
+def test_init_flag_is_recorded_in_config_json(mnist_root, tmp_path):
+    from conftest import run_cli
+
+    p = run_cli(
+        "exercise1.py",
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--init",
+        "he",
+        "--epochs",
+        "1",
+        "--depth",
+        "1",
+        "--hidden_size",
+        "16",
+        "--batch_size",
+        "64",
+        "--wandb",
+        "disabled",
+    )
+    assert p.returncode == 0, p.stderr
+    run = Path(p.stdout.strip().splitlines()[-1])
+    assert json.loads((run / "config.json").read_text())["model"]["init"] == "he"
