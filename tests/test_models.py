@@ -209,7 +209,7 @@ def test_default_init_is_the_model_as_constructed_bit_for_bit(cfg, direct):
     """--init default draws nothing more: published runs (built before the flag existed) reproduce exactly."""
     from dataclasses import asdict, replace
 
-    from cli import from_dict
+    from flags import from_dict
 
     built = []
     for c in (cfg, replace(cfg, init="default")):
