@@ -7,6 +7,7 @@ copied to the host: losses and counts accumulate on the device and are read only
 """
 
 import math
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -436,3 +437,18 @@ def resolve_amp(request, device, flag_name="--amp"):
     if request == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return request
+
+
+def rng_state():
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

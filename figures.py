@@ -55,7 +55,7 @@ def _wrap_titles(fig):
         )
 
 
-def _num(v):
+def plottable(v):
     """A number a figure or table can show (finite, and not so large that float() overflows)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300
 
@@ -67,7 +67,7 @@ def _pretty(key):
 
 def _line(ax, xs, ys, label=None, **kw):
     """Plot the numeric ys against xs (missing values left out); returns the (xs, ys) the line holds."""
-    pts = [(x, y) for x, y in zip(xs, ys) if _num(y)]
+    pts = [(x, y) for x, y in zip(xs, ys) if plottable(y)]
     kw.setdefault("marker", "o" if len(pts) <= MARKERS_UP_TO else None)
     (line,) = ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, markersize=4, **kw)
     return np.asarray(line.get_xdata()).tolist(), np.asarray(line.get_ydata()).tolist()
@@ -96,7 +96,7 @@ def plot_curves(history, path, title="training curves"):
     for ax, key in zip(axes, ("loss", "acc")):
         for split, name in (("train", "train"), ("val", "validation")):
             ys = [r.get(f"{split}_{key}") for r in history]
-            if any(map(_num, ys)):
+            if any(map(plottable, ys)):
                 drawn[f"{split}_{key}"] = _line(ax, [r["epoch"] for r in history], ys, label=name)
         _dress(ax, _pretty(key), "epoch", _pretty(key))
     fig.suptitle(title)
@@ -244,7 +244,7 @@ def plot_study(rows, curves, path, title):
     _dress(ax, title, "depth", "test accuracy (mean ± std over seeds)")
     depths = sorted({d for _, d in curves})
     for (kind, depth), h in curves.items():
-        key = "val_acc" if any(_num(r.get("val_acc")) for r in h) else "train_acc"
+        key = "val_acc" if any(plottable(r.get("val_acc")) for r in h) else "train_acc"
         label = f"{kind} {depth}" + ("" if key == "val_acc" else " (train acc: no validation split)")
         drawn["curves"][label] = _line(
             ax2,

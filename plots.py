@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from figures import _num, plot_overlay
+from figures import plot_overlay, plottable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +26,9 @@ def _read(p, path, lines=False):
         p.error(f"{path} not found")
     except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
         p.error(f"{path} cannot be read ({type(e).__name__}: {str(e)[:100]})")
-    if not all(isinstance(r, dict) and (not lines or _num(r.get("epoch")) and 0 <= r["epoch"] <= 1e6) for r in records):
+    if not all(
+        isinstance(r, dict) and (not lines or plottable(r.get("epoch")) and 0 <= r["epoch"] <= 1e6) for r in records
+    ):
         p.error(f"{path}: each {'line' if lines else 'file'} must be a JSON object{' with an epoch' * lines}")
     return records if lines else records[0]
 
@@ -56,7 +58,7 @@ def main(argv=None):
             name: _read(c, r / "metrics.jsonl", lines=True)
             for name, r in _runs(args.runs, "metrics.jsonl", lambda r: (r / "metrics.jsonl").exists())
         }
-        numeric = sorted({k for h in curves.values() for r in h for k, v in r.items() if _num(v)} - {"epoch"})
+        numeric = sorted({k for h in curves.values() for r in h for k, v in r.items() if plottable(v)} - {"epoch"})
         if args.metric not in numeric:
             c.error(f"no numeric metric {args.metric!r} in these runs; plottable: {', '.join(numeric) or 'none'}")
         try:
@@ -85,7 +87,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     for name, s in summaries.items():
         name = name.replace("|", "\\|").replace("\n", " ")  # a folder name must not break the table
-        print(f"| {name} | " + " | ".join(format(s.get(k), f) if _num(s.get(k)) else "-" for k, f in cols) + " |")
+        print(f"| {name} | " + " | ".join(format(s.get(k), f) if plottable(s.get(k)) else "-" for k, f in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Resuming a run: the folder and config that --resume names, a raised --epochs, and the training state of
 last.pt restored and checked before anything is written."""
 
-import random
 import shlex
 import sys
 from dataclasses import fields, replace
@@ -12,10 +11,10 @@ import torch
 import distributed
 from checkpoint import check_finite, load_checkpoint, load_weights
 from config import differences
-from engine import Progress
+from engine import Progress, set_rng_state
 from errors import CheckpointError, UsageError
 from files import read_json, remove_stale_tmp, write_json
-from rundir import _kind, _script, finished
+from rundir import finished, kind_of, script_of
 from stats import number
 
 
@@ -42,22 +41,22 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     run_dir = path if path.is_dir() else path.parent
     if (run_dir.parent / "config.json").exists():  # a study's child or an exercise2 phase: continued by its whole
         outer = read_json(run_dir.parent / "config.json", "run config")
-        outer = _kind(outer) if isinstance(outer, dict) else "exercise1"
+        outer = kind_of(outer) if isinstance(outer, dict) else "exercise1"
         if outer != "exercise1":
             raise UsageError(
                 f"{run_dir} is part of the run {run_dir.parent}; continue that: "
-                f"{shlex.join(['python', _script(outer), '--resume', str(run_dir.parent)])}"
+                f"{shlex.join(['python', script_of(outer), '--resume', str(run_dir.parent)])}"
             )
     if not (run_dir / "config.json").exists():
         raise CheckpointError(f"--resume {path}: no lab1 run folder there (config.json missing)")
     config = read_json(run_dir / "config.json", "run config")
-    found = _kind(config) if isinstance(config, dict) else None
+    found = kind_of(config) if isinstance(config, dict) else None
     if found not in ("exercise1", "study", "exercise2", "finetune"):
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged (not a lab1 run config)")
     if found not in kind:
         raise UsageError(
-            f"{run_dir} is a run of {_script(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
-            f"{shlex.join(['python', _script(found), '--resume', str(run_dir)])}"
+            f"{run_dir} is a run of {script_of(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
+            f"{shlex.join(['python', script_of(found), '--resume', str(run_dir)])}"
         )
     if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
         differ = differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
@@ -119,22 +118,7 @@ def record_epochs(run_dir, epochs):
         write_json(path, saved)
 
 
-def rng_state():
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _resume(run_dir, model, opt, loaders, desc):
+def restore(run_dir, model, opt, loaders, desc):
     """Restore last.pt into model / optimizer / RNG; returns (progress, accumulators of a part-done epoch, best)."""
     path = run_dir / "last.pt"
     ckpt = load_checkpoint(path, need=("model", "arch", "optimizer", "scheduler", "rng", "epoch"))

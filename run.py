@@ -28,8 +28,8 @@ from figures import plot_confusion, plot_curves, plot_grads
 from files import RunLock, remove_stale_tmp, write_json, write_jsonl
 from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
-from resume import _resume, record_epochs
-from saver import Saver, _stale
+from resume import record_epochs, restore
+from saver import Saver, stale
 from wandb_log import close_wandb, finish_logger, open_logger
 
 # ---------------------------------------------------------------- how to continue after Ctrl-C / SIGTERM
@@ -127,7 +127,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
     opt = Optim.make(param_groups or model.parameters(), t, len(loaders.train), cfg.model.max_norm)
     progress, partial, best, wandb_id = Progress(), None, None, None
     if (run_dir / "last.pt").exists():
-        progress, partial, best, wandb_id = _resume(run_dir, model, opt, loaders, desc)
+        progress, partial, best, wandb_id = restore(run_dir, model, opt, loaders, desc)
     record_epochs(run_dir, t.epochs)  # a run or study child: its config.json (the phases of the others have none)
     logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
     meta = {
@@ -142,7 +142,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
         saver.epoch_start += partial["accum"]["step"] / len(loaders.train)
     if main:
         write_jsonl(run_dir / "metrics.jsonl", progress.history)  # the checkpoint's history is the truth
-        if best is not None and _stale(run_dir / "best.pt", progress.best_epoch):
+        if best is not None and stale(run_dir / "best.pt", progress.best_epoch):
             saver.write_best()
     step_model = distributed.wrap(model)
     step_model = torch.compile(step_model) if t.compile else step_model

@@ -150,11 +150,11 @@ def finished(run_dir):
         return False
 
 
-def _script(kind):
+def script_of(kind):
     return "exercise2.py" if kind in ("exercise2", "finetune") else "exercise1.py"
 
 
-def _kind(config):
+def kind_of(config):
     """exercise1 / study / exercise2 / finetune (folders written before the kind was recorded: by their keys)."""
     return config.get("kind") or (
         "exercise2"

@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 import distributed
 from checkpoint import FORMAT, load_file, save_checkpoint
+from engine import rng_state
 from errors import CheckpointError
 from files import append_jsonl
-from resume import rng_state
 from wandb_log import wandb_record
 
 
@@ -74,7 +74,7 @@ def duration(seconds):
     )
 
 
-def _stale(path, epoch):
+def stale(path, epoch):
     if not path.exists():
         return True
     try:
