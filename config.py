@@ -6,12 +6,25 @@ OutputConfig here); exercise1 and exercise2 add the same data, optimisation and 
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from dataloader import DataConfig
-from engine import TrainConfig, resolve_amp, resolve_device
+from engine import TrainConfig, make_autocast, resolve_amp, resolve_device
 from errors import UsageError
-from flags import add_flags, config_dict, flag, from_args, from_dict, nonempty
+from flags import (
+    Distinct,
+    add_flags,
+    config_dict,
+    count,
+    flag,
+    from_args,
+    from_dict,
+    nonempty,
+    nonneg_int,
+    pos_float,
+    pos_processes,
+    unit,
+)
 from models import ModelConfig
 
 COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
@@ -81,31 +94,8 @@ def add_run_flags(p, project_help, resume_help, skip=()):
 
 
 def data_and_train(args, dataset):
-    """DataConfig and TrainConfig from the flags."""
-    unread = [
-        ("--augment and --no_augment", args.augment and args.no_augment, "give one of them"),
-        (
-            "--momentum",
-            args.momentum is not None and (args.optimizer or TrainConfig.optimizer) != "sgd",
-            "it is SGD's: add --optimizer sgd",
-        ),
-        (
-            "--num_workers",
-            args.num_workers is not None and (args.loader or DataConfig.loader) != "standard",
-            "they are --loader standard's",
-        ),
-        (
-            "--early_stopping",
-            args.early_stopping and args.val_split == 0 and not getattr(args, "k_folds", 0),
-            "it needs a validation split (--val_split > 0)",
-        ),
-    ]
-    for name, wrong, why in unread:
-        if wrong:
-            raise UsageError(f"{name}: {why}")
+    """DataConfig and TrainConfig from the flags (rules.check has seen them)."""
     augment = True if args.augment else False if args.no_augment else dataset in COLOUR
-    if (args.warmup_epochs or 0) >= (args.epochs or TrainConfig.epochs) and args.warmup_epochs:
-        raise UsageError("--warmup_epochs must be shorter than --epochs (the learning rate would never peak)")
     device = resolve_device(args.device or "auto")
     train = from_args(TrainConfig, args, device=device, amp=resolve_amp(args.amp or "auto", device))
     return from_args(DataConfig, args, dataset=dataset, augment=augment), train
@@ -131,3 +121,162 @@ def differences(a, b, where="", skip=("train.epochs",)):
         ]
     same = json.dumps(a, default=repr) == json.dumps(b, default=repr)  # a tensor where a number belongs: differs
     return [] if same else [where.rstrip(".") or "all of it"]
+
+
+STUDIES = ("mlp_depth", "cnn_depth")
+
+
+DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
+
+
+# The model flags a study sets itself (cnn_depth: He et al.'s presets, as published).
+MODEL_FLAGS_SET = {
+    "mlp_depth": {"depth", "hidden_sizes", "skips", "residual"},
+    "cnn_depth": {f.name for f in fields(ModelConfig)} - {"name"},
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    study: str = flag(
+        "",
+        "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
+        "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/",
+        choices=STUDIES,
+    )
+    depths: tuple = flag((), "depths of the study", type=count, nargs="+", action=Distinct)
+    seeds: tuple = flag(
+        (),
+        "train every configuration once per seed and report mean ± std (also without --study)",
+        type=nonneg_int,
+        nargs="+",
+        action=Distinct,
+    )
+    workers: int = flag(
+        1,
+        "start N local worker processes that share the study (one child each at a time; CPU "
+        "threads split between them, GPUs assigned round-robin)",
+        type=pos_processes,
+    )
+    report: bool = flag(False, "rebuild the study's report from its folder (after, or during, the study)")
+
+
+PHASES = ("teacher", "student_baseline", "student_distill")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = flag(4.0, "softmax temperature T", type=pos_float)
+    alpha: float = flag(0.5, "weight of the soft (KL) term, in [0, 1]", type=unit)
+    temperature_end: float = flag(None, "anneal T linearly to this value over the epochs", type=pos_float)
+    alpha_end: float = flag(None, "anneal alpha linearly to this value over the epochs", type=unit)
+    seeds: tuple = flag(
+        (),
+        "train the students (alone and distilled) once per seed against the one teacher; "
+        "report mean ± std and the paired difference distilled - alone with a 95% CI",
+        type=nonneg_int,
+        nargs="+",
+        action=Distinct,
+    )
+    study: str = flag(
+        "",
+        "kd_grid: one distilled student per --temperatures x --alphas (x --seeds), the teacher trained and cached once",
+        choices=("kd_grid",),
+    )
+    temperatures: tuple = flag((), "kd_grid: the temperatures", type=pos_float, nargs="+", action=Distinct)
+    alphas: tuple = flag((), "kd_grid: the alphas", type=unit, nargs="+", action=Distinct)
+    cache_teacher: bool = flag(
+        False,
+        "compute the teacher's logits on the whole (un-augmented) training set once, "
+        "keep them in the run folder, and train the distilled student on un-augmented data "
+        "from them",
+    )
+    teacher_ckpt: str = flag(
+        "",
+        "reuse a trained teacher (teacher.pth of an earlier run, or an exercise1 best.pt); "
+        "its architecture comes from the checkpoint and it is not trained again",
+        metavar="PATH",
+    )
+    teacher_dir: str = flag(
+        "",
+        "train the teacher once into this folder, by whichever run gets there first, and "
+        "reuse it from there in every later run (e.g. the runs of a W&B sweep)",
+        metavar="DIR",
+    )
+    teacher_logits: str = flag(
+        "",
+        "with --cache_teacher and --teacher_ckpt: reuse teacher_logits.pt of an earlier run "
+        "(refused if it is of another teacher or data set)",
+        metavar="PATH",
+    )
+    teacher_amp: str = flag(
+        "auto",
+        "precision of the frozen teacher's forward that makes the soft targets; bf16 "
+        "holds a bf16 copy of the teacher (faster on CPUs with native bf16: README); auto = as "
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    teacher: ModelConfig
+    student: ModelConfig
+    distill: DistillConfig
+    data: DataConfig
+    train: TrainConfig
+    output: OutputConfig
+
+    def to_dict(self):
+        return config_dict(
+            kind="exercise2",
+            **{k: getattr(self, k) for k in ("teacher", "student", "distill", "data", "train", "output")},
+        )
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(
+            *(
+                from_dict(c, d[k])
+                for c, k in (
+                    (ModelConfig, "teacher"),
+                    (ModelConfig, "student"),
+                    (DistillConfig, "distill"),
+                    (DataConfig, "data"),
+                    (TrainConfig, "train"),
+                    (OutputConfig, "output"),
+                )
+            )
+        )
+
+    def teacher_autocast(self):
+        """The autocast context of the frozen teacher's forward (its soft targets, on the fly or cached)."""
+        amp = self.train.amp if self.distill.teacher_amp == "auto" else self.distill.teacher_amp
+        return make_autocast(replace(self.train, amp=amp))
+
+    def phase(self, name):
+        """The RunConfig of one phase."""
+        model = self.teacher if name == "teacher" else self.student
+        data = (
+            replace(self.data, augment=False) if name == "student_distill" and self.distill.cache_teacher else self.data
+        )
+        return RunConfig(model, data, self.train, self.output)
+
+
+MODES = ("linear", "svm", "finetune", "scratch")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    pretrained: str = flag("", "a CNN checkpoint of exercise1 (its best.pt)", metavar="PATH")
+    mode: str = flag(
+        "all",
+        "linear (logistic regression on frozen features), svm (linear SVM on them), finetune "
+        "(end to end, new head), scratch (same network, random init), or all",
+        choices=(*MODES, "all"),
+    )
+    backbone_lr_scale: float = flag(0.1, "finetune: backbone learning rate = --lr x this", type=pos_float)
+    freeze_stages: int = flag(0, "finetune: keep the stem and the first N stages frozen", type=nonneg_int)
+
+
+STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))

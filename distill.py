@@ -9,20 +9,20 @@ skips finished phases and continues an interrupted one from its last.pt.
 
 import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
-from config import OutputConfig, RunConfig
-from dataloader import DataConfig, make_loaders
-from engine import TrainConfig, evaluate, make_autocast
+from config import PHASES, ExperimentConfig
+from dataloader import make_loaders
+from engine import evaluate, make_autocast
 from errors import CheckpointError, UsageError
 from figures import plot_bars, plot_heatmap, plot_overlay
 from files import RunLock, publish, read_json, read_jsonl, write_report
-from flags import Distinct, config_dict, flag, from_dict, nonneg_int, pos_float, unit
+from flags import from_dict
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
 from run import loaders_for, new_model, train
@@ -30,107 +30,6 @@ from rundir import finished
 from stats import format_paired, gap_closed, mean_std, paired
 from study import Child
 from wandb_log import open_logger
-
-PHASES = ("teacher", "student_baseline", "student_distill")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    temperature: float = flag(4.0, "softmax temperature T", type=pos_float)
-    alpha: float = flag(0.5, "weight of the soft (KL) term, in [0, 1]", type=unit)
-    temperature_end: float = flag(None, "anneal T linearly to this value over the epochs", type=pos_float)
-    alpha_end: float = flag(None, "anneal alpha linearly to this value over the epochs", type=unit)
-    seeds: tuple = flag(
-        (),
-        "train the students (alone and distilled) once per seed against the one teacher; "
-        "report mean ± std and the paired difference distilled - alone with a 95% CI",
-        type=nonneg_int,
-        nargs="+",
-        action=Distinct,
-    )
-    study: str = flag(
-        "",
-        "kd_grid: one distilled student per --temperatures x --alphas (x --seeds), the teacher trained and cached once",
-        choices=("kd_grid",),
-    )
-    temperatures: tuple = flag((), "kd_grid: the temperatures", type=pos_float, nargs="+", action=Distinct)
-    alphas: tuple = flag((), "kd_grid: the alphas", type=unit, nargs="+", action=Distinct)
-    cache_teacher: bool = flag(
-        False,
-        "compute the teacher's logits on the whole (un-augmented) training set once, "
-        "keep them in the run folder, and train the distilled student on un-augmented data "
-        "from them",
-    )
-    teacher_ckpt: str = flag(
-        "",
-        "reuse a trained teacher (teacher.pth of an earlier run, or an exercise1 best.pt); "
-        "its architecture comes from the checkpoint and it is not trained again",
-        metavar="PATH",
-    )
-    teacher_dir: str = flag(
-        "",
-        "train the teacher once into this folder, by whichever run gets there first, and "
-        "reuse it from there in every later run (e.g. the runs of a W&B sweep)",
-        metavar="DIR",
-    )
-    teacher_logits: str = flag(
-        "",
-        "with --cache_teacher and --teacher_ckpt: reuse teacher_logits.pt of an earlier run "
-        "(refused if it is of another teacher or data set)",
-        metavar="PATH",
-    )
-    teacher_amp: str = flag(
-        "auto",
-        "precision of the frozen teacher's forward that makes the soft targets; bf16 "
-        "holds a bf16 copy of the teacher (faster on CPUs with native bf16: README); auto = as "
-        "--amp",
-        choices=("auto", "bf16", "fp16", "off"),
-    )
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    teacher: ModelConfig
-    student: ModelConfig
-    distill: DistillConfig
-    data: DataConfig
-    train: TrainConfig
-    output: OutputConfig
-
-    def to_dict(self):
-        return config_dict(
-            kind="exercise2",
-            **{k: getattr(self, k) for k in ("teacher", "student", "distill", "data", "train", "output")},
-        )
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(
-            *(
-                from_dict(c, d[k])
-                for c, k in (
-                    (ModelConfig, "teacher"),
-                    (ModelConfig, "student"),
-                    (DistillConfig, "distill"),
-                    (DataConfig, "data"),
-                    (TrainConfig, "train"),
-                    (OutputConfig, "output"),
-                )
-            )
-        )
-
-    def teacher_autocast(self):
-        """The autocast context of the frozen teacher's forward (its soft targets, on the fly or cached)."""
-        amp = self.train.amp if self.distill.teacher_amp == "auto" else self.distill.teacher_amp
-        return make_autocast(replace(self.train, amp=amp))
-
-    def phase(self, name):
-        """The RunConfig of one phase."""
-        model = self.teacher if name == "teacher" else self.student
-        data = (
-            replace(self.data, augment=False) if name == "student_distill" and self.distill.cache_teacher else self.data
-        )
-        return RunConfig(model, data, self.train, self.output)
 
 
 def given_teacher(path, ds, cfg, told=None):
@@ -516,18 +415,3 @@ def report_multi(results, cfg, run_dir):
         )
     write_report(run_dir, out, text)
     return out
-
-
-__all__ = [
-    "DistillConfig",
-    "ExperimentConfig",
-    "PHASES",
-    "given_teacher",
-    "logits_key",
-    "check_logits",
-    "teacher_logits",
-    "distill_loss",
-    "publish_teacher",
-    "run_phases",
-    "report",
-]

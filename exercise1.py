@@ -23,18 +23,27 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 
 import json
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import distributed
+import rules
 import study
 from cli import run_main
-from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
+from config import (
+    DEFAULT_DEPTHS,
+    OutputConfig,
+    RunConfig,
+    StudyConfig,
+    add_run_flags,
+    check_batch_norm,
+    data_and_train,
+)
 from datasets import load_dataset
 from errors import UsageError
 from files import read_json
 from flags import Parser, add_flags, from_args, given
-from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
+from models import MODEL_NAMES, ModelConfig, is_cnn, summary
 from notify import notify
 from resume import extend_epochs, record_epochs, resume_dir
 from run import check_model, describe_data, done, new_model, train
@@ -64,7 +73,7 @@ def get_args_parser():
             "many runs from one command; re-running the same command, or "
             "starting it again elsewhere on the same folder, continues it",
         ),
-        study.StudyConfig,
+        StudyConfig,
         shown={"depths": "2 4 8 16 32 for mlp_depth, 20 32 44 56 for cnn_depth"},
     )
     return p
@@ -75,29 +84,7 @@ def build_config(args):
     cnn = is_cnn(name) or args.study == "cnn_depth"
     dataset = args.dataset or ("cifar10" if cnn else "mnist")
     norm = args.norm or ("none" if name in ("FlexibleMLP", "FlexibleCNN") else "batch")
-    if is_cnn(name) and norm == "layer":
-        raise UsageError("--norm layer is for FlexibleMLP; CNNs take none or batch")
-    if name in PRESETS and norm != "batch":
-        raise UsageError(f"--norm {norm}: the {name} preset always uses batch norm")
-    if args.k_folds and (args.study or args.seeds):
-        raise UsageError("--k_folds cannot be combined with --study or --seeds")
-    if args.k_folds == 1:
-        raise UsageError("--k_folds needs K >= 2")
-    if args.seeds and args.seed is not None:
-        raise UsageError("give either --seed or --seeds")
-    if args.depths and not args.study:
-        raise UsageError("--depths belongs to --study")
-    model_flags = given(args) & {f.name for f in fields(ModelConfig)}
-    if args.study and (clash := ["model"] * bool(args.model) + sorted(model_flags & study.MODEL_FLAGS_SET[args.study])):
-        raise UsageError(f"--study {args.study} chooses the models itself; leave out --{', --'.join(clash)}")
-    if unread := unread_flags(name, model_flags):
-        raise UsageError(f"--{unread[0]} does not apply to {name}")
-    if args.hidden_sizes and (args.depth or args.hidden_size):
-        raise UsageError("--hidden_sizes gives every width; leave out --depth and --hidden_size")
-    if args.k_folds and args.val_split is not None:
-        raise UsageError("--k_folds replaces the validation split; leave out --val_split")
-    if args.report and not args.study and not args.seeds and not args.k_folds:
-        raise UsageError("--report rebuilds a study's report: give the study's command or --resume STUDY_DIR")
+    rules.check(rules.from_args(args, arch=name, arch_norm=norm), "exercise1", "run")
     data, train = data_and_train(args, dataset)
     check_batch_norm(data.batch_size, "batch" if args.study == "cnn_depth" else norm)
     out = from_args(OutputConfig, args, wandb_project=args.wandb_project or ("Lab1_DLA_CNN" if cnn else "Lab1_DLA_MLP"))
@@ -126,7 +113,7 @@ def default_run_name(cfg):
 
 
 def study_plan(args, cfg):
-    depths = tuple(args.depths or (study.DEFAULT_DEPTHS[args.study] if args.study else ()))
+    depths = tuple(args.depths or (DEFAULT_DEPTHS[args.study] if args.study else ()))
     return {
         "kind": "study",
         "study": args.study or "",
@@ -180,8 +167,6 @@ def _main(args):
     else:
         cfg = build_config(args)
         plan = study_plan(args, cfg) if multi else None
-        if (args.workers or 1) > 1 and not plan:
-            raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
         # A bad name or save_dir, or an existing folder, is said before the data load (a study's may be continued).
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name or bool(plan))
     if plan is not None:
@@ -237,8 +222,7 @@ def resumed(args):
         build=_config_of,
     )
     plan = saved if saved["kind"] == "study" else None
-    if (args.workers or 1) > 1 and not plan:
-        raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
+    rules.check(rules.from_args(args, seeds=plan and plan["seeds"]), "exercise1")  # --workers, --report beside it
     if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):
         result = read_json(run_dir / "summary.json")
         print(

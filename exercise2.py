@@ -20,25 +20,33 @@ import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import distill
 import distributed
+import rules
 import transfer
 from cli import run_main
-from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
+from config import (
+    STUDENT_DEFAULTS,
+    DistillConfig,
+    ExperimentConfig,
+    OutputConfig,
+    TransferConfig,
+    add_run_flags,
+    check_batch_norm,
+    data_and_train,
+)
 from dataloader import make_loaders
 from datasets import load_dataset
 from engine import resolve_amp
 from errors import Diverged, UsageError
 from files import RunLock, write_json
 from flags import Parser, add_flags, from_args, given
-from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
+from models import MODEL_NAMES, ModelConfig, is_cnn, summary
 from resume import extend_epochs, record_epochs, resume_dir
 from run import describe_data, done, new_model
 from rundir import check_run_dir, command, continue_with, create_run_dir, short_name, timestamp, working_in
-
-STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
 
 
 def get_args_parser():
@@ -72,11 +80,11 @@ def get_args_parser():
     add_flags(g, ModelConfig, "s_", "student ", STUDENT_DEFAULTS, shown=norm)
     add_flags(
         p.add_argument_group("Distillation"),
-        distill.DistillConfig,
+        DistillConfig,
         shown={"temperature_end": "constant", "alpha_end": "constant"},
     )
     t = p.add_argument_group("Transfer (--task finetune)")
-    add_flags(t, transfer.TransferConfig)
+    add_flags(t, TransferConfig)
     add_run_flags(
         p,
         "distillation_<dataset>",
@@ -88,48 +96,25 @@ def get_args_parser():
 
 
 def build_config(args):
-    if args.teacher_dir and args.teacher_ckpt:
-        raise UsageError("give either --teacher_ckpt or --teacher_dir")
-    if args.teacher_logits and not (args.cache_teacher and args.teacher_ckpt):
-        raise UsageError(
-            "--teacher_logits needs --cache_teacher and --teacher_ckpt (the logits belong to a trained teacher)"
-        )
-    if args.pretrained or args.mode or args.freeze_stages is not None or args.backbone_lr_scale is not None:
-        raise UsageError("--pretrained, --mode, --freeze_stages and --backbone_lr_scale belong to --task finetune")
-    grid = args.study == "kd_grid"
-    for name, wrong, why in (
-        ("--temperatures/--alphas", (args.temperatures or args.alphas) and not grid, "they belong to --study kd_grid"),
-        ("--study kd_grid", grid and not (args.temperatures or args.alphas), "give --temperatures and/or --alphas"),
-        ("--temperature", grid and args.temperature is not None and args.temperatures, "--temperatures replace it"),
-        ("--alpha", grid and args.alpha is not None and args.alphas, "--alphas replace it"),
-    ):
-        if wrong:
-            raise UsageError(f"{name}: {why}")
+    resolved = {}
+    for p, name in (("t_", args.teacher), ("s_", args.student)):
+        resolved[p + "arch"] = name = name or "FlexibleCNN"
+        resolved[p + "arch_norm"] = getattr(args, p + "norm") or ("batch" if is_cnn(name) else "none")
+    rules.check(rules.from_args(args, **resolved), "exercise2", "run")
     dataset = args.dataset or "cifar10"
-    for prefix, role, name in (("t_", "teacher", args.teacher), ("s_", "student", args.student))[
-        bool(args.teacher_ckpt) :
-    ]:  # a given teacher's flags are checked against its checkpoint instead
-        if unread := unread_flags(name or "FlexibleCNN", {k[2:] for k in given(args) if k.startswith(prefix)}):
-            raise UsageError(f"--{prefix}{unread[0]} does not apply to the {name or 'FlexibleCNN'} {role}")
 
-    def arch(prefix, default):
-        name = (args.teacher if prefix == "t_" else args.student) or "FlexibleCNN"
-        norm = getattr(args, prefix + "norm") or ("batch" if is_cnn(name) else "none")
-        if name in PRESETS and norm != "batch":
-            raise UsageError(f"--{prefix}norm {norm}: the {name} preset always uses batch norm")
-        if is_cnn(name) and norm == "layer":
-            raise UsageError(f"--{prefix}norm layer is for FlexibleMLP; CNNs take none or batch")
-        cfg = from_args(ModelConfig, args, prefix, default, name=name, norm=norm)
+    def arch(p, default):
+        cfg = from_args(ModelConfig, args, p, default, name=resolved[p + "arch"], norm=resolved[p + "arch_norm"])
         return replace(cfg, residual=True) if args.use_skip else cfg
 
     data, train = data_and_train(args, dataset)
-    d = from_args(distill.DistillConfig, args)
+    d = from_args(DistillConfig, args)
     if d.teacher_amp != "auto":
         d = replace(d, teacher_amp=resolve_amp(d.teacher_amp, train.device, "--teacher_amp"))
     out = from_args(OutputConfig, args, wandb_project=args.wandb_project or f"distillation_{dataset.replace('-', '_')}")
     teacher, student = arch("t_", None), arch("s_", STUDENT_DEFAULTS)
     check_batch_norm(data.batch_size, teacher.norm, student.norm)
-    return distill.ExperimentConfig(teacher, student, d, data, train, out)
+    return ExperimentConfig(teacher, student, d, data, train, out)
 
 
 def main(argv=None):
@@ -144,23 +129,13 @@ def main(argv=None):
             args.resume,
             ("exercise2", "finetune"),
             given(args) - {"task"},
-            build=lambda c: (
-                transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)
-            ),
+            build=lambda c: transfer.from_saved(c) if c["kind"] == "finetune" else ExperimentConfig.from_dict(c),
         )
         if saved["kind"] == "finetune":
             return transfer.main(args, run_dir, saved)
         cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir))
     elif args.task == "finetune":
-        distilling = (
-            {f.name for f in fields(distill.DistillConfig)}
-            | {"teacher", "student", "use_skip"}
-            | {k for k in vars(args) if k.startswith(("t_", "s_"))}
-        )
-        if given(args) & distilling:
-            raise UsageError(
-                f"--task finetune takes no distillation flags (got --{', --'.join(sorted(given(args) & distilling))})"
-            )
+        rules.check(rules.from_args(args), "finetune", "run")
         return transfer.main(args)
     else:
         cfg = build_config(args)

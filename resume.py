@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import distributed
+import rules
 from checkpoint import check_finite, load_checkpoint, load_weights
 from config import differences
 from engine import Progress, set_rng_state
@@ -75,8 +76,12 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     config = {**config, "kind": found}
     try:  # a config.json that lies about what it holds is one line, like any damaged file
         built = build(config) if build else None
+        scopes = {"exercise1": ("exercise1",), "study": ("exercise1",), "exercise2": ("exercise2",)}.get(found, ())
+        rules.check(rules.from_config(config.get("base", config)), *scopes, "run", restored=True)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
+    except UsageError as e:  # settings no command line could have given
+        raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({e})") from None
     remove_stale_tmp(run_dir)  # what writers killed in this folder left (its parts clean their own on resume)
     return run_dir, config, built
 

@@ -18,52 +18,17 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
-from config import differences
+from config import StudyConfig, differences
 from errors import CheckpointError, UsageError
 from figures import plot_layer_grads, plot_study
 from files import RunLock, read_json, read_jsonl, write_json, write_report
-from flags import Distinct, count, flag, from_dict, nonneg_int, pos_processes
+from flags import from_dict
 from models import PRESETS, ModelConfig
 from rundir import finished
 from saver import duration
 from stats import format_paired, mean_std, number, paired
-
-STUDIES = ("mlp_depth", "cnn_depth")
-DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
-
-
-# The model flags a study sets itself (cnn_depth: He et al.'s presets, as published).
-MODEL_FLAGS_SET = {
-    "mlp_depth": {"depth", "hidden_sizes", "skips", "residual"},
-    "cnn_depth": {f.name for f in fields(ModelConfig)} - {"name"},
-}
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    study: str = flag(
-        "",
-        "mlp_depth: FlexibleMLP plain vs residual over --depths (MNIST); cnn_depth: He et al. "
-        "plain vs ResNet over --depths (CIFAR-10). Leaves SAVE_DIR/<study>/",
-        choices=STUDIES,
-    )
-    depths: tuple = flag((), "depths of the study", type=count, nargs="+", action=Distinct)
-    seeds: tuple = flag(
-        (),
-        "train every configuration once per seed and report mean ± std (also without --study)",
-        type=nonneg_int,
-        nargs="+",
-        action=Distinct,
-    )
-    workers: int = flag(
-        1,
-        "start N local worker processes that share the study (one child each at a time; CPU "
-        "threads split between them, GPUs assigned round-robin)",
-        type=pos_processes,
-    )
-    report: bool = flag(False, "rebuild the study's report from its folder (after, or during, the study)")
 
 
 @dataclass(frozen=True)

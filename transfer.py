@@ -11,7 +11,7 @@ scratch:  the same architecture from random weights with the same budget: what p
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -20,33 +20,18 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_file, model_from_arch, model_from_checkpoint, save_checkpoint
-from config import OutputConfig, RunConfig, data_and_train
+from config import MODES, OutputConfig, RunConfig, TransferConfig, data_and_train
 from dataloader import DataConfig, make_loaders
 from datasets import DataSet, load_dataset
 from engine import TrainConfig, make_autocast
 from errors import CheckpointError, UsageError
 from figures import plot_bars
 from files import read_json, write_json, write_report
-from flags import flag, from_args, from_dict, given, nonneg_int, pos_float
+from flags import from_args, from_dict
 from models import ModelConfig, summary
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
 from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in
-
-MODES = ("linear", "svm", "finetune", "scratch")
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    pretrained: str = flag("", "a CNN checkpoint of exercise1 (its best.pt)", metavar="PATH")
-    mode: str = flag(
-        "all",
-        "linear (logistic regression on frozen features), svm (linear SVM on them), finetune "
-        "(end to end, new head), scratch (same network, random init), or all",
-        choices=(*MODES, "all"),
-    )
-    backbone_lr_scale: float = flag(0.1, "finetune: backbone learning rate = --lr x this", type=pos_float)
-    freeze_stages: int = flag(0, "finetune: keep the stem and the first N stages frozen", type=nonneg_int)
 
 
 def load_pretrained(path):
@@ -193,15 +178,9 @@ def from_saved(saved):
 def main(args, run_dir=None, saved=None):
     """--task finetune (new, or continued with --resume RUN_DIR): each mode in its own sub-folder."""
     if saved is None:
-        if not args.pretrained:
-            raise UsageError("--task finetune needs --pretrained PATH (an exercise1 best.pt)")
         dataset = args.dataset or "cifar100"
         data, train_cfg = data_and_train(args, dataset)
         tc = from_args(TransferConfig, args)
-        if tc.mode not in ("finetune", "all") and {"freeze_stages", "backbone_lr_scale"} & given(args):
-            raise UsageError(
-                f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode {tc.mode}"
-            )
         out = OutputConfig(
             save_dir=args.save_dir or "runs",
             run_name=args.run_name or "",
