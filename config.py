@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, fields, replace
 
 from dataloader import DataConfig
-from engine import TrainConfig, make_autocast, resolve_amp, resolve_device
+from device import make_autocast, resolve_amp, resolve_device
 from errors import UsageError
 from flags import (
     Distinct,
@@ -26,6 +26,7 @@ from flags import (
     unit,
 )
 from models import ModelConfig
+from optim import TrainConfig
 
 COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
 

@@ -16,20 +16,18 @@ import torch
 
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
-from config import PHASES, ExperimentConfig
+from config import ExperimentConfig
 from dataloader import make_loaders
-from engine import evaluate, make_autocast
+from device import make_autocast
+from engine import evaluate
 from errors import CheckpointError, UsageError
-from figures import plot_bars, plot_heatmap, plot_overlay
-from files import RunLock, publish, read_json, read_jsonl, write_report
+from files import RunLock, publish, read_json, read_jsonl
 from flags import from_dict
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
 from run import loaders_for, new_model, train
 from rundir import finished
-from stats import format_paired, gap_closed, mean_std, paired
 from study import Child
-from wandb_log import open_logger
 
 
 def given_teacher(path, ds, cfg, told=None):
@@ -270,148 +268,3 @@ def tested(name, model, ds, pcfg, where, how, saved=None):
 
 def _history(where):
     return read_jsonl(Path(where) / "metrics.jsonl") if Path(where).is_dir() else []
-
-
-def report(results, cfg, run_dir):
-    """summary.json, results.md and the figures: the classic three phases, or per seed and (T, alpha)."""
-    if cfg.distill.seeds or cfg.distill.study:
-        return report_multi(results, cfg, run_dir)
-    teacher_preds = results["teacher"]["test_preds"]
-    out = {}
-    for name, r in results.items():
-        out[name] = {
-            k: r.get(k) for k in ("test_acc", "test_loss", "params", "train_time_s", "best_val_acc", "best_epoch")
-        }
-        if name != "teacher":
-            out[name]["agreement_with_teacher"] = (r["test_preds"] == teacher_preds).float().mean().item()
-    alone, teach = out["student_baseline"]["test_acc"], out["teacher"]["test_acc"]
-    for name in PHASES[1:]:
-        out[name]["gap_closed"] = gap_closed(out[name]["test_acc"], alone, teach)
-    out["status"] = "finished"
-    out["config"] = {
-        "temperature": cfg.distill.temperature,
-        "alpha": cfg.distill.alpha,
-        "cache_teacher": cfg.distill.cache_teacher,
-        "dataset": cfg.data.dataset,
-    }
-    n_test = len(teacher_preds)
-    lines = [
-        "| Model | Params | Test acc | Test errors | Test loss | Train time (s) | Agreement with teacher | "
-        "Gap closed |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name in PHASES:
-        r = out[name]
-        agree = f"{r['agreement_with_teacher']:.4f}" if "agreement_with_teacher" in r else "-"
-        gap = f"{r['gap_closed']:.1%}" if r.get("gap_closed") is not None else "-"
-        lines.append(
-            f"| {name} | {r['params']:,} | {r['test_acc']:.4f} | {round((1 - r['test_acc']) * n_test)} | "
-            f"{r['test_loss']:.4f} | {r['train_time_s']:.1f} | {agree} | {gap} |"
-        )
-    plot_bars(
-        list(PHASES),
-        [out[n]["test_acc"] for n in PHASES],
-        [f"{out[n]['params'] / 1e6:.2f}M params" for n in PHASES],
-        run_dir / "comparison.png",
-        title=f"{run_dir.name}: test accuracy",
-    )
-    plot_overlay(
-        {n: results[n]["history"] for n in PHASES if results[n]["history"]},
-        run_dir / "curves.png",
-        title=f"{run_dir.name}: validation accuracy per phase",
-    )
-    write_report(run_dir, out, lines)
-    logger = open_logger(
-        cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name, job_type="summary"
-    )
-    if logger:
-        logger.log_table(
-            "results", lines[0].strip("|").split(" | "), [line.strip("| ").split(" | ") for line in lines[2:]]
-        )
-        logger.log_images([run_dir / "comparison.png", run_dir / "curves.png"])
-        logger.finish({f"{n}/{k}": v for n in PHASES for k, v in out[n].items() if v is not None})
-    return out
-
-
-def report_multi(results, cfg, run_dir):
-    """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone, gap closed."""
-    teacher = results["teacher"]
-    per = {
-        n: {
-            "seed": r["child"].seed,
-            "test_acc": r["test_acc"],
-            "test_loss": r["test_loss"],
-            "params": r["params"],
-            "train_time_s": r["train_time_s"],
-            "agreement_with_teacher": (r["test_preds"] == teacher["test_preds"]).float().mean().item(),
-        }
-        for n, r in results.items()
-        if n != "teacher"
-    }
-    alone = {
-        r["child"].seed: r["test_acc"]
-        for r in results.values()
-        if "child" in r and r["child"].kind == "student_baseline"
-    }
-    configs = {}
-    for n, r in results.items():
-        if n != "teacher" and r["child"].kind == "student_distill":
-            d = r["child"].cfg.distill
-            configs.setdefault((d.temperature, d.alpha), {})[r["child"].seed] = r["test_acc"]
-    seeds = sorted(alone)
-    rows, lines = (
-        [],
-        [
-            "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
-            "|---|---|---|---|---|---|---|",
-        ],
-    )
-    m, sd = mean_std(alone.values())
-    lines.append(f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |")
-    for (t, a), accs in sorted(configs.items()):
-        pm, ps = mean_std(accs.values())
-        p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
-        gap = gap_closed(pm, m, teacher["test_acc"])  # from the table's means, so a reader can recompute it
-        rows.append(
-            {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
-        )
-        lines.append(
-            f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "
-            f"{'-' if gap is None else f'{gap:.1%}'} | {len(seeds)} |"
-        )
-    out = {
-        "status": "finished",
-        "teacher": {k: teacher.get(k) for k in ("test_acc", "test_loss", "params", "train_time_s")},
-        "student_baseline": {"test_acc_mean": m, "test_acc_std": sd},
-        "student_distill": rows,
-        "students": per,
-        "seeds": seeds,
-    }
-    if len(rows) == 1:
-        out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
-    text = [
-        f"Teacher: test acc {teacher['test_acc']:.4f} ({round((1 - teacher['test_acc']) * len(teacher['test_preds']))}"
-        " test errors)",
-        "",
-    ] + lines
-    ts, als = sorted({t for t, _ in configs}), sorted({a for _, a in configs})
-    if cfg.distill.study:
-        grid = [[configs.get((t, a)) and mean_std(configs[(t, a)].values())[0] for a in als] for t in ts]
-        plot_heatmap(
-            grid,
-            [f"T={t:g}" for t in ts],
-            [f"alpha={a:g}" for a in als],
-            run_dir / "comparison.png",
-            f"{run_dir.name}: distilled student, mean test accuracy (alone: {m:.4f})",
-            "test accuracy",
-        )
-    else:
-        plot_bars(
-            ["teacher", "alone", "distilled"],
-            [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
-            ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"],
-            run_dir / "comparison.png",
-            title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)",
-        )
-    write_report(run_dir, out, text)
-    return out

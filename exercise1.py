@@ -30,15 +30,7 @@ import distributed
 import rules
 import study
 from cli import run_main
-from config import (
-    DEFAULT_DEPTHS,
-    OutputConfig,
-    RunConfig,
-    StudyConfig,
-    add_run_flags,
-    check_batch_norm,
-    data_and_train,
-)
+from config import DEFAULT_DEPTHS, OutputConfig, RunConfig, StudyConfig, add_run_flags, check_batch_norm, data_and_train
 from datasets import load_dataset
 from errors import UsageError
 from files import read_json
@@ -84,7 +76,7 @@ def build_config(args):
     cnn = is_cnn(name) or args.study == "cnn_depth"
     dataset = args.dataset or ("cifar10" if cnn else "mnist")
     norm = args.norm or ("none" if name in ("FlexibleMLP", "FlexibleCNN") else "batch")
-    rules.check(rules.from_args(args, arch=name, arch_norm=norm), "exercise1", "run")
+    rules.check(rules.typed(args, arch=name, arch_norm=norm), "exercise1", "run")
     data, train = data_and_train(args, dataset)
     check_batch_norm(data.batch_size, "batch" if args.study == "cnn_depth" else norm)
     out = from_args(OutputConfig, args, wandb_project=args.wandb_project or ("Lab1_DLA_CNN" if cnn else "Lab1_DLA_MLP"))
@@ -222,7 +214,7 @@ def resumed(args):
         build=_config_of,
     )
     plan = saved if saved["kind"] == "study" else None
-    rules.check(rules.from_args(args, seeds=plan and plan["seeds"]), "exercise1")  # --workers, --report beside it
+    rules.check(rules.typed(args, seeds=plan and plan["seeds"]), "exercise1")  # --workers, --report beside it
     if not plan and finished(run_dir) and args.epochs in (None, cfg.train.epochs):
         result = read_json(run_dir / "summary.json")
         print(

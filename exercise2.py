@@ -23,6 +23,7 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 from dataclasses import replace
 
 import distill
+import distill_report
 import distributed
 import rules
 import transfer
@@ -39,7 +40,7 @@ from config import (
 )
 from dataloader import make_loaders
 from datasets import load_dataset
-from engine import resolve_amp
+from device import resolve_amp
 from errors import Diverged, UsageError
 from files import RunLock, write_json
 from flags import Parser, add_flags, from_args, given
@@ -100,7 +101,7 @@ def build_config(args):
     for p, name in (("t_", args.teacher), ("s_", args.student)):
         resolved[p + "arch"] = name = name or "FlexibleCNN"
         resolved[p + "arch_norm"] = getattr(args, p + "norm") or ("batch" if is_cnn(name) else "none")
-    rules.check(rules.from_args(args, **resolved), "exercise2", "run")
+    rules.check(rules.typed(args, **resolved), "exercise2", "run")
     dataset = args.dataset or "cifar10"
 
     def arch(p, default):
@@ -135,7 +136,7 @@ def main(argv=None):
             return transfer.main(args, run_dir, saved)
         cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir))
     elif args.task == "finetune":
-        rules.check(rules.from_args(args), "finetune", "run")
+        rules.check(rules.typed(args), "finetune", "run")
         return transfer.main(args)
     else:
         cfg = build_config(args)
@@ -183,7 +184,7 @@ def main(argv=None):
     lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
     try:
         if lock.held:
-            distill.report(results, cfg, run_dir)
+            distill_report.report(results, cfg, run_dir)
         else:
             print("report: written by another worker")
     finally:

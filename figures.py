@@ -14,11 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed, ever
 warnings.filterwarnings("ignore", "Glyph .* missing from")  # a run named in another script: boxes, not a warning
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from files import tmp_name  # noqa: E402
+from files import tmp_name
 
 MARKERS_UP_TO = 20  # a line of this many points or fewer marks each point, so one epoch still shows
 WORDS = {"train": "training", "val": "validation", "acc": "accuracy", "lr": "learning rate", "s": "(s)"}

@@ -12,7 +12,8 @@ import distributed
 import rules
 from checkpoint import check_finite, load_checkpoint, load_weights
 from config import differences
-from engine import Progress, set_rng_state
+from device import set_rng_state
+from engine import Progress
 from errors import CheckpointError, UsageError
 from files import read_json, remove_stale_tmp, write_json
 from rundir import finished, kind_of, script_of
@@ -77,7 +78,7 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     try:  # a config.json that lies about what it holds is one line, like any damaged file
         built = build(config) if build else None
         scopes = {"exercise1": ("exercise1",), "study": ("exercise1",), "exercise2": ("exercise2",)}.get(found, ())
-        rules.check(rules.from_config(config.get("base", config)), *scopes, "run", restored=True)
+        rules.check(rules.restored(config.get("base", config)), *scopes, "run", restored=True)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
     except UsageError as e:  # settings no command line could have given

@@ -13,9 +13,9 @@ from typing import Callable
 
 from config import MODEL_FLAGS_SET, STUDENT_DEFAULTS, DistillConfig, OutputConfig
 from dataloader import DataConfig
-from engine import TrainConfig
 from errors import UsageError
 from models import PRESETS, ModelConfig, is_cnn, unread_flags
+from optim import TrainConfig
 
 MODEL_FLAGS = {f.name for f in fields(ModelConfig)}
 DISTILL_FLAGS = {f.name for f in fields(DistillConfig)} | {"teacher", "student", "use_skip"}
@@ -228,12 +228,12 @@ class Settings(SimpleNamespace):
         return None
 
 
-def from_args(args, **resolved):
+def typed(args, **resolved):
     """The settings of a command line (argparse leaves every flag not typed None) and what the command resolved."""
     return Settings(**{**vars(args), **resolved})
 
 
-def from_config(config):
+def restored(config):
     """The settings of a config.json: its values that differ from their defaults, by flag name (a model section
     under its prefix: exercise2's teacher as t_, its student as s_)."""
     out = {}

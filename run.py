@@ -21,15 +21,18 @@ import torch
 import distributed
 from checkpoint import FORMAT, arch_of, save_checkpoint
 from config import RunConfig
-from dataloader import check_sizes, make_loaders, stratified_kfold, stratified_subset
-from engine import STOP, Optim, Progress, StopRequested, channels_last_for, evaluate, fit, make_autocast, place
+from dataloader import make_loaders
+from device import channels_last_for, make_autocast, place
+from engine import STOP, Progress, StopRequested, evaluate, fit
 from errors import Diverged, Stopped, UsageError
 from figures import plot_confusion, plot_curves, plot_grads
 from files import RunLock, remove_stale_tmp, write_json, write_jsonl
 from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
+from optim import Optim
 from resume import record_epochs, restore
 from saver import Saver, stale
+from splits import check_sizes, stratified_kfold, stratified_subset
 from wandb_log import close_wandb, finish_logger, open_logger
 
 # ---------------------------------------------------------------- how to continue after Ctrl-C / SIGTERM

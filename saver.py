@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import distributed
 from checkpoint import FORMAT, load_file, save_checkpoint
-from engine import rng_state
+from device import rng_state
 from errors import CheckpointError
 from files import append_jsonl
 from wandb_log import wandb_record

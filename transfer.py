@@ -23,12 +23,13 @@ from checkpoint import load_checkpoint, load_file, model_from_arch, model_from_c
 from config import MODES, OutputConfig, RunConfig, TransferConfig, data_and_train
 from dataloader import DataConfig, make_loaders
 from datasets import DataSet, load_dataset
-from engine import TrainConfig, make_autocast
+from device import make_autocast
 from errors import CheckpointError, UsageError
 from figures import plot_bars
 from files import read_json, write_json, write_report
 from flags import from_args, from_dict
 from models import ModelConfig, summary
+from optim import TrainConfig
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
 from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in

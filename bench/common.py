@@ -9,7 +9,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import place, train_one_epoch
+from device import place
+from engine import train_one_epoch
 from models import build_model, is_cnn
 
 

@@ -27,14 +27,10 @@ from common import machine, peak_rss_mib, seeded_model, timed_rounds, train_epoc
 from cli import run_main  # noqa: E402
 from dataloader import DataConfig, make_loaders  # noqa: E402
 from datasets import load_dataset  # noqa: E402
-from engine import (  # noqa: E402
-    Optim,
-    TrainConfig,
-    make_autocast,
-    resolve_device,  # noqa: E402
-)
+from device import make_autocast, resolve_device  # noqa: E402
 from losses import CrossEntropy, DistillLoss, held_in_bf16  # noqa: E402
 from models import ModelConfig  # noqa: E402
+from optim import Optim, TrainConfig  # noqa: E402
 
 
 def main(argv=None):

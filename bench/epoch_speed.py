@@ -25,9 +25,10 @@ from common import bare_epoch, machine, peak_rss_mib, seeded_model, timed_rounds
 from cli import run_main  # noqa: E402
 from dataloader import DataConfig, make_loaders  # noqa: E402
 from datasets import load_dataset  # noqa: E402
-from engine import Optim, TrainConfig, channels_last_for, make_autocast, make_optimizer, resolve_amp, resolve_device  # noqa: E402  # noqa: E402
+from device import channels_last_for, make_autocast, resolve_amp, resolve_device  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
 from models import ModelConfig, is_cnn  # noqa: E402
+from optim import Optim, TrainConfig, make_optimizer  # noqa: E402
 
 
 def time_epochs(kind, ds, args, device, amp):

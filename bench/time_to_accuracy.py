@@ -23,16 +23,11 @@ from common import machine, peak_rss_mib, seeded_model, train_epoch  # noqa: E40
 from cli import run_main  # noqa: E402
 from dataloader import DataConfig, make_loaders  # noqa: E402
 from datasets import load_dataset  # noqa: E402
-from engine import (  # noqa: E402
-    Optim,
-    TrainConfig,
-    channels_last_for,
-    evaluate,
-    make_autocast,
-    resolve_device,  # noqa: E402
-)
+from device import channels_last_for, make_autocast, resolve_device  # noqa: E402
+from engine import evaluate  # noqa: E402
 from losses import CrossEntropy  # noqa: E402
 from models import ModelConfig, is_cnn  # noqa: E402
+from optim import Optim, TrainConfig  # noqa: E402
 
 
 def main(argv=None):

@@ -13,16 +13,13 @@ from dataloader import (
     DataConfig,
     StandardLoader,
     TensorLoader,
-    check_sizes,
     make_loaders,
     random_affine,
     random_crop_flip,
-    stratified_kfold,
-    stratified_split,
-    stratified_subset,
 )
 from datasets import DataSet, load_dataset
 from errors import DataError
+from splits import check_sizes, stratified_kfold, stratified_split, stratified_subset
 
 
 def test_mnist_idx_gz(mnist_root):

@@ -9,9 +9,9 @@ from conftest import run_cli
 import rules
 from config import OutputConfig, RunConfig
 from dataloader import DataConfig
-from engine import TrainConfig
 from errors import UsageError
 from models import ModelConfig
+from optim import TrainConfig
 
 
 def exercise1_config(**train):
@@ -20,24 +20,24 @@ def exercise1_config(**train):
 
 
 def test_a_config_the_flags_make_breaks_no_rule():
-    rules.check(rules.from_config(exercise1_config()), "exercise1", "run", restored=True)
-    rules.check(rules.from_config(exercise1_config(optimizer="sgd", momentum=0.5)), "run", restored=True)
+    rules.check(rules.restored(exercise1_config()), "exercise1", "run", restored=True)
+    rules.check(rules.restored(exercise1_config(optimizer="sgd", momentum=0.5)), "run", restored=True)
 
 
 def test_a_config_no_command_line_could_give_breaks_the_flags_rule():
     with pytest.raises(UsageError, match="--momentum: it is SGD's"):
-        rules.check(rules.from_config(exercise1_config(momentum=0.5)), "run", restored=True)
+        rules.check(rules.restored(exercise1_config(momentum=0.5)), "run", restored=True)
     with pytest.raises(UsageError, match="--warmup_epochs must be shorter"):
-        rules.check(rules.from_config(exercise1_config(warmup_epochs=10, epochs=10)), "run", restored=True)
+        rules.check(rules.restored(exercise1_config(warmup_epochs=10, epochs=10)), "run", restored=True)
 
 
 def test_command_line_and_config_meet_the_same_rule():
     """The message for momentum with Adam, from typed flags and from a config.json, is one rule's."""
     typed = Namespace(momentum=0.5, optimizer=None)
     with pytest.raises(UsageError) as a:
-        rules.check(rules.from_args(typed), "run")
+        rules.check(rules.typed(typed), "run")
     with pytest.raises(UsageError) as b:
-        rules.check(rules.from_config(exercise1_config(momentum=0.5)), "run", restored=True)
+        rules.check(rules.restored(exercise1_config(momentum=0.5)), "run", restored=True)
     assert str(a.value) == str(b.value)
 
 

@@ -8,8 +8,8 @@ from conftest import run_cli
 
 from dataloader import DataConfig
 from datasets import DataSet, load_dataset
-from engine import TrainConfig
 from models import ModelConfig, build_model
+from optim import TrainConfig
 from transfer import adapt_inputs, cached_features, prepare_finetune
 
 QUIET = ["--wandb", "disabled"]
