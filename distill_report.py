@@ -72,66 +72,75 @@ def report(results, cfg, run_dir):
 def report_multi(results, cfg, run_dir):
     """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone, gap closed."""
     teacher = results["teacher"]
-    per = {
-        n: {
-            "seed": r["child"].seed,
-            "test_acc": r["test_acc"],
-            "test_loss": r["test_loss"],
-            "params": r["params"],
-            "train_time_s": r["train_time_s"],
-            "agreement_with_teacher": (r["test_preds"] == teacher["test_preds"]).float().mean().item(),
-        }
-        for n, r in results.items()
-        if n != "teacher"
-    }
     alone = {
         r["child"].seed: r["test_acc"]
         for r in results.values()
         if "child" in r and r["child"].kind == "student_baseline"
     }
-    configs = {}
+    configs = {}  # (T, alpha) -> {seed: test acc} of the distilled students
     for n, r in results.items():
         if n != "teacher" and r["child"].kind == "student_distill":
             d = r["child"].cfg.distill
             configs.setdefault((d.temperature, d.alpha), {})[r["child"].seed] = r["test_acc"]
     seeds = sorted(alone)
-    rows, lines = (
-        [],
-        [
-            "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
-            "|---|---|---|---|---|---|---|",
-        ],
-    )
     m, sd = mean_std(alone.values())
-    lines.append(f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |")
-    for (t, a), accs in sorted(configs.items()):
-        pm, ps = mean_std(accs.values())
-        p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
-        gap = gap_closed(pm, m, teacher["test_acc"])  # from the table's means, so a reader can recompute it
-        rows.append(
-            {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
-        )
-        lines.append(
-            f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "
-            f"{'-' if gap is None else f'{gap:.1%}'} | {len(seeds)} |"
-        )
+    rows = [_distilled_row(t, a, accs, alone, seeds, m, teacher) for (t, a), accs in sorted(configs.items())]
     out = {
         "status": "finished",
         "teacher": {k: teacher.get(k) for k in ("test_acc", "test_loss", "params", "train_time_s")},
         "student_baseline": {"test_acc_mean": m, "test_acc_std": sd},
         "student_distill": rows,
-        "students": per,
+        "students": _per_student(results, teacher),
         "seeds": seeds,
     }
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
+    errors = round((1 - teacher["test_acc"]) * len(teacher["test_preds"]))
     text = [
-        f"Teacher: test acc {teacher['test_acc']:.4f} ({round((1 - teacher['test_acc']) * len(teacher['test_preds']))}"
-        " test errors)",
+        f"Teacher: test acc {teacher['test_acc']:.4f} ({errors} test errors)",
         "",
-    ] + lines
-    ts, als = sorted({t for t, _ in configs}), sorted({a for _, a in configs})
+        "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
+        "|---|---|---|---|---|---|---|",
+        f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |",
+    ]
+    for r in rows:
+        gap = "-" if r["gap_closed"] is None else f"{r['gap_closed']:.1%}"
+        acc = f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}"
+        text.append(
+            f"| distilled | {r['temperature']:g} | {r['alpha']:g} | {acc} | {format_paired(r['paired'])} | {gap} | "
+            f"{len(seeds)} |"
+        )
+    _multi_figure(cfg, run_dir, configs, rows, (m, sd), teacher, len(seeds))
+    write_report(run_dir, out, text)
+    return out
+
+
+def _per_student(results, teacher):
+    """Each student's figures, and how often it agrees with the teacher on the test set."""
+    keys = ("test_acc", "test_loss", "params", "train_time_s")
+    return {
+        n: {
+            "seed": r["child"].seed,
+            **{k: r[k] for k in keys},
+            "agreement_with_teacher": (r["test_preds"] == teacher["test_preds"]).float().mean().item(),
+        }
+        for n, r in results.items()
+        if n != "teacher"
+    }
+
+
+def _distilled_row(t, a, accs, alone, seeds, alone_mean, teacher):
+    pm, ps = mean_std(accs.values())
+    p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
+    gap = gap_closed(pm, alone_mean, teacher["test_acc"])  # from the table's means, so a reader can recompute it
+    return {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
+
+
+def _multi_figure(cfg, run_dir, configs, rows, alone, teacher, n_seeds):
+    """comparison.png: the T x alpha grid's mean test accuracy, or teacher / alone / distilled bars."""
+    m, sd = alone
     if cfg.distill.study:
+        ts, als = sorted({t for t, _ in configs}), sorted({a for _, a in configs})
         grid = [[configs.get((t, a)) and mean_std(configs[(t, a)].values())[0] for a in als] for t in ts]
         plot_heatmap(
             grid,
@@ -147,7 +156,5 @@ def report_multi(results, cfg, run_dir):
             [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
             ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"],
             run_dir / "comparison.png",
-            title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)",
+            title=f"{run_dir.name}: test accuracy (students: mean over {n_seeds} seeds)",
         )
-    write_report(run_dir, out, text)
-    return out

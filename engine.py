@@ -18,7 +18,7 @@ import distributed
 from device import make_autocast
 from errors import Diverged, Stopped
 from models import max_norm_
-from optim import Optim, TrainConfig
+from optim import Optim
 
 
 class StopRequested(Exception):
@@ -95,21 +95,7 @@ def train_one_epoch(model, loader, opt: Optim, loss_fn, autocast, epoch, log_eve
     model.train()
     layers = weight_layers(model)
     device = next(model.parameters()).device
-    zero = lambda **kw: torch.zeros((), device=device, **kw)  # noqa: E731
-    acc = {
-        "loss_sum": zero(),
-        "correct": zero(dtype=torch.long),
-        "grad_sum": torch.zeros(len(layers), device=device),
-        "parts_sum": {},
-        "seen": 0,
-        "step": 0,
-    }
-    if accum is not None:
-        acc = {
-            **accum,
-            **{k: accum[k].to(device) for k in ("loss_sum", "correct", "grad_sum")},
-            "parts_sum": {k: v.to(device) for k, v in accum["parts_sum"].items()},
-        }
+    acc = _accumulators(len(layers), device, accum)
     bar = tqdm(
         loader,
         desc=f"{desc} {epoch + 1}",
@@ -149,6 +135,25 @@ def train_one_epoch(model, loader, opt: Optim, loss_fn, autocast, epoch, log_eve
             STOP.check(acc)
     bar.close()
     return _epoch_record(acc, layers, grads, epoch, device)
+
+
+def _accumulators(n_layers, device, accum=None):
+    """The epoch's running sums, kept on the device (a stopped epoch's, to finish it exactly)."""
+    if accum is not None:
+        return {
+            **accum,
+            **{k: accum[k].to(device) for k in ("loss_sum", "correct", "grad_sum")},
+            "parts_sum": {k: v.to(device) for k, v in accum["parts_sum"].items()},
+        }
+    zero = lambda **kw: torch.zeros((), device=device, **kw)  # noqa: E731
+    return {
+        "loss_sum": zero(),
+        "correct": zero(dtype=torch.long),
+        "grad_sum": torch.zeros(n_layers, device=device),
+        "parts_sum": {},
+        "seen": 0,
+        "step": 0,
+    }
 
 
 def _epoch_record(acc, layers, grads, epoch, device):
@@ -203,17 +208,31 @@ def evaluate(model, loader, autocast, return_preds=False, desc="evaluate"):
     return out
 
 
-def fit(
-    step_model,
-    loaders,
-    opt: Optim,
-    cfg: TrainConfig,
-    loss_fn,
-    progress: Progress,
-    on_epoch_end,
-    desc="train",
-    partial=None,
-):
+def _stops_early(cfg, progress):
+    """Whether early stopping ends training here (checked before each epoch: also when resumed after it)."""
+    if cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping:
+        print(
+            f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
+            f"restoring epoch {progress.best_epoch}",
+            flush=True,
+        )
+        return True
+    return False
+
+
+def _advance(progress, rec, val):
+    """Count a finished epoch into progress; whether it is the best so far (no validation: every epoch is)."""
+    improved = val is None or val["acc"] > progress.best_val_acc
+    progress.epoch, progress.elapsed = rec["epoch"], progress.elapsed + rec["epoch_time_s"]
+    progress.history.append(rec)
+    if improved:
+        progress.best_val_acc, progress.best_epoch, progress.bad_epochs = (val["acc"] if val else -1.0, rec["epoch"], 0)
+    else:
+        progress.bad_epochs += 1
+    return improved
+
+
+def fit(step_model, loaders, opt, cfg, loss_fn, progress, on_epoch_end, desc="train", partial=None):
     """Train from `progress` to cfg.epochs; on_epoch_end(record, improved) after each epoch (checkpoints, logs).
 
     step_model: the model as trained (DDP-wrapped / compiled). partial: an epoch stopped part-way
@@ -222,12 +241,7 @@ def fit(
     autocast = make_autocast(cfg)
     with STOP.deferring():
         for epoch in range(progress.epoch, cfg.epochs):
-            if cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping:  # here: also when resumed after it
-                print(
-                    f"early stopping: no validation improvement for {cfg.early_stopping} epochs; "
-                    f"restoring epoch {progress.best_epoch}",
-                    flush=True,
-                )
+            if _stops_early(cfg, progress):
                 break
             STOP.check()  # asked during validation or a checkpoint
             t0 = time.perf_counter()
@@ -269,15 +283,4 @@ def fit(
                 "epoch_time_s": dt,
                 **rec,
             }
-            improved = val is None or val["acc"] > progress.best_val_acc
-            progress.epoch, progress.elapsed = epoch + 1, progress.elapsed + dt
-            progress.history.append(rec)
-            if improved:
-                progress.best_val_acc, progress.best_epoch, progress.bad_epochs = (
-                    val["acc"] if val else -1.0,
-                    epoch + 1,
-                    0,
-                )
-            else:
-                progress.bad_epochs += 1
-            on_epoch_end(rec, improved)
+            on_epoch_end(rec, _advance(progress, rec, val))

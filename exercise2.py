@@ -141,6 +141,11 @@ def main(argv=None):
     else:
         cfg = build_config(args)
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+    return _distil(args, cfg, run_dir)
+
+
+def _distil(args, cfg, run_dir):
+    """The teacher, then the students (alone and distilled), in run_dir (a new folder if None), then the report."""
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:

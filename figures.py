@@ -5,7 +5,6 @@ drew, read back from the figure. plots.py redraws them from a finished run's fol
 """
 
 import errno
-import os
 import textwrap
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from files import tmp_name
+from files import atomic_write
 
 MARKERS_UP_TO = 20  # a line of this many points or fewer marks each point, so one epoch still shows
 WORDS = {"train": "training", "val": "validation", "acc": "accuracy", "lr": "learning rate", "s": "(s)"}
@@ -26,21 +25,18 @@ FAMILIES = {"plain": "Blues", "residual": "Oranges"}  # colour family per kind, 
 
 
 def save_figure(fig, path):
-    """Save and close fig; written under a temporary name, then renamed: a full disk leaves no half figure."""
+    """Save and close fig, through the atomic writer: a full disk leaves no half figure."""
     path = Path(path)
-    tmp = tmp_name(path)
     try:
         if path.is_symlink() or path.exists() and not path.is_file():  # a link, device or FIFO: never replaced
             raise OSError(errno.EEXIST, "it exists and is not a regular file", str(path))
         _wrap_titles(fig)
         fig.tight_layout()
-        fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png"))
     except OSError as e:  # matplotlib's own errors name no file
         raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def _wrap_titles(fig):

@@ -1,3 +1,6 @@
+"""Files a run writes and reads, safely: the one atomic writer (temporary name, fsync, rename), lab1's temporary
+names and their cleanup, run-folder locks, and JSON / JSON-lines files read back as one-line errors."""
+
 import errno
 import fcntl
 import json
@@ -156,10 +159,11 @@ def publish(src, dst):
     """dst as a second name of the finished model src (a hard link; a copy where links are impossible)."""
     if Path(dst).exists() and os.path.samefile(src, dst):
         return
-    tmp = tmp_name(dst)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)  # (a no-op that leaves tmp when both name one file: excluded above)
+
+    def link_or_copy(tmp):
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+    atomic_write(dst, link_or_copy, needed=Path(src).stat().st_size)

@@ -41,6 +41,24 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
             "as best.pt holds weights only)"
         )
     run_dir = path if path.is_dir() else path.parent
+    config, found = _run_config(path, run_dir, kind)
+    if found == "exercise1":
+        _check_single_run(run_dir, config)
+    config = {**config, "kind": found}
+    try:  # a config.json that lies about what it holds is one line, like any damaged file
+        built = build(config) if build else None
+        scopes = {"exercise1": ("exercise1",), "study": ("exercise1",), "exercise2": ("exercise2",)}.get(found, ())
+        rules.check(rules.restored(config.get("base", config)), *scopes, "run", restored=True)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
+    except UsageError as e:  # settings no command line could have given
+        raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({e})") from None
+    remove_stale_tmp(run_dir)  # what writers killed in this folder left (its parts clean their own on resume)
+    return run_dir, config, built
+
+
+def _run_config(path, run_dir, kind):
+    """run_dir's config.json and its kind, if it is a whole run of one of `kind` (a part names its whole)."""
     if (run_dir.parent / "config.json").exists():  # a study's child or an exercise2 phase: continued by its whole
         outer = read_json(run_dir.parent / "config.json", "run config")
         outer = kind_of(outer) if isinstance(outer, dict) else "exercise1"
@@ -60,31 +78,25 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
             f"{run_dir} is a run of {script_of(found)}, not of {Path(sys.argv[0]).name}; continue it with: "
             f"{shlex.join(['python', script_of(found), '--resume', str(run_dir)])}"
         )
-    if found == "exercise1" and (run_dir / "last.pt").exists():  # one run (a study's children: by their study)
+    return config, found
+
+
+def _check_single_run(run_dir, config):
+    """An exercise1 run (a study's children: by their study) that its last.pt still matches, or can start over."""
+    if (run_dir / "last.pt").exists():
         differ = differences(config, load_checkpoint(run_dir / "last.pt", mmap=True).get("config") or config)
         if differ:
             raise CheckpointError(
                 f"{run_dir / 'config.json'} no longer says what {run_dir / 'last.pt'} was trained "
                 f"with ({differ[0]}); the folder was edited: restore config.json"
             )
-    elif found == "exercise1" and finished(run_dir):
+    elif finished(run_dir):
         raise CheckpointError(
             f"{run_dir} is finished but its last.pt is gone, so it cannot be extended; its results "
             "are in summary.json (start a new run to train again)"
         )
-    elif found == "exercise1":
+    else:
         print(f"{run_dir} has no last.pt (it stopped before its first checkpoint): training it from the start")
-    config = {**config, "kind": found}
-    try:  # a config.json that lies about what it holds is one line, like any damaged file
-        built = build(config) if build else None
-        scopes = {"exercise1": ("exercise1",), "study": ("exercise1",), "exercise2": ("exercise2",)}.get(found, ())
-        rules.check(rules.restored(config.get("base", config)), *scopes, "run", restored=True)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({type(e).__name__}: {str(e)[:100]})") from None
-    except UsageError as e:  # settings no command line could have given
-        raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({e})") from None
-    remove_stale_tmp(run_dir)  # what writers killed in this folder left (its parts clean their own on resume)
-    return run_dir, config, built
 
 
 def extend_epochs(train, epochs, parts_of=None):

@@ -202,6 +202,25 @@ def _summary(path):
     return s
 
 
+def _fold_report(study_dir, kids, results):
+    """A k-fold run's report: each fold's best validation accuracy, and their mean ± std."""
+    accs = [results[c.name]["best_val_acc"] for c in kids]
+    m, s = mean_std(accs)
+    lines = [
+        "| Fold | Best val acc |",
+        "|---|---|",
+        *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
+        "",
+        f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}",
+    ]
+    write_report(
+        study_dir,
+        {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s},
+        lines,
+    )
+    return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
+
+
 def report(study_dir, title, kids):
     """summary.json, results.md and the figures, from the children's folders."""
     results = {
@@ -212,21 +231,7 @@ def report(study_dir, title, kids):
         for c in kids
     }
     if kids[0].kind == "fold":
-        accs = [results[c.name]["best_val_acc"] for c in kids]
-        m, s = mean_std(accs)
-        lines = [
-            "| Fold | Best val acc |",
-            "|---|---|",
-            *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
-            "",
-            f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}",
-        ]
-        write_report(
-            study_dir,
-            {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s},
-            lines,
-        )
-        return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
+        return _fold_report(study_dir, kids, results)
     rows = aggregate(kids, results)
     diff = residual_minus_plain(kids, results)
     lines = [

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top. A module imports modules of lower layers, or of its own layer listed before it.
 LAYERS = {
     "leaves": ["errors", "flags", "files", "stats", "distributed"],
-    "ML": ["models", "losses", "datasets", "imagefolder", "splits", "dataloader", "device", "optim", "engine"],
+    "ML": ["models", "losses", "imagefolder", "datasets", "splits", "dataloader", "device", "optim", "engine"],
     "artefacts": ["config", "rules", "checkpoint", "wandb_log", "figures", "notify"],
     "run": ["rundir", "resume", "saver", "run"],
     "experiments": ["study", "distill", "distill_report", "transfer"],
@@ -53,7 +53,9 @@ def rank():
 def test_every_module_has_one_layer():
     placed = [m for layer in LAYERS.values() for m in layer]
     assert len(placed) == len(set(placed)), "a module is in two layers"
-    assert set(placed) == set(modules()), f"not placed: {set(modules()) - set(placed)}; gone: {set(placed) - set(modules())}"
+    assert set(placed) == set(modules()), (
+        f"not placed: {set(modules()) - set(placed)}; gone: {set(placed) - set(modules())}"
+    )
 
 
 def test_imports_point_down_only_and_never_at_an_entry_script():
