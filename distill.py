@@ -298,9 +298,12 @@ def student_children(cfg):
     return kids
 
 
-def run_phases(cfg, ds, run_dir, teacher, given):
+def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=False):
     """The teacher (trained here, or given), then every student as a child of the study mechanism (claimed by
-    one worker at a time, skipped when finished); returns {name: result with test predictions}."""
+    one worker at a time, skipped when finished; with a launcher, one job each once the teacher is done);
+    returns {name: result with test predictions}, or None when no report is due here (jobs submitted without
+    waiting, or this process is the job of one student). With --seeds or a grid, a student that diverged or
+    failed is {name: its outcome} and the others go on."""
     results = {}
     tdir, tcfg = run_dir / "teacher", cfg.phase("teacher")
     if given:
@@ -328,10 +331,17 @@ def run_phases(cfg, ds, run_dir, teacher, given):
             model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name)
         )
 
-    fresh = {}
-    study.work(kids, run_dir, train_child, write_config=False)
+    fresh, several = {}, bool(cfg.distill.seeds or cfg.distill.study)
+    waited = study.work(
+        kids, run_dir, train_child, write_config=False, isolate=several, retry_failed=retry_failed, launcher=launcher
+    )
+    if waited is False or study.assigned():
+        return None
     for child in kids:
         child_dir, path = run_dir / child.name, run_dir / f"{child.name}.pth"
+        if not finished(child_dir):  # diverged or failed (isolate): the report lists it
+            results[child.name] = {**read_json(child_dir / "summary.json"), "child": child}
+            continue
         publish(child_dir / "best.pt", path)
         if child.name not in fresh:  # finished earlier, or by another worker: test it for the agreement
             model = model_from_checkpoint(path, load_checkpoint(path))
@@ -346,6 +356,10 @@ def run_phases(cfg, ds, run_dir, teacher, given):
             )
         results[child.name] = {**fresh[child.name], "child": child}
     return results
+
+
+def _pm(m, sd):
+    return "-" if m is None else f"{m:.4f} ± {sd:.4f}"
 
 
 def _wandb(run_dir, name):
@@ -442,7 +456,10 @@ def report(results, cfg, run_dir):
 
 
 def report_multi(results, cfg, run_dir):
-    """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone, gap closed."""
+    """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone (over the seeds both
+    finished), gap closed; students that diverged or failed are listed and left out."""
+    lost = {n: r for n, r in results.items() if "test_acc" not in r}
+    results = {n: r for n, r in results.items() if n not in lost}
     teacher = results["teacher"]
     per = {
         n: {
@@ -474,18 +491,19 @@ def report_multi(results, cfg, run_dir):
             "|---|---|---|---|---|---|---|",
         ],
     )
-    m, sd = mean_std(alone.values())
-    lines.append(f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |")
+    m, sd = mean_std(alone.values()) if alone else (None, None)
+    lines.append(f"| alone | - | - | {_pm(m, sd)} | - | - | {len(seeds)} |")
     for (t, a), accs in sorted(configs.items()):
         pm, ps = mean_std(accs.values())
-        p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
-        gap = gap_closed(pm, m, teacher["test_acc"])  # from the table's means, so a reader can recompute it
+        both = [s for s in seeds if s in accs]
+        p = paired([accs[s] for s in both], [alone[s] for s in both]) if both else None
+        gap = None if m is None else gap_closed(pm, m, teacher["test_acc"])  # from the table's means
         rows.append(
             {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
         )
         lines.append(
-            f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "
-            f"{'-' if gap is None else f'{gap:.1%}'} | {len(seeds)} |"
+            f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p) if p else '-'} | "
+            f"{'-' if gap is None else f'{gap:.1%}'} | {len(accs)} |"
         )
     out = {
         "status": "finished",
@@ -495,6 +513,16 @@ def report_multi(results, cfg, run_dir):
         "students": per,
         "seeds": seeds,
     }
+    if lost:
+        out["failed_children"] = {n: {k: r.get(k) for k in ("status", "error", "epochs_run")} for n, r in lost.items()}
+        lines += [
+            "",
+            *(f"{n}: {r.get('status')} ({' '.join(str(r.get('error')).split())[:200]})" for n, r in lost.items()),
+        ]
+        lines.append(
+            f"{len(lost)} students diverged or failed and are left out; a re-run keeps them as they are, "
+            "--retry_failed trains them again."
+        )
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
     text = [
@@ -502,6 +530,14 @@ def report_multi(results, cfg, run_dir):
         " test errors)",
         "",
     ] + lines
+    if configs and m is not None:  # else nothing to compare: no distilled student, or none alone, finished
+        _draw_multi(cfg, run_dir, configs, teacher, m, sd, rows, seeds)
+    write_report(run_dir, out, text)
+    return out
+
+
+def _draw_multi(cfg, run_dir, configs, teacher, m, sd, rows, seeds):
+    """comparison.png of report_multi: the grid's heatmap, or teacher / alone / distilled bars."""
     ts, als = sorted({t for t, _ in configs}), sorted({a for _, a in configs})
     if cfg.distill.study:
         grid = [[configs.get((t, a)) and mean_std(configs[(t, a)].values())[0] for a in als] for t in ts]
@@ -521,8 +557,6 @@ def report_multi(results, cfg, run_dir):
             run_dir / "comparison.png",
             title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)",
         )
-    write_report(run_dir, out, text)
-    return out
 
 
 __all__ = [

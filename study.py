@@ -9,19 +9,26 @@ Each child is a run folder inside the study folder, exactly as a single run leav
 child by taking the lock of its folder (fcntl.lockf: the operating system releases it when the worker dies,
 also over NFS where the server supports locks), trains or resumes it, and moves on; so the same command
 started N times, on one machine or on many that share the folder, splits the study, and a child left by a
-dead worker is resumed from its last.pt by the next worker that finds it free. Whoever sees every child
-finished writes the report (summary.json, results.md, comparison.png, grads.png), once.
+dead worker is resumed from its last.pt by the next worker that finds it free. With --launcher (launch.py) each
+child is assigned to one job instead (LAB1_STUDY_CHILD). A child that diverges or fails has ended too (its
+summary.json says so) and the others go on. Whoever sees every child ended writes the report (summary.json,
+results.md, comparison.png, grads.png), once.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
-from checkpoint import CheckpointError, RunLock, read_json, read_jsonl, write_json, write_report
+from checkpoint import CheckpointError, DiskFull, RunLock, read_json, read_jsonl, write_json, write_report
 from cli import Distinct, UsageError, count, flag, from_dict, nonneg_int, pos_processes
+from dataloader import DataError
+from engine import Diverged
 from lifecycle import differences, duration, finished
 from models import PRESETS, ModelConfig
 from plots import plot_layer_grads, plot_study
@@ -112,17 +119,49 @@ def children(study, base, depths, seeds):
     return out
 
 
-def work(kids, study_dir, train_child, workers=1, write_config=True):
-    """One worker: claim, train and release children until every child is finished (waiting for the ones that
-    other workers hold). train_child(child, run_dir) trains (or resumes) one child."""
+CHILD = "LAB1_STUDY_CHILD"  # set by a launcher's job (launch.py): the one child that process trains
+ENDED = ("finished", "diverged", "failed")  # a child in one of these states needs no more work
+
+
+def assigned():
+    """The child a launcher's job assigned to this process (not claimed: nobody else is given it), or None."""
+    return os.environ.get(CHILD) or None
+
+
+def ended(run_dir):
+    """Whether a child needs no more work: it finished, or it diverged or failed (its summary.json says why).
+    lifecycle.finished() is True for the first only; scheduling uses this, so that a failure is no poison pill."""
+    try:
+        return read_json(Path(run_dir) / "summary.json").get("status") in ENDED
+    except (CheckpointError, AttributeError):  # not there yet, or damaged
+        return False
+
+
+def work(kids, study_dir, train_child, workers=1, write_config=True, isolate=True, retry_failed=False, launcher=None):
+    """One worker: claim, train and release children until every child has ended (waiting for the ones that
+    other workers hold). train_child(child, run_dir) trains (or resumes) one child. isolate: a child that
+    diverges or fails is recorded as such and the study goes on (else it stops the study, as a single run).
+    retry_failed: such children are trained again. launcher(pending, study_dir): runs the pending children
+    elsewhere (launch.py) instead; its result is returned (False: submitted, not waited for)."""
+    done = ended if isolate else finished
+    if (name := assigned()) is not None:  # a launcher's job: that child only, no waiting for the others
+        kids = [c for c in kids if c.name == name]
+        if not kids:
+            raise UsageError(f"{CHILD}={name}: {study_dir} has no child of that name")
     t0, done_here, total = time.perf_counter(), 0, len(kids)
+    if retry_failed:
+        retry(kids, study_dir)
     for child in kids:
-        if finished(study_dir / child.name):
-            print(f"{child.name}: finished earlier, skipped")
+        if done(study_dir / child.name):
+            status = read_json(study_dir / child.name / "summary.json").get("status")
+            again = "" if status == "finished" else " (--retry_failed trains it again)"
+            print(f"{child.name}: {status} earlier, skipped{again}")
+    if launcher is not None:
+        return launcher([c for c in kids if not done(study_dir / c.name)], study_dir)
     while True:
-        pending = [c for c in kids if not finished(study_dir / c.name)]
+        pending = [c for c in kids if not done(study_dir / c.name)]
         if not pending:
-            return
+            return None
         claimed = False
         for child in pending:
             run_dir = study_dir / child.name
@@ -131,22 +170,63 @@ def work(kids, study_dir, train_child, workers=1, write_config=True):
             if not lock.held:
                 continue
             try:
-                if finished(run_dir):
+                if done(run_dir):
                     continue
                 claimed = True
                 if write_config and not (run_dir / "config.json").exists():
                     write_json(run_dir / "config.json", child.cfg.to_dict())
                 print(f"== {child.name} (pid {os.getpid()})", flush=True)
-                train_child(child, run_dir)
+                status = attempt(child, run_dir, train_child, isolate)
             finally:
                 lock.release()
             done_here += 1
-            n_done = sum(finished(study_dir / c.name) for c in kids)
+            n_done = sum(done(study_dir / c.name) for c in kids)
             per_child = (time.perf_counter() - t0) / done_here
             left = f"; about {duration(per_child * (total - n_done) / workers)} left" if n_done < total else ""
-            print(f"[{n_done}/{total}] {child.name} finished{left}", flush=True)
+            print(f"[{n_done}/{total}] {child.name} {status}{left}", flush=True)
         if not claimed:
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
+
+
+def retry(kids, study_dir):
+    """--retry_failed: the children that diverged or failed lose that outcome, and resume from their last.pt like
+    any unfinished child; the study's report, which listed them, is no longer its last word."""
+    again = [c for c in kids if ended(study_dir / c.name) and not finished(study_dir / c.name)]
+    for child in again:
+        (study_dir / child.name / "summary.json").unlink(missing_ok=True)
+        print(f"{child.name}: trained again (--retry_failed)")
+    if again:
+        (study_dir / "summary.json").unlink(missing_ok=True)
+
+
+def attempt(child, run_dir, train_child, isolate):
+    """Train one child; returns "finished", or with isolate "diverged" / "failed" once summary.json says so and
+    why. A stop, a full disk or a lost folder (OSError) is no outcome of the child's: it stops the study."""
+    try:
+        train_child(child, run_dir)
+        return "finished"
+    except (OSError, DiskFull):
+        raise
+    except Diverged as e:
+        if not isolate:
+            raise
+        status, why = "diverged", str(e)
+    except Exception as e:
+        if not isolate:
+            raise
+        if not isinstance(e, (UsageError, CheckpointError, DataError)):  # a bug or a crash: its traceback helps
+            traceback.print_exc()
+        status, why = "failed", f"{type(e).__name__}: {e}"
+    try:
+        epochs = read_json(run_dir / "summary.json").get("epochs_run")  # what lifecycle wrote on divergence
+    except (CheckpointError, AttributeError):
+        epochs = None
+    if epochs is None:
+        with contextlib.suppress(CheckpointError):
+            epochs = len(read_jsonl(run_dir / "metrics.jsonl"))
+    write_json(run_dir / "summary.json", {"status": status, "error": why, "epochs_run": epochs})
+    print(f"{child.name} {status}: {why.splitlines()[0] if why else ''}; the study goes on without it", flush=True)
+    return status
 
 
 SPAWNED = "LAB1_STUDY_WORKER"  # set in the environment of the workers spawn_workers starts
@@ -235,32 +315,37 @@ def _summary(path):
 
 
 def report(study_dir, title, kids):
-    """summary.json, results.md and the figures, from the children's folders."""
+    """summary.json, results.md and the figures, from the children's folders. Children that diverged or failed
+    are listed with why, and left out of the means (which are over the finished ones)."""
+    ok = [c for c in kids if finished(study_dir / c.name)]
     results = {
         c.name: {
             **_summary(study_dir / c.name / "summary.json"),
             "history": read_jsonl(study_dir / c.name / "metrics.jsonl"),
         }
-        for c in kids
+        for c in ok
     }
+    lost = {c.name: _outcome(study_dir / c.name / "summary.json") for c in kids if c not in ok}
+    extra = {"failed_children": lost} if lost else {}
     if kids[0].kind == "fold":
-        accs = [results[c.name]["best_val_acc"] for c in kids]
-        m, s = mean_std(accs)
+        accs = [results[c.name]["best_val_acc"] if c in ok else None for c in kids]
+        m, s = mean_std([a for a in accs if a is not None]) if ok else (None, None)
         lines = [
             "| Fold | Best val acc |",
             "|---|---|",
-            *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
+            *(f"| {i} | {'-' if a is None else f'{a:.4f}'} |" for i, a in enumerate(accs, 1)),
             "",
-            f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}",
+            f"{len(kids)}-fold cross-validation: val acc " + (f"{m:.4f} ± {s:.4f}" if ok else "- (no fold finished)"),
         ]
         write_report(
             study_dir,
-            {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s},
-            lines,
+            {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s}
+            | extra,
+            lines + _lost_lines(lost, len(kids)),
         )
-        return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
-    rows = aggregate(kids, results)
-    diff = residual_minus_plain(kids, results)
+        return f"{len(kids)}-fold val acc " + (f"{m:.4f} ± {s:.4f}" if ok else "-") + _lost_note(lost)
+    rows = aggregate(ok, results)
+    diff = residual_minus_plain(ok, results)
     lines = [
         "| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
         "|---|---|---|---|---|---|---|",
@@ -278,6 +363,18 @@ def report(study_dir, title, kids):
 
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
+    if ok:
+        _figures(study_dir, title, ok, results, rows)
+    summary = {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}
+    write_report(study_dir, summary | extra, lines + _lost_lines(lost, len(kids)))
+    if not rows:
+        return f"no child finished{_lost_note(lost)}"
+    best = max(rows, key=lambda r: r["test_acc_mean"])
+    return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}{_lost_note(lost)}"
+
+
+def _figures(study_dir, title, kids, results, rows):
+    """comparison.png and grads.png, of the finished children `kids`."""
     curves, seed = {}, kids[0].seed  # the curves and gradients drawn are of the first seed's runs
     for c in kids:
         if c.seed == seed:
@@ -294,11 +391,31 @@ def report(study_dir, title, kids):
         study_dir / "grads.png",
         title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})",
     )
-    write_report(
-        study_dir, {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}, lines
-    )
-    best = max(rows, key=lambda r: r["test_acc_mean"])
-    return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
+
+
+def _outcome(path):
+    """A diverged or failed child's summary.json: its status, why, and the epochs it ran."""
+    s = read_json(path, "summary")
+    return {"status": s.get("status"), "error": str(s.get("error", "")), "epochs_run": s.get("epochs_run")}
+
+
+def _lost_lines(lost, total):
+    """results.md's table of the children that diverged or failed (none: no lines)."""
+    if not lost:
+        return []
+    lines = ["", "| Child | Outcome | Epochs run | Why |", "|---|---|---|---|"]
+    for name, o in lost.items():
+        why = " ".join(o["error"].split()).replace("|", "/")[:200]
+        lines.append(f"| {name} | {o['status']} | {'-' if o['epochs_run'] is None else o['epochs_run']} | {why} |")
+    return lines + [
+        "",
+        f"{len(lost)} of {total} children diverged or failed and are left out of the means; a re-run keeps them "
+        "as they are, --retry_failed trains them again.",
+    ]
+
+
+def _lost_note(lost):
+    return f"; {len(lost)} diverged or failed (--retry_failed trains them again)" if lost else ""
 
 
 def check_plan(plan):
@@ -326,13 +443,18 @@ def check_children(kids, study_dir):
                 )
 
 
-def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
-    """Work on the study until it is finished, then report once (or again, with rebuild)."""
+def run(kids, study_dir, title, train_child, workers=1, rebuild=False, retry_failed=False, launcher=None):
+    """Work on the study until every child has ended, then report once (or again, with rebuild). launcher: see
+    work(); the job of one child (assigned) reports nothing."""
     check_children(kids, study_dir)
     if not rebuild:
-        work(kids, study_dir, train_child, workers)
-    if not all(finished(study_dir / c.name) for c in kids):
-        left = [c.name for c in kids if not finished(study_dir / c.name)]
+        waited = work(kids, study_dir, train_child, workers, retry_failed=retry_failed, launcher=launcher)
+        if assigned():
+            return f"{assigned()}: done by this job"
+        if waited is False:
+            return "jobs submitted"
+    if not all(ended(study_dir / c.name) for c in kids):
+        left = [c.name for c in kids if not ended(study_dir / c.name)]
         raise UsageError(
             f"{study_dir}: {len(left)} of {len(kids)} children are not finished yet ({', '.join(left[:4])}"
             f"{' ...' if len(left) > 4 else ''}); the report needs all of them"
