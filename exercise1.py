@@ -10,6 +10,7 @@
     python exercise1.py --resume runs/<run>                # continue an interrupted run (or study)
     python exercise1.py --study mlp_depth --seeds 0 1 2    # plain vs residual MLPs over depth, mean ± std
     python exercise1.py --study cnn_depth --dataset folder --data_root path/to/cifar10-jpeg --workers 2
+    python exercise1.py --study cnn_depth --seeds 0 1 2 --launcher slurm   # one SLURM job per child
     torchrun --nproc_per_node 2 exercise1.py --model resnet20 --dataset cifar10   # data-parallel (DDP)
 
 A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, last.pt (the training state),
@@ -23,10 +24,12 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 
 import json
 import os
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
 import distributed
+import launch
 import study
 from checkpoint import read_json
 from cli import Parser, UsageError, add_flags, from_args, given, run_main, timestamp
@@ -79,7 +82,14 @@ def get_args_parser():
         study.StudyConfig,
         shown={"depths": "2 4 8 16 32 for mlp_depth, 20 32 44 56 for cnn_depth"},
     )
+    add_flags(
+        p.add_argument_group("Launcher", "a study's children as jobs of a job array (README: Across machines)"),
+        launch.LaunchConfig,
+    )
     return p
+
+
+MULTI = "--study, --seeds or --k_folds"  # what makes several children
 
 
 def build_config(args):
@@ -165,7 +175,9 @@ def run_study(plan, ds, study_dir, args):
 
     title = plan["study"] or study_dir.name
     working_in(study_dir)
-    return study.run(kids, study_dir, title, train_child, args.workers or 1, rebuild=bool(args.report))
+    how = from_args(launch.LaunchConfig, args)
+    jobs = launch.launcher(how, sys.argv[0], command("--resume", study_dir, "--report"))
+    return study.run(kids, study_dir, title, train_child, args.workers or 1, bool(args.report), how.retry_failed, jobs)
 
 
 def main(argv=None):
@@ -178,10 +190,10 @@ def main(argv=None):
 def _main(args):
     distributed.setup()
     multi = args.study or args.seeds or args.k_folds
-    if distributed.world() > 1 and (multi or args.workers):
+    if distributed.world() > 1 and (multi or args.workers or args.launcher):
         raise UsageError(
             "under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
-            "without it (use --workers for several processes)"
+            "without it (use --workers or --launcher for several processes)"
         )
     run_dir, plan = None, None
     if args.resume:
@@ -196,8 +208,9 @@ def _main(args):
             raise UsageError("--workers splits a study, --seeds or --k_folds; a single run has one worker")
         # A bad name or save_dir, or an existing folder, is said before the data load (a study's may be continued).
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name or bool(plan))
-    if plan is not None:
-        study.children(plan["study"], cfg, plan["depths"], plan["seeds"])  # bad depths fail before any work
+    kids = study.children(plan["study"], cfg, plan["depths"], plan["seeds"]) if plan else []  # bad depths: now
+    how = from_args(launch.LaunchConfig, args)
+    launch.check(how, given(args), len(kids), args.workers or 1, cfg.train.device, MULTI)
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     describe_data(ds, cfg)
     if plan is not None:  # every model of the study fits, before its folder exists
@@ -212,6 +225,8 @@ def _main(args):
             spawned = (args.workers or 1) > 1 and not args.report
             if spawned:
                 working_in(run_dir)
+                if args.retry_failed:  # here, once: the workers would race to forget the same failures
+                    study.retry(kids, run_dir)
                 study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
             message = "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
         else:
@@ -245,7 +260,7 @@ def resumed(args):
         args.resume,
         ("exercise1", "study"),
         given(args),
-        ("resume", "epochs", "workers", "report", "notify"),
+        ("resume", "epochs", "workers", "report", "notify", *launch.NOT_SAVED),
         build=_config_of,
     )
     plan = saved if saved["kind"] == "study" else None

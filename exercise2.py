@@ -20,10 +20,12 @@ import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
+import sys
 from dataclasses import fields, replace
 
 import distill
 import distributed
+import launch
 import transfer
 from checkpoint import RunLock, write_json
 from cli import Parser, UsageError, add_flags, from_args, given, resolve_amp, run_main, timestamp
@@ -92,6 +94,10 @@ def get_args_parser():
         "skipped, an interrupted phase continues from its last.pt; only --epochs may be raised beside it",
         skip=("k_folds",),
     )  # one validation split: the phases are compared on it
+    add_flags(
+        p.add_argument_group("Launcher", "the students of --seeds or a kd_grid as jobs (README: Across machines)"),
+        launch.LaunchConfig,
+    )
     return p
 
 
@@ -144,7 +150,10 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if distributed.launched_by_torchrun():
         # Its phases and teacher caches are single-process; DDP is exercise1.py's (one training per command).
-        raise UsageError("exercise2.py runs in one process; for data-parallel training use torchrun with exercise1.py")
+        raise UsageError(
+            "exercise2.py runs in one process, not under torchrun; for several seeds or a kd_grid use --launcher, "
+            "for one data-parallel model torchrun with exercise1.py"
+        )
     run_dir = None
     if args.resume:
         continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
@@ -152,11 +161,13 @@ def main(argv=None):
             args.resume,
             ("exercise2", "finetune"),
             given(args) - {"task"},
+            ("resume", "epochs", *launch.NOT_SAVED),
             build=lambda c: (
                 transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)
             ),
         )
         if saved["kind"] == "finetune":
+            _check_launch(args, None)
             return transfer.main(args, run_dir, saved)
         cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir))
     elif args.task == "finetune":
@@ -169,10 +180,12 @@ def main(argv=None):
             raise UsageError(
                 f"--task finetune takes no distillation flags (got --{', --'.join(sorted(given(args) & distilling))})"
             )
+        _check_launch(args, None)
         return transfer.main(args)
     else:
         cfg = build_config(args)
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+    _check_launch(args, cfg)
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
@@ -208,11 +221,10 @@ def main(argv=None):
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
     record_epochs(run_dir, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept
-    try:
-        results = distill.run_phases(cfg, ds, run_dir, teacher, given_)
-    except Diverged as e:  # the phase's own summary says so too
-        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
-        raise
+    results = _phases(args, cfg, ds, run_dir, teacher, given_)
+    if results is None:  # the students' jobs were submitted (--no_wait), or this is the job of one of them
+        done(run_dir)
+        return 0
     lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
     try:
         if lock.held:
@@ -223,6 +235,31 @@ def main(argv=None):
         lock.release()
     done(run_dir)
     return 0
+
+
+def _phases(args, cfg, ds, run_dir, teacher, given_):
+    """distill.run_phases, its students run as the launcher flags say; a diverged phase that stops the run (the
+    teacher, or a phase of the classic three) says so in the run's summary.json too."""
+    how = from_args(launch.LaunchConfig, args)
+    jobs = launch.launcher(how, sys.argv[0], command("--resume", run_dir))
+    try:
+        return distill.run_phases(cfg, ds, run_dir, teacher, given_, jobs, how.retry_failed)
+    except Diverged as e:  # the phase's own summary says so too
+        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+        raise
+
+
+def _check_launch(args, cfg):
+    """The launcher flags, refused in one line where they cannot work (before the data load); cfg None: finetune."""
+    several = cfg is not None and bool(cfg.distill.seeds or cfg.distill.study)
+    launch.check(
+        from_args(launch.LaunchConfig, args),
+        given(args),
+        len(distill.student_children(cfg)) if several else 0,
+        1,
+        cfg.train.device if cfg else "cpu",
+        "--seeds or --study kd_grid",
+    )
 
 
 if __name__ == "__main__":
