@@ -19,6 +19,7 @@ from test_bad_input import assert_one_line_exit_2
 
 TINY = ["--hidden_size", "16", "--batch_size", "16", "--wandb", "disabled"]
 SEEDS = ["--seeds", "0", "1", "--epochs", "2", *TINY]
+E2 = ["--teacher", "FlexibleMLP", "--student", "FlexibleMLP", "--wandb", "disabled"]
 
 
 def figures(study):
@@ -153,6 +154,23 @@ def test_report_means_are_over_the_finished_children(mnist_root, tmp_path):
     assert "| seed1 | failed | 1 | CUDA out of memory |" in (tmp_path / "s" / "results.md").read_text()
 
 
+def test_a_failed_student_is_left_out_of_the_distillation_report(mnist_root, tmp_path):
+    args = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "sd", *E2]
+    args += ["--t_hidden_sizes", "16", "--s_hidden_sizes", "8", "--epochs", "1", "--seeds", "0", "1"]
+    assert run_cli("exercise2.py", *args).returncode == 0
+    lost = tmp_path / "sd" / "student_distill_seed1" / "summary.json"
+    lost.write_text(json.dumps({"status": "diverged", "error": "loss became nan in epoch 1", "epochs_run": 0}))
+    p = run_cli("exercise2.py", "--resume", tmp_path / "sd")
+    assert p.returncode == 0 and "student_distill_seed1: diverged earlier, skipped" in p.stdout, p.stderr
+    s = json.loads((tmp_path / "sd" / "summary.json").read_text())
+    assert list(s["failed_children"]) == ["student_distill_seed1"] and s["paired"]["seeds"] == 1
+    assert s["student_distill"][0]["test_acc_mean"] == s["students"]["student_distill_seed0"]["test_acc"]
+    p = run_cli("exercise2.py", "--resume", tmp_path / "sd", "--retry_failed")
+    assert p.returncode == 0 and "== student_distill_seed1" in p.stdout, p.stderr
+    s = json.loads((tmp_path / "sd" / "summary.json").read_text())
+    assert "failed_children" not in s and s["paired"]["seeds"] == 2
+
+
 def test_kd_grid_students_are_jobs_after_the_teacher(mnist_root, tmp_path):
     p = run_cli(
         "exercise2.py",
@@ -214,9 +232,6 @@ def test_a_stop_while_waiting_cancels_the_jobs(mnist_root, tmp_path):
     assert not any((study / f"seed{s}" / "summary.json").exists() for s in (0, 1))
 
 
-E2 = ["--dataset", "mnist", "--teacher", "FlexibleMLP", "--student", "FlexibleMLP", "--wandb", "disabled"]
-
-
 @pytest.mark.parametrize(
     "script,args,message",
     [
@@ -229,7 +244,7 @@ E2 = ["--dataset", "mnist", "--teacher", "FlexibleMLP", "--student", "FlexibleML
         ("exercise1.py", [*SEEDS, "--launcher", "slurm"], "sbatch and srun are not on this machine's PATH"),
         ("exercise1.py", [*SEEDS, "--launcher", "pbs"], "invalid choice: 'pbs'"),
         ("exercise1.py", [*SEEDS, "--launcher", "local", "--slurm_time", "0"], "is not a positive integer"),
-        ("exercise2.py", [*E2, "--launcher", "local"], "give --seeds or --study kd_grid"),
+        ("exercise2.py", ["--dataset", "mnist", *E2, "--launcher", "local"], "give --seeds or --study kd_grid"),
         ("exercise2.py", ["--task", "finetune", "--launcher", "local"], "--launcher runs the children of a study"),
     ],
 )
