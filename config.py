@@ -22,6 +22,7 @@ from flags import (
     nonempty,
     nonneg_int,
     pos_float,
+    pos_int,
     pos_processes,
     unit,
 )
@@ -281,3 +282,33 @@ class TransferConfig:
 
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    launcher: str = flag(
+        "",
+        "run each unfinished child as one job of a job array (slurm: submitit's SLURM executor; local: "
+        "submitit's local executor, for tests)",
+        choices=("local", "slurm"),
+    )
+    slurm_partition: str = flag("", "SLURM partition of the jobs (unset: the cluster's default)")
+    slurm_time: int = flag(
+        240, "time limit of each job in minutes; a child still training then is requeued and resumes", type=pos_int
+    )
+    slurm_gpus_per_task: int = flag(1, "GPUs of each job (0: CPU jobs)", type=nonneg_int)
+    slurm_cpus_per_task: int = flag(8, "CPU cores of each job", type=pos_processes)
+    slurm_mem: int = flag(32, "memory of each job in GB", type=pos_int)
+    slurm_array_parallelism: int = flag(32, "at most this many jobs of the array run at once", type=pos_int)
+    no_wait: bool = flag(False, "return once the jobs are submitted, printing the command that writes the report")
+    retry_failed: bool = flag(
+        False,
+        "train the children that diverged or failed again (from their last.pt); otherwise a re-run keeps "
+        "their outcome and the report lists them",
+    )
+
+
+SLURM_FLAGS = tuple(f for f in LaunchConfig.__dataclass_fields__ if f.startswith("slurm_"))
+
+
+NOT_SAVED = ("launcher", *SLURM_FLAGS, "no_wait", "retry_failed")  # how to run, not what: allowed beside --resume

@@ -188,9 +188,12 @@ def student_children(cfg):
     return kids
 
 
-def run_phases(cfg, ds, run_dir, teacher, given):
+def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=False):
     """The teacher (trained here, or given), then every student as a child of the study mechanism (claimed by
-    one worker at a time, skipped when finished); returns {name: result with test predictions}."""
+    one worker at a time, skipped when finished; with a launcher, one job each once the teacher is done);
+    returns {name: result with test predictions}, or None when no report is due here (jobs submitted without
+    waiting, or this process is the job of one student). With --seeds or a grid, a student that diverged or
+    failed is {name: its outcome} and the others go on."""
     results = {}
     tdir, tcfg = run_dir / "teacher", cfg.phase("teacher")
     if given:
@@ -218,10 +221,17 @@ def run_phases(cfg, ds, run_dir, teacher, given):
             model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name)
         )
 
-    fresh = {}
-    study.work(kids, run_dir, train_child, write_config=False)
+    fresh, several = {}, bool(cfg.distill.seeds or cfg.distill.study)
+    waited = study.work(
+        kids, run_dir, train_child, write_config=False, isolate=several, retry_failed=retry_failed, launcher=launcher
+    )
+    if waited is False or study.assigned():
+        return None
     for child in kids:
         child_dir, path = run_dir / child.name, run_dir / f"{child.name}.pth"
+        if not finished(child_dir):  # diverged or failed (isolate): the report lists it
+            results[child.name] = {**read_json(child_dir / "summary.json"), "child": child}
+            continue
         publish(child_dir / "best.pt", path)
         if child.name not in fresh:  # finished earlier, or by another worker: test it for the agreement
             model = model_from_checkpoint(path, load_checkpoint(path))

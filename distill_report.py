@@ -70,7 +70,10 @@ def report(results, cfg, run_dir):
 
 
 def report_multi(results, cfg, run_dir):
-    """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone, gap closed."""
+    """Students over seeds (and a T x alpha grid): mean ± std, paired distilled - alone (over the seeds both
+    finished), gap closed; students that diverged or failed are listed and left out."""
+    lost = {n: r for n, r in results.items() if "test_acc" not in r}
+    results = {n: r for n, r in results.items() if n not in lost}
     teacher = results["teacher"]
     alone = {
         r["child"].seed: r["test_acc"]
@@ -83,7 +86,7 @@ def report_multi(results, cfg, run_dir):
             d = r["child"].cfg.distill
             configs.setdefault((d.temperature, d.alpha), {})[r["child"].seed] = r["test_acc"]
     seeds = sorted(alone)
-    m, sd = mean_std(alone.values())
+    m, sd = mean_std(alone.values()) if alone else (None, None)
     rows = [_distilled_row(t, a, accs, alone, seeds, m, teacher) for (t, a), accs in sorted(configs.items())]
     out = {
         "status": "finished",
@@ -95,22 +98,34 @@ def report_multi(results, cfg, run_dir):
     }
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
+    if lost:
+        out["failed_children"] = {n: {k: r.get(k) for k in ("status", "error", "epochs_run")} for n, r in lost.items()}
     errors = round((1 - teacher["test_acc"]) * len(teacher["test_preds"]))
     text = [
         f"Teacher: test acc {teacher['test_acc']:.4f} ({errors} test errors)",
         "",
         "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
         "|---|---|---|---|---|---|---|",
-        f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |",
+        f"| alone | - | - | {_pm(m, sd)} | - | - | {len(seeds)} |",
     ]
     for r in rows:
         gap = "-" if r["gap_closed"] is None else f"{r['gap_closed']:.1%}"
         acc = f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}"
         text.append(
-            f"| distilled | {r['temperature']:g} | {r['alpha']:g} | {acc} | {format_paired(r['paired'])} | {gap} | "
-            f"{len(seeds)} |"
+            f"| distilled | {r['temperature']:g} | {r['alpha']:g} | {acc} | "
+            f"{format_paired(r['paired']) if r['paired'] else '-'} | {gap} | {r['seeds']} |"
         )
-    _multi_figure(cfg, run_dir, configs, rows, (m, sd), teacher, len(seeds))
+    if lost:
+        text += [
+            "",
+            *(f"{n}: {r.get('status')} ({' '.join(str(r.get('error')).split())[:200]})" for n, r in lost.items()),
+        ]
+        text.append(
+            f"{len(lost)} students diverged or failed and are left out; a re-run keeps them as they are, "
+            "--retry_failed trains them again."
+        )
+    if configs and m is not None:  # else nothing to compare: no distilled student, or none alone, finished
+        _multi_figure(cfg, run_dir, configs, rows, (m, sd), teacher, len(seeds))
     write_report(run_dir, out, text)
     return out
 
@@ -131,9 +146,12 @@ def _per_student(results, teacher):
 
 def _distilled_row(t, a, accs, alone, seeds, alone_mean, teacher):
     pm, ps = mean_std(accs.values())
-    p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
-    gap = gap_closed(pm, alone_mean, teacher["test_acc"])  # from the table's means, so a reader can recompute it
-    return {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
+    both = [s for s in seeds if s in accs]  # the seeds both students finished
+    p = paired([accs[s] for s in both], [alone[s] for s in both]) if both else None
+    # From the table's means, so that a reader can recompute it.
+    gap = None if alone_mean is None else gap_closed(pm, alone_mean, teacher["test_acc"])
+    row = {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
+    return {**row, "seeds": len(accs)}
 
 
 def _multi_figure(cfg, run_dir, configs, rows, alone, teacher, n_seeds):
@@ -158,3 +176,7 @@ def _multi_figure(cfg, run_dir, configs, rows, alone, teacher, n_seeds):
             run_dir / "comparison.png",
             title=f"{run_dir.name}: test accuracy (students: mean over {n_seeds} seeds)",
         )
+
+
+def _pm(m, sd):
+    return "-" if m is None else f"{m:.4f} ± {sd:.4f}"

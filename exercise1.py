@@ -10,6 +10,7 @@
     python exercise1.py --resume runs/<run>                # continue an interrupted run (or study)
     python exercise1.py --study mlp_depth --seeds 0 1 2    # plain vs residual MLPs over depth, mean ± std
     python exercise1.py --study cnn_depth --dataset folder --data_root path/to/cifar10-jpeg --workers 2
+    python exercise1.py --study cnn_depth --seeds 0 1 2 --launcher slurm   # one SLURM job per child
     torchrun --nproc_per_node 2 exercise1.py --model resnet20 --dataset cifar10   # data-parallel (DDP)
 
 A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, last.pt (the training state),
@@ -23,14 +24,26 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import distributed
+import launch
 import rules
 import study
 from cli import run_main
-from config import DEFAULT_DEPTHS, OutputConfig, RunConfig, StudyConfig, add_run_flags, check_batch_norm, data_and_train
+from config import (
+    DEFAULT_DEPTHS,
+    NOT_SAVED,
+    LaunchConfig,
+    OutputConfig,
+    RunConfig,
+    StudyConfig,
+    add_run_flags,
+    check_batch_norm,
+    data_and_train,
+)
 from datasets import load_dataset
 from errors import UsageError
 from files import read_json
@@ -68,7 +81,14 @@ def get_args_parser():
         StudyConfig,
         shown={"depths": "2 4 8 16 32 for mlp_depth, 20 32 44 56 for cnn_depth"},
     )
+    add_flags(
+        p.add_argument_group("Launcher", "a study's children as jobs of a job array (README: Across machines)"),
+        LaunchConfig,
+    )
     return p
+
+
+MULTI = "--study, --seeds or --k_folds"  # what makes several children
 
 
 def build_config(args):
@@ -132,7 +152,9 @@ def run_study(plan, ds, study_dir, args):
 
     title = plan["study"] or study_dir.name
     working_in(study_dir)
-    return study.run(kids, study_dir, title, train_child, args.workers or 1, rebuild=bool(args.report))
+    how = from_args(LaunchConfig, args)
+    jobs = launch.launcher(how, sys.argv[0], command("--resume", study_dir, "--report"))
+    return study.run(kids, study_dir, title, train_child, args.workers or 1, bool(args.report), how.retry_failed, jobs)
 
 
 def main(argv=None):
@@ -145,10 +167,10 @@ def main(argv=None):
 def _main(args):
     distributed.setup()
     multi = args.study or args.seeds or args.k_folds
-    if distributed.world() > 1 and (multi or args.workers):
+    if distributed.world() > 1 and (multi or args.workers or args.launcher):
         raise UsageError(
             "under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
-            "without it (use --workers for several processes)"
+            "without it (use --workers or --launcher for several processes)"
         )
     run_dir, plan = None, None
     if args.resume:
@@ -161,8 +183,9 @@ def _main(args):
         plan = study_plan(args, cfg) if multi else None
         # A bad name or save_dir, or an existing folder, is said before the data load (a study's may be continued).
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name or bool(plan))
-    if plan is not None:
-        study.children(plan["study"], cfg, plan["depths"], plan["seeds"])  # bad depths fail before any work
+    kids = study.children(plan["study"], cfg, plan["depths"], plan["seeds"]) if plan else []  # bad depths: now
+    how = from_args(LaunchConfig, args)
+    launch.check(how, vars(args), len(kids), args.workers or 1, cfg.train.device, MULTI)
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     describe_data(ds, cfg)
     if plan is not None:  # every model of the study fits, before its folder exists
@@ -170,28 +193,7 @@ def _main(args):
             check_model(model_cfg, ds, cfg.train.device)
     label = args.study or cfg.output.run_name or cfg.model.name
     try:
-        if plan is not None:
-            if run_dir is None:
-                run_dir = study_folder(cfg, plan, args)
-            record_epochs(run_dir, cfg.train.epochs)  # the data loaded and the children check out
-            spawned = (args.workers or 1) > 1 and not args.report
-            if spawned:
-                working_in(run_dir)
-                study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
-            message = "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
-        else:
-            model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists
-            print(summary(cfg.model.name, model))
-            if run_dir is None and distributed.is_main():
-                name = cfg.output.run_name or default_run_name(cfg)
-                cfg = replace(cfg, output=replace(cfg.output, run_name=name))
-                run_dir = create_run_dir(
-                    cfg.output.save_dir, name, cfg.to_dict(), args.overwrite, auto_named=not args.run_name
-                )
-            run_dir = distributed.broadcast(run_dir)
-            working_in(run_dir)
-            result = train(model, ds, cfg, run_dir)
-            message = f"test acc {result['test_acc']:.4f} in {result['train_time_s']:.0f}s"
+        run_dir, message = (_study if plan else _single)(args, cfg, plan, ds, run_dir, kids)
     except BaseException as e:
         if args.notify and distributed.is_main():
             notify(args.notify, f"lab1 {label} failed: {type(e).__name__}: {e}")
@@ -203,6 +205,34 @@ def _main(args):
     return 0
 
 
+def _study(args, cfg, plan, ds, run_dir, kids):
+    """A study, --seeds or --k_folds in its folder (new, or continued): (folder, what it ended with)."""
+    if run_dir is None:
+        run_dir = study_folder(cfg, plan, args)
+    record_epochs(run_dir, cfg.train.epochs)  # the data loaded and the children check out
+    spawned = (args.workers or 1) > 1 and not args.report
+    if spawned:
+        working_in(run_dir)
+        if args.retry_failed:  # here, once: the workers would race to forget the same failures
+            study.retry(kids, run_dir)
+        study.spawn_workers(args.workers, run_dir)  # they share the folder; one of them reports
+    return run_dir, "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
+
+
+def _single(args, cfg, plan, ds, run_dir, kids):
+    """One run in its folder (new, or continued): (folder, its test result)."""
+    model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists
+    print(summary(cfg.model.name, model))
+    if run_dir is None and distributed.is_main():
+        name = cfg.output.run_name or default_run_name(cfg)
+        cfg = replace(cfg, output=replace(cfg.output, run_name=name))
+        run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite, auto_named=not args.run_name)
+    run_dir = distributed.broadcast(run_dir)
+    working_in(run_dir)
+    result = train(model, ds, cfg, run_dir)
+    return run_dir, f"test acc {result['test_acc']:.4f} in {result['train_time_s']:.0f}s"
+
+
 def resumed(args):
     """--resume RUN: (run folder, its RunConfig with a raised --epochs, the study plan or None); cfg None for a
     finished single run that --epochs does not extend (its result is printed)."""
@@ -210,7 +240,7 @@ def resumed(args):
         args.resume,
         ("exercise1", "study"),
         given(args),
-        ("resume", "epochs", "workers", "report", "notify"),
+        ("resume", "epochs", "workers", "report", "notify", *NOT_SAVED),
         build=_config_of,
     )
     plan = saved if saved["kind"] == "study" else None

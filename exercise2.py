@@ -20,18 +20,22 @@ import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
+import sys
 from dataclasses import replace
 
 import distill
 import distill_report
 import distributed
+import launch
 import rules
 import transfer
 from cli import run_main
 from config import (
+    NOT_SAVED,
     STUDENT_DEFAULTS,
     DistillConfig,
     ExperimentConfig,
+    LaunchConfig,
     OutputConfig,
     TransferConfig,
     add_run_flags,
@@ -93,6 +97,10 @@ def get_args_parser():
         "skipped, an interrupted phase continues from its last.pt; only --epochs may be raised beside it",
         skip=("k_folds",),
     )  # one validation split: the phases are compared on it
+    add_flags(
+        p.add_argument_group("Launcher", "the students of --seeds or a kd_grid as jobs (README: Across machines)"),
+        LaunchConfig,
+    )
     return p
 
 
@@ -122,7 +130,10 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if distributed.launched_by_torchrun():
         # Its phases and teacher caches are single-process; DDP is exercise1.py's (one training per command).
-        raise UsageError("exercise2.py runs in one process; for data-parallel training use torchrun with exercise1.py")
+        raise UsageError(
+            "exercise2.py runs in one process, not under torchrun; for several seeds or a kd_grid use --launcher, "
+            "for one data-parallel model torchrun with exercise1.py"
+        )
     run_dir = None
     if args.resume:
         continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
@@ -130,17 +141,21 @@ def main(argv=None):
             args.resume,
             ("exercise2", "finetune"),
             given(args) - {"task"},
+            ("resume", "epochs", *NOT_SAVED),
             build=lambda c: transfer.from_saved(c) if c["kind"] == "finetune" else ExperimentConfig.from_dict(c),
         )
         if saved["kind"] == "finetune":
+            _check_launch(args, None)
             return transfer.main(args, run_dir, saved)
         cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir))
     elif args.task == "finetune":
+        _check_launch(args, None)
         rules.check(rules.typed(args), "finetune", "run")
         return transfer.main(args)
     else:
         cfg = build_config(args)
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+    _check_launch(args, cfg)
     return _distil(args, cfg, run_dir)
 
 
@@ -181,11 +196,10 @@ def _distil(args, cfg, run_dir):
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
     record_epochs(run_dir, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept
-    try:
-        results = distill.run_phases(cfg, ds, run_dir, teacher, given_)
-    except Diverged as e:  # the phase's own summary says so too
-        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
-        raise
+    results = _phases(args, cfg, ds, run_dir, teacher, given_)
+    if results is None:  # the students' jobs were submitted (--no_wait), or this is the job of one of them
+        done(run_dir)
+        return 0
     lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
     try:
         if lock.held:
@@ -196,6 +210,31 @@ def _distil(args, cfg, run_dir):
         lock.release()
     done(run_dir)
     return 0
+
+
+def _phases(args, cfg, ds, run_dir, teacher, given_):
+    """distill.run_phases, its students run as the launcher flags say; a diverged phase that stops the run (the
+    teacher, or a phase of the classic three) says so in the run's summary.json too."""
+    how = from_args(LaunchConfig, args)
+    jobs = launch.launcher(how, sys.argv[0], command("--resume", run_dir))
+    try:
+        return distill.run_phases(cfg, ds, run_dir, teacher, given_, jobs, how.retry_failed)
+    except Diverged as e:  # the phase's own summary says so too
+        write_json(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+        raise
+
+
+def _check_launch(args, cfg):
+    """The launcher flags, refused in one line where they cannot work (before the data load); cfg None: finetune."""
+    several = cfg is not None and bool(cfg.distill.seeds or cfg.distill.study)
+    launch.check(
+        from_args(LaunchConfig, args),
+        vars(args),
+        len(distill.student_children(cfg)) if several else 0,
+        1,
+        cfg.train.device if cfg else "cpu",
+        "--seeds or --study kd_grid",
+    )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@ names and their cleanup, run-folder locks, and JSON / JSON-lines files read back
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 
 from errors import CheckpointError, DiskFull
@@ -52,17 +55,29 @@ def size(nbytes):
 TMP = ".lab1-tmp"  # what marks lab1's temporary names: nothing else is ever cleaned up
 
 
+def _host():
+    """This machine's name as it may appear in a file name: letters, digits, dots and dashes, at most 32
+    characters (a long name keeps a hash of the whole, so that two long names stay apart)."""
+    name = socket.gethostname() or "localhost"
+    safe = re.sub(r"[^A-Za-z0-9.-]", "_", name)
+    return safe if len(safe) <= 32 else f"{safe[:24]}_{hashlib.sha1(name.encode()).hexdigest()[:7]}"
+
+
 def tmp_name(path):
-    """Where `path` is written before it is renamed into place: `.NAME.lab1-tmpPID` beside it."""
+    """Where `path` is written before it is renamed into place: `.NAME.lab1-tmp-HOST-PID` beside it. The host
+    is in the name because a PID says nothing about a process on another machine that shares the folder."""
     path = Path(path)
-    return path.with_name(f".{path.name}{TMP}{os.getpid()}")
+    return path.with_name(f".{path.name}{TMP}-{_host()}-{os.getpid()}")
 
 
 def remove_stale_tmp(folder):
-    """Delete lab1's temporary files (and folders) left by writers that were killed (their PID is gone)."""
+    """Delete lab1's temporary files (and folders) left by writers on this host that were killed (their PID is
+    gone). Another host's are never touched: its writer may be alive there. Names without a host (written
+    before hosts were recorded) count as this host's."""
     for p in Path(folder).glob(f".*{TMP}*"):
-        pid = p.name.rsplit(TMP, 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)) and not p.is_symlink():
+        tail = p.name.rsplit(TMP, 1)[-1]
+        host, _, pid = tail[1:].rpartition("-") if tail.startswith("-") else (_host(), "", tail)
+        if host == _host() and pid.isdigit() and not _alive(int(pid)) and not p.is_symlink():
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 

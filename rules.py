@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Callable
 
-from config import MODEL_FLAGS_SET, STUDENT_DEFAULTS, DistillConfig, OutputConfig
+from config import MODEL_FLAGS_SET, SLURM_FLAGS, STUDENT_DEFAULTS, DistillConfig, OutputConfig
 from dataloader import DataConfig
 from errors import UsageError
 from models import PRESETS, ModelConfig, is_cnn, unread_flags
@@ -72,6 +72,10 @@ def _role_rule(p, role):
 
 def _study_clash(s):
     return ["model"] * bool(s.model) + sorted(_given_model(s) & MODEL_FLAGS_SET[s.study]) if s.study else []
+
+
+def _slurm(s):
+    return [f for f in SLURM_FLAGS if getattr(s, f) is not None]
 
 
 def _distilling(s):
@@ -185,6 +189,30 @@ RULES = (
             (s.mode or "all") not in ("finetune", "all") and (s.freeze_stages, s.backbone_lr_scale) != (None, None)
         ),
         lambda s: f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode {s.mode}",
+    ),
+    Rule(
+        "launch",
+        "needs",
+        lambda s: _slurm(s) and s.launcher != "slurm",
+        lambda s: f"--{_slurm(s)[0]} sizes SLURM jobs: give it with --launcher slurm",
+    ),
+    Rule(
+        "launch",
+        "needs",
+        lambda s: s.no_wait and not s.launcher,
+        "--no_wait belongs to --launcher (without it the study runs in this process)",
+    ),
+    Rule(
+        "launch",
+        "excludes",
+        lambda s: s.launcher and s.workers > 1,
+        "--launcher runs every child as its own job; leave out --workers",
+    ),
+    Rule(
+        "launch",
+        "needs",
+        lambda s: s.launcher and s.children < 2,
+        lambda s: f"--launcher runs the children of a study as jobs; give {s.studies} for several children",
     ),
     Rule("run", "excludes", lambda s: s.augment and s.no_augment, "--augment and --no_augment: give one of them"),
     Rule(

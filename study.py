@@ -9,26 +9,30 @@ Each child is a run folder inside the study folder, exactly as a single run leav
 child by taking the lock of its folder (fcntl.lockf: the operating system releases it when the worker dies,
 also over NFS where the server supports locks), trains or resumes it, and moves on; so the same command
 started N times, on one machine or on many that share the folder, splits the study, and a child left by a
-dead worker is resumed from its last.pt by the next worker that finds it free. Whoever sees every child
-finished writes the report (summary.json, results.md, comparison.png, grads.png), once.
+dead worker is resumed from its last.pt by the next worker that finds it free. With --launcher (launch.py) each
+child is assigned to one job instead (LAB1_STUDY_CHILD). A child that diverges or fails has ended too (its
+summary.json says so) and the others go on. Whoever sees every child ended writes the report (summary.json,
+results.md, comparison.png, grads.png), once.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from config import StudyConfig, differences
-from errors import CheckpointError, UsageError
-from figures import plot_layer_grads, plot_study
-from files import RunLock, read_json, read_jsonl, write_json, write_report
+from errors import CheckpointError, DataError, DiskFull, Diverged, UsageError
+from files import RunLock, read_json, read_jsonl, write_json
 from flags import from_dict
 from models import PRESETS, ModelConfig
 from rundir import finished
 from saver import duration
-from stats import format_paired, mean_std, number, paired
+from study_report import report
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,49 @@ def children(study, base, depths, seeds):
     return out
 
 
-def work(kids, study_dir, train_child, workers=1, write_config=True):
-    """One worker: claim, train and release children until every child is finished (waiting for the ones that
-    other workers hold). train_child(child, run_dir) trains (or resumes) one child."""
+CHILD = "LAB1_STUDY_CHILD"  # set by a launcher's job (launch.py): the one child that process trains
+ENDED = ("finished", "diverged", "failed")  # a child in one of these states needs no more work
+
+
+def assigned():
+    """The child a launcher's job assigned to this process (not claimed: nobody else is given it), or None."""
+    return os.environ.get(CHILD) or None
+
+
+def ended(run_dir):
+    """Whether a child needs no more work: it finished, or it diverged or failed (its summary.json says why).
+    lifecycle.finished() is True for the first only; scheduling uses this, so that a failure is no poison pill."""
+    try:
+        return read_json(Path(run_dir) / "summary.json").get("status") in ENDED
+    except (CheckpointError, AttributeError):  # not there yet, or damaged
+        return False
+
+
+def work(kids, study_dir, train_child, workers=1, write_config=True, isolate=True, retry_failed=False, launcher=None):
+    """One worker: claim, train and release children until every child has ended (waiting for the ones that
+    other workers hold). train_child(child, run_dir) trains (or resumes) one child. isolate: a child that
+    diverges or fails is recorded as such and the study goes on (else it stops the study, as a single run).
+    retry_failed: such children are trained again. launcher(pending, study_dir): runs the pending children
+    elsewhere (launch.py) instead; its result is returned (False: submitted, not waited for)."""
+    done = ended if isolate else finished
+    if (name := assigned()) is not None:  # a launcher's job: that child only, no waiting for the others
+        kids = [c for c in kids if c.name == name]
+        if not kids:
+            raise UsageError(f"{CHILD}={name}: {study_dir} has no child of that name")
     t0, done_here, total = time.perf_counter(), 0, len(kids)
+    if retry_failed:
+        retry(kids, study_dir)
     for child in kids:
-        if finished(study_dir / child.name):
-            print(f"{child.name}: finished earlier, skipped")
+        if done(study_dir / child.name):
+            status = read_json(study_dir / child.name / "summary.json").get("status")
+            again = "" if status == "finished" else " (--retry_failed trains it again)"
+            print(f"{child.name}: {status} earlier, skipped{again}")
+    if launcher is not None:
+        return launcher([c for c in kids if not done(study_dir / c.name)], study_dir)
     while True:
-        pending = [c for c in kids if not finished(study_dir / c.name)]
+        pending = [c for c in kids if not done(study_dir / c.name)]
         if not pending:
-            return
+            return None
         claimed = False
         for child in pending:
             run_dir = study_dir / child.name
@@ -99,22 +135,63 @@ def work(kids, study_dir, train_child, workers=1, write_config=True):
             if not lock.held:
                 continue
             try:
-                if finished(run_dir):
+                if done(run_dir):
                     continue
                 claimed = True
                 if write_config and not (run_dir / "config.json").exists():
                     write_json(run_dir / "config.json", child.cfg.to_dict())
                 print(f"== {child.name} (pid {os.getpid()})", flush=True)
-                train_child(child, run_dir)
+                status = attempt(child, run_dir, train_child, isolate)
             finally:
                 lock.release()
             done_here += 1
-            n_done = sum(finished(study_dir / c.name) for c in kids)
+            n_done = sum(done(study_dir / c.name) for c in kids)
             per_child = (time.perf_counter() - t0) / done_here
             left = f"; about {duration(per_child * (total - n_done) / workers)} left" if n_done < total else ""
-            print(f"[{n_done}/{total}] {child.name} finished{left}", flush=True)
+            print(f"[{n_done}/{total}] {child.name} {status}{left}", flush=True)
         if not claimed:
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
+
+
+def retry(kids, study_dir):
+    """--retry_failed: the children that diverged or failed lose that outcome, and resume from their last.pt like
+    any unfinished child; the study's report, which listed them, is no longer its last word."""
+    again = [c for c in kids if ended(study_dir / c.name) and not finished(study_dir / c.name)]
+    for child in again:
+        (study_dir / child.name / "summary.json").unlink(missing_ok=True)
+        print(f"{child.name}: trained again (--retry_failed)")
+    if again:
+        (study_dir / "summary.json").unlink(missing_ok=True)
+
+
+def attempt(child, run_dir, train_child, isolate):
+    """Train one child; returns "finished", or with isolate "diverged" / "failed" once summary.json says so and
+    why. A stop, a full disk or a lost folder (OSError) is no outcome of the child's: it stops the study."""
+    try:
+        train_child(child, run_dir)
+        return "finished"
+    except (OSError, DiskFull):
+        raise
+    except Diverged as e:
+        if not isolate:
+            raise
+        status, why = "diverged", str(e)
+    except Exception as e:
+        if not isolate:
+            raise
+        if not isinstance(e, (UsageError, CheckpointError, DataError)):  # a bug or a crash: its traceback helps
+            traceback.print_exc()
+        status, why = "failed", f"{type(e).__name__}: {e}"
+    try:
+        epochs = read_json(run_dir / "summary.json").get("epochs_run")  # what lifecycle wrote on divergence
+    except (CheckpointError, AttributeError):
+        epochs = None
+    if epochs is None:
+        with contextlib.suppress(CheckpointError):
+            epochs = len(read_jsonl(run_dir / "metrics.jsonl"))
+    write_json(run_dir / "summary.json", {"status": status, "error": why, "epochs_run": epochs})
+    print(f"{child.name} {status}: {why.splitlines()[0] if why else ''}; the study goes on without it", flush=True)
+    return status
 
 
 SPAWNED = "LAB1_STUDY_WORKER"  # set in the environment of the workers spawn_workers starts
@@ -147,131 +224,6 @@ def spawn_workers(n, study_dir):
         )
 
 
-def aggregate(kids, results):
-    """Rows per configuration (kind, depth): mean ± std of test and best validation accuracy over seeds."""
-    rows = {}
-    for child in kids:
-        rows.setdefault((child.kind, child.depth), []).append(results[child.name])
-    out = []
-    for (kind, depth), rs in rows.items():
-        test_m, test_s = mean_std(r["test_acc"] for r in rs)
-        vals = [r["best_val_acc"] for r in rs if r.get("best_val_acc") is not None]
-        val_m, val_s = mean_std(vals) if vals else (None, None)
-        out.append(
-            {
-                "model": kind,
-                "depth": depth,
-                "params": rs[0]["params"],
-                "seeds": len(rs),
-                "test_acc_mean": test_m,
-                "test_acc_std": test_s,
-                "best_val_acc_mean": val_m,
-                "best_val_acc_std": val_s,
-                "train_time_s_mean": mean_std(r["train_time_s"] for r in rs)[0],
-                "test_acc": [r["test_acc"] for r in rs],
-            }
-        )
-    return out
-
-
-def residual_minus_plain(kids, results):
-    """Per depth, the paired difference residual - plain in test accuracy over the shared seeds."""
-    out = {}
-    for depth in sorted({c.depth for c in kids}):
-        by = {(c.kind, c.seed): results[c.name]["test_acc"] for c in kids if c.depth == depth}
-        seeds = sorted(s for k, s in by if k == "residual" and ("plain", s) in by)
-        if seeds:
-            out[str(depth)] = paired([by["residual", s] for s in seeds], [by["plain", s] for s in seeds])
-    return out
-
-
-def _summary(path):
-    """A child's summary.json with the figures the report needs, as training wrote them; else one line."""
-    s = read_json(path, "summary")
-    if not (
-        isinstance(s, dict)
-        and number(s.get("test_acc"))
-        and number(s.get("train_time_s"))
-        and type(s.get("params")) is int
-        and (s.get("best_val_acc") is None or number(s["best_val_acc"]))
-    ):
-        raise CheckpointError(
-            f"{path} is damaged (test_acc, best_val_acc, params or train_time_s is not a number); "
-            "restore it or train that child again"
-        )
-    return s
-
-
-def _fold_report(study_dir, kids, results):
-    """A k-fold run's report: each fold's best validation accuracy, and their mean ± std."""
-    accs = [results[c.name]["best_val_acc"] for c in kids]
-    m, s = mean_std(accs)
-    lines = [
-        "| Fold | Best val acc |",
-        "|---|---|",
-        *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
-        "",
-        f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}",
-    ]
-    write_report(
-        study_dir,
-        {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s},
-        lines,
-    )
-    return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
-
-
-def report(study_dir, title, kids):
-    """summary.json, results.md and the figures, from the children's folders."""
-    results = {
-        c.name: {
-            **_summary(study_dir / c.name / "summary.json"),
-            "history": read_jsonl(study_dir / c.name / "metrics.jsonl"),
-        }
-        for c in kids
-    }
-    if kids[0].kind == "fold":
-        return _fold_report(study_dir, kids, results)
-    rows = aggregate(kids, results)
-    diff = residual_minus_plain(kids, results)
-    lines = [
-        "| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        val = (
-            f"{r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f}" if r["best_val_acc_mean"] is not None else "-"
-        )
-        lines.append(
-            f"| {r['model']} | {r['depth']} | {r['params']:,} | {r['test_acc_mean']:.4f} ± "
-            f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |"
-        )
-    if diff:
-        lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
-        lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
-    curves, seed = {}, kids[0].seed  # the curves and gradients drawn are of the first seed's runs
-    for c in kids:
-        if c.seed == seed:
-            curves.setdefault((c.kind, c.depth), results[c.name]["history"])
-    plot_study(
-        rows, curves, study_dir / "comparison.png", title + (f" (curves: seed {seed})" if len(rows) < len(kids) else "")
-    )
-    deepest = {}
-    for c in kids:
-        if c.seed == seed and c.depth >= deepest.get(c.kind, (0, None))[0]:
-            deepest[c.kind] = (c.depth, c.name)
-    plot_layer_grads(
-        {f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()},
-        study_dir / "grads.png",
-        title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})",
-    )
-    write_report(
-        study_dir, {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}, lines
-    )
-    best = max(rows, key=lambda r: r["test_acc_mean"])
-    return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
-
-
 def check_plan(plan):
     """A study's config.json: its study, depths and seeds as the flags would take them, and at least one child."""
     sc = from_dict(StudyConfig, {k: plan[k] for k in ("study", "depths", "seeds")})
@@ -297,13 +249,18 @@ def check_children(kids, study_dir):
                 )
 
 
-def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
-    """Work on the study until it is finished, then report once (or again, with rebuild)."""
+def run(kids, study_dir, title, train_child, workers=1, rebuild=False, retry_failed=False, launcher=None):
+    """Work on the study until every child has ended, then report once (or again, with rebuild). launcher: see
+    work(); the job of one child (assigned) reports nothing."""
     check_children(kids, study_dir)
     if not rebuild:
-        work(kids, study_dir, train_child, workers)
-    if not all(finished(study_dir / c.name) for c in kids):
-        left = [c.name for c in kids if not finished(study_dir / c.name)]
+        waited = work(kids, study_dir, train_child, workers, retry_failed=retry_failed, launcher=launcher)
+        if assigned():
+            return f"{assigned()}: done by this job"
+        if waited is False:
+            return "jobs submitted"
+    if not all(ended(study_dir / c.name) for c in kids):
+        left = [c.name for c in kids if not ended(study_dir / c.name)]
         raise UsageError(
             f"{study_dir}: {len(left)} of {len(kids)} children are not finished yet ({', '.join(left[:4])}"
             f"{' ...' if len(left) > 4 else ''}); the report needs all of them"

@@ -15,7 +15,7 @@ LAYERS = {
     "ML": ["models", "losses", "imagefolder", "datasets", "splits", "dataloader", "device", "optim", "engine"],
     "artefacts": ["config", "rules", "checkpoint", "wandb_log", "figures", "notify"],
     "run": ["rundir", "resume", "saver", "run"],
-    "experiments": ["study", "distill", "distill_report", "transfer"],
+    "experiments": ["study_report", "study", "launch", "distill", "distill_report", "transfer"],
     "commands": ["cli", "exercise1", "exercise2", "plots"],
 }
 ENTRY_SCRIPTS = {"exercise1", "exercise2", "plots"}

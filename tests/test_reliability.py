@@ -220,7 +220,7 @@ def test_disk_full_is_one_line_naming_the_path_and_the_space(mnist_root, tmp_pat
     real = checkpoint.torch.save
 
     def full(obj, f, *a, **k):
-        if str(f).endswith(f"lab1-tmp{os.getpid()}") and ".last.pt" in str(f):
+        if str(f).endswith(f"-{os.getpid()}") and ".last.pt.lab1-tmp-" in str(f):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(obj, f, *a, **k)
 
@@ -296,6 +296,21 @@ def test_stale_temporary_files_of_killed_writers_are_removed(mnist_root, tmp_pat
         == 0
     )
     assert not stale.exists() and all(f.read_text() == "mine" for f in users)
+
+
+def test_only_this_hosts_stale_temporary_files_are_removed(tmp_path):
+    """A shared folder: another machine's writer may be alive with any PID, so its temporary files stay."""
+    from files import _host, remove_stale_tmp, tmp_name
+
+    assert tmp_name(tmp_path / "last.pt").name == f".last.pt.lab1-tmp-{_host()}-{os.getpid()}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = [tmp_path / f".last.pt.lab1-tmp-{_host()}-{dead.pid}", tmp_path / f".best.pt.lab1-tmp{dead.pid}"]
+    kept = [tmp_path / f".last.pt.lab1-tmp-other-node-07-{dead.pid}", tmp_path / f".x.lab1-tmp-{_host()}-{os.getpid()}"]
+    for f in mine + kept:
+        f.write_bytes(b"half")
+    remove_stale_tmp(tmp_path)
+    assert not any(f.exists() for f in mine) and all(f.exists() for f in kept)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

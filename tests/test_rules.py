@@ -43,7 +43,7 @@ def test_command_line_and_config_meet_the_same_rule():
 
 def test_every_rule_says_what_kind_it_is():
     assert {r.says for r in rules.RULES} == {"needs", "excludes", "applies to"}
-    assert {r.scope for r in rules.RULES} == {"exercise1", "exercise2", "finetune", "run"}
+    assert {r.scope for r in rules.RULES} == {"exercise1", "exercise2", "finetune", "launch", "run"}
 
 
 def test_resume_refuses_an_edited_config_that_breaks_a_rule_in_one_line(mnist_root, tmp_path):
