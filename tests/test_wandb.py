@@ -116,6 +116,35 @@ def test_netrc_that_is_a_folder_means_offline_with_one_warning(wb, monkeypatch, 
     assert len(warning_lines(capsys.readouterr().err)) == 1
 
 
+def test_the_private_lookup_is_used_only_where_tested_and_offered():
+    """Inside PRIVATE_LOOKUP_TESTED the installed wandb must still offer wbauth.authenticate_session as lab1 calls
+    it: this fails as soon as a release in the range drops or changes it (then narrow the range)."""
+    import inspect
+
+    import wandb_log
+
+    if not wandb_log.private_lookup_tested():
+        pytest.skip(f"wandb {wandb.__version__} is outside the tested range: the documented lookup is used")
+    params = inspect.signature(wbauth.authenticate_session).parameters
+    assert {"host", "source", "prompt", "verify", "update_session"} <= set(params)
+
+
+def test_outside_the_tested_range_the_documented_lookup_decides(wb, monkeypatch):
+    """Another wandb release: WANDB_API_KEY, or a netrc entry for WANDB_BASE_URL's host (api.wandb.ai by default)."""
+    import wandb_log
+
+    monkeypatch.setattr(wandb_log, "PRIVATE_LOOKUP_TESTED", ((0, 0), (0, 0)))
+    assert not wandb_log.private_lookup_tested()
+    assert resolve_mode("auto") == "offline"
+    (wb / "home" / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {KEY}\n")
+    (wb / "home" / ".netrc").chmod(0o600)  # as `wandb login` leaves it (Python's netrc refuses a shared one)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert resolve_mode("auto") == "offline"  # that entry is for another server
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    assert resolve_mode("auto") == "online"
+
+
 # ---- offline runs ----
 
 
