@@ -213,7 +213,7 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
     cached = teacher_logits(teacher, ds, cfg, run_dir) if cfg.distill.cache_teacher else None
     kids = student_children(cfg)
 
-    def train_child(child, child_dir):
+    def train_child(child, child_dir, saved):  # a phase has no config.json of its own: saved is None
         c = child.cfg
         model = new_model(c.student, ds, c.train.seed, c.train.device)  # the same initial weights for both students
         loss_fn = distill_loss(c, teacher, cached) if child.kind == "student_distill" else None

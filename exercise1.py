@@ -140,11 +140,12 @@ def run_study(plan, ds, study_dir, args):
     base = RunConfig.from_dict(plan["base"])
     kids = study.children(plan["study"], base, plan["depths"], plan["seeds"])
 
-    def train_child(child, run_dir):
+    def train_child(child, run_dir, saved):
         cfg = replace(child.cfg, output=replace(child.cfg.output, run_name=child.name))
         model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)
         print(summary(cfg.model.name, model))
-        r = train(model, ds, cfg, run_dir, desc=child.name, wandb={"group": study_dir.name, "job_type": child.kind})
+        wandb = {"group": study_dir.name, "job_type": child.kind}
+        r = train(model, ds, cfg, run_dir, desc=child.name, wandb=wandb, saved=saved)
         if child.kind == "fold":
             print(
                 f"fold {child.fold}/{cfg.data.k_folds}: best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']})"
@@ -172,9 +173,9 @@ def _main(args):
             "under torchrun exercise1.py runs single trainings; run studies, --seeds and --k_folds "
             "without it (use --workers or --launcher for several processes)"
         )
-    run_dir, plan = None, None
+    run_dir, plan, saved = None, None, None
     if args.resume:
-        run_dir, cfg, plan = resumed(args)
+        run_dir, cfg, plan, saved = resumed(args)
         if cfg is None:  # a finished run, and nothing to add
             done(run_dir)
             return 0
@@ -193,7 +194,7 @@ def _main(args):
             check_model(model_cfg, ds, cfg.train.device)
     label = args.study or cfg.output.run_name or cfg.model.name
     try:
-        run_dir, message = (_study if plan else _single)(args, cfg, plan, ds, run_dir, kids)
+        run_dir, message = (_study if plan else _single)(args, cfg, plan, ds, run_dir, kids, saved)
     except BaseException as e:
         if args.notify and distributed.is_main():
             notify(args.notify, f"lab1 {label} failed: {type(e).__name__}: {e}")
@@ -205,11 +206,11 @@ def _main(args):
     return 0
 
 
-def _study(args, cfg, plan, ds, run_dir, kids):
+def _study(args, cfg, plan, ds, run_dir, kids, saved):
     """A study, --seeds or --k_folds in its folder (new, or continued): (folder, what it ended with)."""
     if run_dir is None:
         run_dir = study_folder(cfg, plan, args)
-    record_epochs(run_dir, cfg.train.epochs)  # the data loaded and the children check out
+    record_epochs(run_dir, saved, cfg.train.epochs)  # the data loaded and the children check out
     spawned = (args.workers or 1) > 1 and not args.report
     if spawned:
         working_in(run_dir)
@@ -219,7 +220,7 @@ def _study(args, cfg, plan, ds, run_dir, kids):
     return run_dir, "finished by its workers" if spawned and finished(run_dir) else run_study(plan, ds, run_dir, args)
 
 
-def _single(args, cfg, plan, ds, run_dir, kids):
+def _single(args, cfg, plan, ds, run_dir, kids, saved):
     """One run in its folder (new, or continued): (folder, its test result)."""
     model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)  # fails before the folder exists
     print(summary(cfg.model.name, model))
@@ -229,13 +230,13 @@ def _single(args, cfg, plan, ds, run_dir, kids):
         run_dir = create_run_dir(cfg.output.save_dir, name, cfg.to_dict(), args.overwrite, auto_named=not args.run_name)
     run_dir = distributed.broadcast(run_dir)
     working_in(run_dir)
-    result = train(model, ds, cfg, run_dir)
+    result = train(model, ds, cfg, run_dir, saved=saved)
     return run_dir, f"test acc {result['test_acc']:.4f} in {result['train_time_s']:.0f}s"
 
 
 def resumed(args):
-    """--resume RUN: (run folder, its RunConfig with a raised --epochs, the study plan or None); cfg None for a
-    finished single run that --epochs does not extend (its result is printed)."""
+    """--resume RUN: (run folder, its RunConfig with a raised --epochs, the study plan or None, its config.json as
+    read); cfg None for a finished single run that --epochs does not extend (its result is printed)."""
     run_dir, saved, cfg = resume_dir(
         args.resume,
         ("exercise1", "study"),
@@ -251,9 +252,9 @@ def resumed(args):
             f"{run_dir} finished earlier: test acc {result.get('test_acc')} (best epoch "
             f"{result.get('best_epoch')}); raise --epochs beside --resume to train it further"
         )
-        return run_dir, None, None
+        return run_dir, None, None, saved
     cfg = replace(cfg, train=extend_epochs(cfg.train, args.epochs, run_dir if plan else None))
-    return run_dir, cfg, {**plan, "base": cfg.to_dict()} if plan else None
+    return run_dir, cfg, {**plan, "base": cfg.to_dict()} if plan else None, saved
 
 
 def _config_of(saved):

@@ -134,7 +134,7 @@ def main(argv=None):
             "exercise2.py runs in one process, not under torchrun; for several seeds or a kd_grid use --launcher, "
             "for one data-parallel model torchrun with exercise1.py"
         )
-    run_dir = None
+    run_dir, saved = None, None
     if args.resume:
         continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
         run_dir, saved, cfg = resume_dir(
@@ -156,11 +156,12 @@ def main(argv=None):
         cfg = build_config(args)
         check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
     _check_launch(args, cfg)
-    return _distil(args, cfg, run_dir)
+    return _distil(args, cfg, run_dir, saved)
 
 
-def _distil(args, cfg, run_dir):
-    """The teacher, then the students (alone and distilled), in run_dir (a new folder if None), then the report."""
+def _distil(args, cfg, run_dir, saved):
+    """The teacher, then the students (alone and distilled), in run_dir (a new folder if None; saved: its
+    config.json as read), then the report."""
     ds = load_dataset(cfg.data.dataset, cfg.data.data_root)
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
@@ -195,7 +196,7 @@ def _distil(args, cfg, run_dir):
     working_in(run_dir)
     if given_ and not (run_dir / "teacher.pth").exists():
         distill.publish_teacher(teacher, ds, cfg, run_dir, make_loaders(ds, cfg.data, seed, "cpu").norm)
-    record_epochs(run_dir, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept
+    record_epochs(run_dir, saved, cfg.train.epochs)  # the data and the teacher loaded: a raised --epochs is kept
     results = _phases(args, cfg, ds, run_dir, teacher, given_)
     if results is None:  # the students' jobs were submitted (--no_wait), or this is the job of one of them
         done(run_dir)

@@ -123,17 +123,17 @@ def extend_epochs(train, epochs, parts_of=None):
     return replace(train, epochs=epochs)
 
 
-def record_epochs(run_dir, epochs):
-    """Write a raised --epochs into run_dir/config.json: called once everything the run needs has loaded, so that a
-    resume refused on the way changes nothing."""
-    path = Path(run_dir) / "config.json"
-    if not distributed.is_main() or not path.exists():
+def record_epochs(run_dir, saved, epochs):
+    """Write a raised --epochs into run_dir/config.json, which holds `saved` (as the command read it: it is not read
+    again; None: nothing to record). Called once everything the run needs has loaded, so that a resume refused on
+    the way changes nothing."""
+    if saved is None or not distributed.is_main():
         return
-    saved = read_json(path, "run config")
     train = saved["base"]["train"] if "base" in saved else saved["train"]
     if train["epochs"] != epochs:
-        train["epochs"] = epochs
-        write_json(path, saved)
+        train = {**train, "epochs": epochs}
+        saved = {**saved, "base": {**saved["base"], "train": train}} if "base" in saved else {**saved, "train": train}
+        write_json(Path(run_dir) / "config.json", saved)
 
 
 def restore(run_dir, model, opt, loaders, desc):

@@ -106,9 +106,10 @@ def loaders_for(ds, cfg: RunConfig):
     )
 
 
-def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_groups=None, wandb=None):
+def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_groups=None, wandb=None, saved=None):
     """Train `model` in run_dir (continuing its last.pt if there is one), test its best weights, write
-    summary.json and the figures. wandb: extra WandbLogger arguments (group, job_type, prefix, name)."""
+    summary.json and the figures. wandb: extra WandbLogger arguments (group, job_type, prefix, name). saved: what
+    run_dir/config.json holds, as the caller read it (a raised --epochs is written into it once all has loaded)."""
     run_dir = Path(run_dir)
     lock = RunLock(run_dir) if distributed.is_main() else None
     if lock is not None and not lock.held:
@@ -116,14 +117,22 @@ def train(model, ds, cfg: RunConfig, run_dir, loss_fn=None, desc="train", param_
     try:
         remove_stale_tmp(run_dir)
         return _train(
-            model, ds, cfg, run_dir, loss_fn or CrossEntropy(cfg.train.label_smoothing), desc, param_groups, wandb or {}
+            model,
+            ds,
+            cfg,
+            run_dir,
+            loss_fn or CrossEntropy(cfg.train.label_smoothing),
+            desc,
+            param_groups,
+            wandb or {},
+            saved,
         )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
+def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb, saved):
     t, main = cfg.train, distributed.is_main()
     loaders = loaders_for(ds, cfg)
     place(model, t.device, is_cnn(cfg.model.name))
@@ -131,7 +140,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
     progress, partial, best, wandb_id = Progress(), None, None, None
     if (run_dir / "last.pt").exists():
         progress, partial, best, wandb_id = restore(run_dir, model, opt, loaders, desc)
-    record_epochs(run_dir, t.epochs)  # a run or study child: its config.json (the phases of the others have none)
+    record_epochs(run_dir, saved, t.epochs)  # saved: what run_dir/config.json holds (a run's or a study child's)
     logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
     meta = {
         "format": FORMAT,

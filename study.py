@@ -102,10 +102,21 @@ def ended(run_dir):
         return False
 
 
-def work(kids, study_dir, train_child, workers=1, write_config=True, isolate=True, retry_failed=False, launcher=None):
+def work(
+    kids,
+    study_dir,
+    train_child,
+    workers=1,
+    write_config=True,
+    isolate=True,
+    retry_failed=False,
+    launcher=None,
+    saved=None,
+):
     """One worker: claim, train and release children until every child has ended (waiting for the ones that
-    other workers hold). train_child(child, run_dir) trains (or resumes) one child. isolate: a child that
-    diverges or fails is recorded as such and the study goes on (else it stops the study, as a single run).
+    other workers hold). train_child(child, run_dir, saved) trains (or resumes) one child; saved: its config.json
+    as read (check_children) or written here. isolate: a child that diverges or fails is recorded as such and the
+    study goes on (else it stops the study, as a single run).
     retry_failed: such children are trained again. launcher(pending, study_dir): runs the pending children
     elsewhere (launch.py) instead; its result is returned (False: submitted, not waited for)."""
     done = ended if isolate else finished
@@ -113,6 +124,7 @@ def work(kids, study_dir, train_child, workers=1, write_config=True, isolate=Tru
         kids = [c for c in kids if c.name == name]
         if not kids:
             raise UsageError(f"{CHILD}={name}: {study_dir} has no child of that name")
+    saved = dict(saved or {})
     t0, done_here, total = time.perf_counter(), 0, len(kids)
     if retry_failed:
         retry(kids, study_dir)
@@ -123,34 +135,40 @@ def work(kids, study_dir, train_child, workers=1, write_config=True, isolate=Tru
             print(f"{child.name}: {status} earlier, skipped{again}")
     if launcher is not None:
         return launcher([c for c in kids if not done(study_dir / c.name)], study_dir)
-    while True:
-        pending = [c for c in kids if not done(study_dir / c.name)]
-        if not pending:
-            return None
+    while pending := [c for c in kids if not done(study_dir / c.name)]:
         claimed = False
         for child in pending:
-            run_dir = study_dir / child.name
-            run_dir.mkdir(exist_ok=True)
-            lock = RunLock(run_dir)
-            if not lock.held:
+            trains = lambda c, d: train_child(c, d, saved.get(c.name))  # noqa: E731
+            status = _claim(child, study_dir / child.name, trains, done, isolate, saved if write_config else None)
+            if status is None:
                 continue
-            try:
-                if done(run_dir):
-                    continue
-                claimed = True
-                if write_config and not (run_dir / "config.json").exists():
-                    write_json(run_dir / "config.json", child.cfg.to_dict())
-                print(f"== {child.name} (pid {os.getpid()})", flush=True)
-                status = attempt(child, run_dir, train_child, isolate)
-            finally:
-                lock.release()
-            done_here += 1
+            claimed, done_here = True, done_here + 1
             n_done = sum(done(study_dir / c.name) for c in kids)
             per_child = (time.perf_counter() - t0) / done_here
             left = f"; about {duration(per_child * (total - n_done) / workers)} left" if n_done < total else ""
             print(f"[{n_done}/{total}] {child.name} {status}{left}", flush=True)
         if not claimed:
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
+    return None
+
+
+def _claim(child, run_dir, train_child, done, isolate, saved):
+    """Take the child's lock and train it: its outcome, or None when another worker holds it or it has ended.
+    saved: the children's config.json as read, where a missing one is written (None: no config.json here)."""
+    run_dir.mkdir(exist_ok=True)
+    lock = RunLock(run_dir)
+    if not lock.held:
+        return None
+    try:
+        if done(run_dir):
+            return None
+        if saved is not None and not (run_dir / "config.json").exists():
+            saved[child.name] = child.cfg.to_dict()
+            write_json(run_dir / "config.json", saved[child.name])
+        print(f"== {child.name} (pid {os.getpid()})", flush=True)
+        return attempt(child, run_dir, train_child, isolate)
+    finally:
+        lock.release()
 
 
 def retry(kids, study_dir):
@@ -236,25 +254,27 @@ LOCAL = ("train.epochs", "output", "data.data_root", "data.num_workers")
 
 
 def check_children(kids, study_dir):
-    """Every child folder holds the child its study's config.json makes (not one replaced by hand or --overwrite)."""
+    """Every child folder holds the child its study's config.json makes (not one replaced by hand or --overwrite);
+    returns {child: its config.json} of the children that have one (read once)."""
+    saved = {}
     for c in kids:
         if (study_dir / c.name / "config.json").exists():
-            differ = differences(
-                read_json(study_dir / c.name / "config.json", "child config"), c.cfg.to_dict(), skip=LOCAL
-            )
+            saved[c.name] = read_json(study_dir / c.name / "config.json", "child config")
+            differ = differences(saved[c.name], c.cfg.to_dict(), skip=LOCAL)
             if differ:
                 raise CheckpointError(
                     f"{study_dir / c.name} is not the child {study_dir / 'config.json'} makes "
                     f"({differ[0]} differs): the study or the child was edited or replaced"
                 )
+    return saved
 
 
 def run(kids, study_dir, title, train_child, workers=1, rebuild=False, retry_failed=False, launcher=None):
     """Work on the study until every child has ended, then report once (or again, with rebuild). launcher: see
     work(); the job of one child (assigned) reports nothing."""
-    check_children(kids, study_dir)
+    saved = check_children(kids, study_dir)
     if not rebuild:
-        waited = work(kids, study_dir, train_child, workers, retry_failed=retry_failed, launcher=launcher)
+        waited = work(kids, study_dir, train_child, workers, retry_failed=retry_failed, launcher=launcher, saved=saved)
         if assigned():
             return f"{assigned()}: done by this job"
         if waited is False:

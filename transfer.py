@@ -226,7 +226,7 @@ def main(args, run_dir=None, saved=None):
             not args.run_name,
         )
     working_in(run_dir)
-    record_epochs(run_dir, train_cfg.epochs)  # the data and the pretrained network loaded: a raised --epochs is kept
+    record_epochs(run_dir, saved, train_cfg.epochs)  # the data and the pretrained network loaded: --epochs is kept
     results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
     report(results, run_dir)
     done(run_dir)
