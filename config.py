@@ -26,7 +26,12 @@ class OutputConfig:
         "W&B logging; auto = online when wandb has credentials, else offline",
         choices=("auto", "online", "offline", "disabled"),
     )
-    wandb_project: str = flag("", "W&B project")
+    wandb_project: str = flag("", "W&B project (WANDB_PROJECT when set)")
+    wandb_log_model: str = flag(
+        "off",
+        "keep trained models in W&B as artifacts: best = best.pt at the end, all = also at every epoch that improved",
+        choices=("off", "best", "all"),
+    )
 
 
 @dataclass(frozen=True)

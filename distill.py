@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import baseline
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
 from config import OutputConfig, RunConfig
@@ -29,7 +30,7 @@ from run import loaders_for, new_model, train
 from rundir import finished
 from stats import format_paired, gap_closed, mean_std, paired
 from study import Child
-from wandb_log import open_logger
+from tracking import phase_logging
 
 PHASES = ("teacher", "student_baseline", "student_distill")
 
@@ -71,6 +72,12 @@ class DistillConfig:
         "",
         "train the teacher once into this folder, by whichever run gets there first, and "
         "reuse it from there in every later run (e.g. the runs of a W&B sweep)",
+        metavar="DIR",
+    )
+    baseline_dir: str = flag(
+        "",
+        "train the student baseline once into this folder, by whichever run gets there first, and reuse it in "
+        "every later run of the same student, data and training settings (a T / alpha sweep's trials)",
         metavar="DIR",
     )
     teacher_logits: str = flag(
@@ -179,7 +186,12 @@ def shared_teacher(cfg, ds):
             (folder / "teacher").mkdir(exist_ok=True)
             print(f"== teacher (shared, in {folder}): {summary(cfg.teacher.name, teacher)}")
             train(
-                teacher, ds, cfg.phase("teacher"), folder / "teacher", desc="teacher", wandb=_wandb(folder, "teacher")
+                teacher,
+                ds,
+                cfg.phase("teacher"),
+                folder / "teacher",
+                desc="teacher",
+                wandb=_wandb(folder, "teacher", cfg),
             )
             publish(folder / "teacher" / "best.pt", folder / "teacher.pth")
     finally:
@@ -307,7 +319,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     else:
         tdir.mkdir(exist_ok=True)
         print("== teacher", flush=True)
-        results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher"))
+        results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher", cfg))
         publish(tdir / "best.pt", run_dir / "teacher.pth")
     teacher.to(cfg.train.device).eval().requires_grad_(False)
     cached = teacher_logits(teacher, ds, cfg, run_dir) if cfg.distill.cache_teacher else None
@@ -315,10 +327,12 @@ def run_phases(cfg, ds, run_dir, teacher, given):
 
     def train_child(child, child_dir):
         c = child.cfg
+        if child.kind == "student_baseline" and c.distill.baseline_dir:  # trained once for every run that shares it
+            return baseline.share(c, ds, child.name, child_dir, _wandb(Path(c.distill.baseline_dir), child.name, c))
         model = new_model(c.student, ds, c.train.seed, c.train.device)  # the same initial weights for both students
         loss_fn = distill_loss(c, teacher, cached) if child.kind == "student_distill" else None
         fresh[child.name] = train(
-            model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name)
+            model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name, c)
         )
 
     fresh = {}
@@ -341,13 +355,8 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     return results
 
 
-def _wandb(run_dir, name):
-    return {
-        "group": run_dir.name,
-        "job_type": name.split("_T")[0].split("_seed")[0],
-        "prefix": f"{name}/",
-        "name": f"{run_dir.name}-{name}",
-    }
+def _wandb(run_dir, name, cfg):
+    return phase_logging(run_dir, name, cfg)
 
 
 def tested(name, model, ds, pcfg, where, how, saved=None):
@@ -421,16 +430,7 @@ def report(results, cfg, run_dir):
         run_dir / "curves.png",
         title=f"{run_dir.name}: validation accuracy per phase",
     )
-    write_report(run_dir, out, lines)
-    logger = open_logger(
-        cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name, job_type="summary"
-    )
-    if logger:
-        logger.log_table(
-            "results", lines[0].strip("|").split(" | "), [line.strip("| ").split(" | ") for line in lines[2:]]
-        )
-        logger.log_images([run_dir / "comparison.png", run_dir / "curves.png"])
-        logger.finish({f"{n}/{k}": v for n in PHASES for k, v in out[n].items() if v is not None})
+    write_report(run_dir, out, lines)  # W&B: wandb_reports.distill_to_wandb
     return out
 
 
