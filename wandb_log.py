@@ -85,9 +85,11 @@ class WandbLogger:
             import wandb
 
             self.wandb = wandb
-            if self.shared and _shared is not None:
+            if self.shared and _shared is not None:  # a later phase: what it settled (a trained teacher's path)
                 self.run = _shared
-                self.run.config.update({k: v for k, v in config.items() if k not in self.run.config})
+                locked = getattr(self.run.config, "_locked", {})  # the sweep's parameters: theirs stand
+                new = {k: v for k, v in config.items() if k not in locked and self.run.config.get(k) != v}
+                self.run.config.update(new, allow_val_change=True)
             else:
                 self.run = _init(wandb, resolve_mode(mode), project, name, config, group, job_type, resume_id, dir)
                 _shared = self.run if self.shared else _shared

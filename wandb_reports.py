@@ -6,11 +6,12 @@ Tables hold numbers as numbers and plain column names, so W&B sorts, filters and
 does not exist (a fold's test accuracy, a baseline's temperature).
 """
 
+import re
 from pathlib import Path
 
 from config import RunConfig
 from files import read_json
-from tracking import TEST_NAMES, finish_logger, flat_config, group_of, open_logger, run_summary, transfer_config
+from tracking import finish_logger, flat_config, group_of, open_logger, run_summary, transfer_config
 
 PAIRED = ["paired_mean", "paired_std", "paired_ci95_low", "paired_ci95_high"]
 
@@ -27,8 +28,9 @@ def _table(columns, rows):
 
 
 def _names(prefix, d):
-    """{prefix/key: number} of a dict's numbers, the test results named like train/ and val/."""
-    return {f"{prefix}/{TEST_NAMES.get(k, k)}": v for k, v in d.items() if isinstance(v, (int, float))}
+    """{prefix/key: number} of a dict's numbers, test results named like train/ and val/ (test_acc_mean is
+    test/acc_mean)."""
+    return {f"{prefix}/{re.sub('^test_', 'test/', k)}": v for k, v in d.items() if isinstance(v, (int, float))}
 
 
 def summary_run(cfg, folder, config, tables, figures, summary):
@@ -106,16 +108,12 @@ def _distill_multi(out, results, cfg, run_dir):
         students.append([name, child.kind, s["seed"], *ta, *(s[k] for k in cols[5:])])
     grid = ["temperature", "alpha", "test_acc_mean", "test_acc_std", *PAIRED, "gap_closed"]
     rows = [[*(r[k] for k in grid[:4]), *_paired(r["paired"]), r["gap_closed"]] for r in out["student_distill"]]
-    summary = {**_names("teacher", out["teacher"]), **_names("student_baseline/test", _acc(out["student_baseline"]))}
+    summary = {**_names("teacher", out["teacher"]), **_names("student_baseline", out["student_baseline"])}
     for r in rows:
         summary.update(_names(f"student_distill_T{r[0]:g}_a{r[1]:g}", dict(zip(grid[2:], r[2:]))))
     summary["seeds"] = len(out["seeds"])
     tables = {"students": (cols, students), "results": (grid + ["seeds"], [r + [len(out["seeds"])] for r in rows])}
     summary_run(cfg, run_dir, flat_config(cfg), tables, ("comparison.png",), summary)
-
-
-def _acc(d):
-    return {k.removeprefix("test_"): v for k, v in d.items()}
 
 
 def transfer_to_wandb(results, run_dir, tc, cfg):
