@@ -227,8 +227,7 @@ def train_one_epoch(
     """One pass over `loader`. Returns loss, acc, extra loss parts, and per-layer gradient statistics.
 
     accum: the accumulators of an epoch stopped part-way (StopRequested.accum), to finish it exactly.
-    on_step(epoch, step, steps, loss, lr): every `log_every` steps and at the last, the step's loss and the next
-    learning rate.
+    on_step(epoch, step, steps, loss, lr): every `log_every` steps and at the last (loss: a tensor, read if used).
     """
     model.train()
     layers = weight_layers(model)
@@ -284,7 +283,7 @@ def train_one_epoch(
                 raise Diverged(f"loss became {running} in epoch {epoch + 1}, step {step}")
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{acc['correct'].item() / acc['seen']:.4f}", refresh=False)
         if on_step is not None and (step % log_every == 0 or step == len(loader)):  # beside the bar's device reads
-            on_step(epoch, step, len(loader), loss.item(), opt.optimizer.param_groups[0]["lr"])
+            on_step(epoch, step, len(loader), loss.detach(), opt.optimizer.param_groups[0]["lr"])
         if step < len(loader):
             STOP.check(acc)
     bar.close()

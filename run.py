@@ -30,7 +30,7 @@ from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
 from resume import record_epochs, restore
 from saver import Saver, stale
-from tracking import finish_logger, log_model, open_logger, run_summary
+from tracking import StepPoints, finish_logger, log_model, open_logger, run_summary
 from wandb_log import close_wandb
 
 # ---------------------------------------------------------------- how to continue after Ctrl-C / SIGTERM
@@ -148,7 +148,8 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
     step_model = distributed.wrap(model)
     step_model = torch.compile(step_model) if t.compile else step_model
     try:
-        fit(step_model, loaders, opt, t, loss_fn, progress, saver.epoch_end, desc, partial, logger and saver.step_end)
+        steps = logger and StepPoints(logger)  # per-step W&B points
+        fit(step_model, loaders, opt, t, loss_fn, progress, saver.epoch_end, desc, partial, steps)
     except StopRequested as stop:
         where = f"the end of epoch {progress.epoch}"
         if main and getattr(stop, "partial", None) and hasattr(loaders.train, "position"):

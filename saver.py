@@ -53,10 +53,6 @@ class Saver:
                 log_model(self.logger, "all", self.run_dir, self.meta["desc"], [f"epoch-{rec['epoch']}"], **rec_of(rec))
         self.print_epoch(rec)
 
-    def step_end(self, epoch, step, steps, loss, lr):
-        """A per-step W&B point (engine.fit's on_step), on the global step axis."""
-        self.logger.log_step(epoch * steps + step, {"loss": loss, "lr": lr})
-
     def print_epoch(self, rec):
         epochs, done = self.meta["config"]["train"]["epochs"], rec["epoch"]
         val = f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f} | " if rec["val_acc"] is not None else ""

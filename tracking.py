@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 
 from checkpoint import load_file
@@ -109,6 +110,22 @@ def log_epoch(logger, rec, history, best_epoch):
     """The epoch's point, and the summary set to the best epoch's metrics (what a sweep ranks runs by)."""
     best = next((r for r in history if r["epoch"] == best_epoch), rec)
     logger.log_epoch(wandb_record(rec), {**wandb_record(best), "best_epoch": best_epoch})
+
+
+class StepPoints:
+    """engine.fit's on_step: the step's training loss and learning rate as batch/loss and batch/lr on the
+    global_step axis, at each epoch's last step and otherwise at most one point every `interval` seconds, which
+    keeps wandb's cost per point (0.15-4 ms measured on a busy CPU) under 1% of an epoch however short the steps
+    are (bench/step_logging.py)."""
+
+    def __init__(self, logger, interval=1.0):
+        self.logger, self.interval, self.last = logger, interval, float("-inf")
+
+    def __call__(self, epoch, step, steps, loss, lr):
+        now = time.perf_counter()
+        if step == steps or now - self.last >= self.interval:
+            self.last = now
+            self.logger.log_step(epoch * steps + step, {"loss": loss.item(), "lr": lr})
 
 
 def run_summary(result):

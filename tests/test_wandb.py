@@ -157,6 +157,22 @@ def test_offline_run_keeps_config_history_best_epoch_summary_steps_images_and_ta
     assert warning_lines(capsys.readouterr().err) == []
 
 
+def test_step_points_at_each_epochs_last_step_and_at_most_one_an_interval_between(wb):
+    import torch
+
+    from tracking import StepPoints
+
+    lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
+    slow, every = StepPoints(lg, interval=3600.0), StepPoints(lg, interval=0.0)
+    for epoch in (0, 1):
+        for step in (25, 50, 60):  # engine.fit calls it every log_every steps and at the last (60)
+            slow(epoch, step, 60, torch.tensor(1.5), 0.1)
+    every(2, 25, 60, torch.tensor(0.5), 0.01)
+    lg.finish()
+    points = [(r["global_step"], r["batch/loss"], r["batch/lr"]) for r in read_offline_run(lg.offline_dir)["history"]]
+    assert points == [(25, 1.5, 0.1), (60, 1.5, 0.1), (120, 1.5, 0.1), (145, 0.5, 0.01)]
+
+
 def test_wandb_dir_entity_and_tags_from_the_environment_are_honoured(wb, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_DIR", str(wb / "elsewhere"))
     monkeypatch.setenv("WANDB_ENTITY", "my-team")
