@@ -185,14 +185,8 @@ def shared_teacher(cfg, ds):
             teacher = new_model(cfg.teacher, ds, cfg.train.seed, cfg.train.device)
             (folder / "teacher").mkdir(exist_ok=True)
             print(f"== teacher (shared, in {folder}): {summary(cfg.teacher.name, teacher)}")
-            train(
-                teacher,
-                ds,
-                cfg.phase("teacher"),
-                folder / "teacher",
-                desc="teacher",
-                wandb=_wandb(folder, "teacher", cfg),
-            )
+            tcfg = cfg.phase("teacher")
+            train(teacher, ds, tcfg, folder / "teacher", desc="teacher", wandb=_wandb(folder, "teacher", cfg))
             publish(folder / "teacher" / "best.pt", folder / "teacher.pth")
     finally:
         lock.release()
@@ -355,8 +349,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     return results
 
 
-def _wandb(run_dir, name, cfg):
-    return phase_logging(run_dir, name, cfg)
+_wandb = phase_logging  # the W&B arguments of a phase or student
 
 
 def tested(name, model, ds, pcfg, where, how, saved=None):

@@ -150,11 +150,11 @@ def log_model(logger, when, run_dir, desc, aliases, **metadata):
 
 def logged_model(path):
     """The W&B reference (PROJECT/NAME:best) of a model file that lab1 trained and logged with --wandb_log_model:
-    an exercise1 best.pt (its run folder beside it) or an exercise2 teacher.pth (its teacher/ folder); else None."""
+    a run's best.pt (its run folder beside it) or an exercise2 PHASE.pth (its PHASE/ folder); else None."""
     if not path:
         return None
     path = Path(path)
-    folder = path.parent / "teacher" if path.name == "teacher.pth" else path.parent
+    folder = path.parent / path.stem if path.suffix == ".pth" else path.parent
     try:
         ckpt = load_file(folder / "last.pt", mmap=True)
         output = ckpt["config"]["output"]
