@@ -158,7 +158,7 @@ def logged_model(path):
     try:
         ckpt = load_file(folder / "last.pt", mmap=True)
         output = ckpt["config"]["output"]
-    except (CheckpointError, KeyError, TypeError):
+    except (CheckpointError, LookupError, TypeError, AttributeError):  # not a run folder of lab1's
         return None
     if not ckpt.get("wandb_id") or output.get("wandb_log_model", "off") == "off":
         return None

@@ -19,11 +19,11 @@ EPOCH, STEP = "epoch", "global_step"  # the two x axes
 EPOCH_METRICS = ("train/*", "val/*", "grad/*", "lr", "epoch_time_s")
 
 
-def _warn(msg):
+def warn(msg):
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _why(e):
+def why(e):
     """Exception type and first line, with anything shaped like a key or token masked."""
     line = (str(e).strip().splitlines() or [""])[0][:200]
     return f"{type(e).__name__}: {re.sub(r'[A-Za-z0-9_.-]{32,}', '***', line)}" if line else type(e).__name__
@@ -52,10 +52,10 @@ def resolve_mode(requested):
                 host=host, source="lab1", prompt=False, verify=False, update_session=False
             )
     except Exception as e:
-        _warn(f"W&B credentials could not be read ({type(e).__name__}); logging offline")
+        warn(f"W&B credentials could not be read ({type(e).__name__}); logging offline")
         return "offline"
     if not auth and said.getvalue().strip():
-        _warn("W&B could not use its saved credentials (check NETRC or ~/.netrc); logging offline")
+        warn("W&B could not use its saved credentials (check NETRC or ~/.netrc); logging offline")
     return "online" if auth else "offline"
 
 
@@ -96,7 +96,7 @@ class WandbLogger:
             self._axes()
             self.id, self.offline_dir = self.run.id, Path(self.run.sync_dir) if self.run.offline else None
         except Exception as e:
-            _warn(f"W&B could not start ({_why(e)}); training goes on without it")
+            warn(f"W&B could not start ({why(e)}); training goes on without it")
             self.run = None
         for ref in inputs:
             self.use_model(ref)
@@ -114,7 +114,7 @@ class WandbLogger:
             if self.run is not None:
                 fn()
         except Exception as e:
-            _warn(f"W&B call failed ({_why(e)}); W&B logging is off for the rest of this run")
+            warn(f"W&B call failed ({why(e)}); W&B logging is off for the rest of this run")
             self.run = None
 
     def _log(self, data, epoch=None):
@@ -167,7 +167,7 @@ class WandbLogger:
         try:
             self.run.use_artifact(ref, type="model")
         except Exception as e:
-            _warn(f"W&B could not record {ref} as this run's input ({_why(e)})")
+            warn(f"W&B could not record {ref} as this run's input ({why(e)})")
 
     def finish(self, summary=None):
         """Write the summary (prefixed); finish the run unless it is the shared one (finish_process does)."""
@@ -210,7 +210,7 @@ def finish_process():
         try:
             run.finish()
         except Exception as e:
-            _warn(f"W&B could not finish its run ({_why(e)})")
+            warn(f"W&B could not finish its run ({why(e)})")
 
 
 def _q(path):

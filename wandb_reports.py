@@ -6,12 +6,14 @@ Tables hold numbers as numbers and plain column names, so W&B sorts, filters and
 does not exist (a fold's test accuracy, a baseline's temperature).
 """
 
+import functools
 import re
 from pathlib import Path
 
 from config import RunConfig
 from files import read_json
 from tracking import finish_logger, flat_config, group_of, open_logger, run_summary, transfer_config
+from wandb_log import warn, why
 
 PAIRED = ["paired_mean", "paired_std", "paired_ci95_low", "paired_ci95_high"]
 
@@ -33,6 +35,19 @@ def _names(prefix, d):
     return {f"{prefix}/{re.sub('^test_', 'test/', k)}": v for k, v in d.items() if isinstance(v, (int, float))}
 
 
+def quiet(fn):
+    """A summary run's failure (a report file it cannot read back) is one warning line: the report is written."""
+
+    @functools.wraps(fn)
+    def run(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except Exception as e:
+            warn(f"W&B summary run not logged ({why(e)})")
+
+    return run
+
+
 def summary_run(cfg, folder, config, tables, figures, summary):
     """One `summary` run in the folder's group: tables {key: (columns, rows)}, figures (file names), summary."""
     folder = Path(folder)
@@ -41,17 +56,24 @@ def summary_run(cfg, folder, config, tables, figures, summary):
     )
     if logger:
         for key, (columns, rows) in tables.items():
-            logger.log_table(key, *_table(columns, rows))
+            if rows:
+                logger.log_table(key, *_table(columns, rows))
         logger.log_images([folder / f for f in figures])
     finish_logger(logger, summary)
 
 
 def study_to_wandb(message, study_dir, kids):
     """After a study's report (exercise1 --study, --seeds, --k_folds): its summary run; returns `message`."""
+    _study_run(study_dir, kids)
+    return message
+
+
+@quiet
+def _study_run(study_dir, kids):
     plan = read_json(study_dir / "config.json", "study config")
     base = RunConfig.from_dict(plan["base"])
     if base.output.wandb == "disabled":
-        return message
+        return
     report = read_json(study_dir / "summary.json", "summary")
     child = {c.name: read_json(study_dir / c.name / "summary.json", "summary") for c in kids}
     cols = ["name", "kind", "depth", "seed", "fold", "test_acc", "test_loss", "best_val_acc", "best_epoch", "params"]
@@ -73,9 +95,9 @@ def study_to_wandb(message, study_dir, kids):
         figures = ()
     config = flat_config(base, kind="study", **{k: plan[k] for k in ("study", "depths", "seeds")})
     summary_run(base, study_dir, config, tables, figures, {k: v for k, v in summary.items() if v is not None})
-    return message
 
 
+@quiet
 def distill_to_wandb(out, results, cfg, run_dir):
     """After exercise2's report (`out`, its summary.json): the experiment's summary run."""
     if cfg.output.wandb == "disabled":
@@ -116,6 +138,7 @@ def _distill_multi(out, results, cfg, run_dir):
     summary_run(cfg, run_dir, flat_config(cfg), tables, ("comparison.png",), summary)
 
 
+@quiet
 def transfer_to_wandb(results, run_dir, tc, cfg):
     """After a transfer run's report: its summary run, one row per mode."""
     if cfg.output.wandb == "disabled":
@@ -127,6 +150,7 @@ def transfer_to_wandb(results, run_dir, tc, cfg):
     summary_run(cfg, run_dir, config, {"results": (cols, rows)}, ("comparison.png",), summary)
 
 
+@quiet
 def classical_to_wandb(cfg, run_dir, logging, result):
     """A transfer mode that trains no network (linear, svm): a run of the group with its result."""
     kw = dict(logging)

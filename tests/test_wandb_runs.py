@@ -149,6 +149,26 @@ def test_study_children_and_summary_run_share_a_unique_group(mnist_root, tmp_pat
     assert {"comparison", "grads"} <= set(w["summary"])
 
 
+def test_seeds_study_summary_run(mnist_root, tmp_path):
+    args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "s", "--epochs", "1", *MLP]
+    p = run_cli("exercise1.py", *args, "--seeds", "0", "1", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    runs = {w["job_type"]: w for w in runs_in(tmp_path / "s")}
+    assert set(runs) == {"FlexibleMLP", "summary"}
+    t = table(runs["summary"], "results")
+    row = dict(zip(t["columns"], t["data"][0]))
+    assert (row["model"], row["depth"], row["seeds"]) == ("FlexibleMLP", 4, 2) and row["test_acc_std"] >= 0
+    assert "residual_minus_plain" not in runs["summary"]["summary"]  # no pairs to compare: no table
+
+
+def test_a_summary_run_that_cannot_read_its_report_only_warns(tmp_path, capsys):
+    from wandb_reports import study_to_wandb
+
+    assert study_to_wandb("best plain 2", tmp_path, []) == "best plain 2"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: W&B summary run not logged")
+
+
 def test_k_fold_summary_run(mnist_root, tmp_path):
     args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "kf", "--epochs", "1", *MLP]
     p = run_cli("exercise1.py", *args, "--k_folds", "2", cwd=tmp_path)
