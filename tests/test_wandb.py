@@ -1,5 +1,6 @@
-"""wandb_log: mode choice from wandb's own credentials, offline runs read back, the sweep-agent shared run,
-the sync command, and failures that only warn. Offline only: HOME, NETRC and WANDB_* point into tmp_path."""
+"""wandb_log: mode choice from wandb's own credentials, offline runs read back (best-epoch summary, epoch and step
+axes, tables, model artifacts, WANDB_DIR/ENTITY/TAGS), the sweep-agent shared run with its parameter file, and
+failures that only warn. Offline only: HOME, NETRC and WANDB_* point into tmp_path."""
 
 import base64
 import hashlib
@@ -300,34 +301,6 @@ def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeyp
 def test_finish_process_with_nothing_open_is_a_no_op(wb, capsys):
     finish_process()
     assert capsys.readouterr().err == ""
-
-
-# ---- sync_command ----
-
-
-def test_sync_command_is_one_short_command(wb):
-    def folder(path, run_id):
-        (wb / path).mkdir(parents=True)
-        (wb / path / f"run-{run_id}.wandb").write_bytes(b":W&B")
-        return wb / path
-
-    assert sync_command([]) is None and sync_command([None]) is None
-    study = [folder(f"study/{c}/wandb/offline-run-20260101_000000-{c}", c) for c in ("d2", "d4")]
-    assert sync_command(study) == "wandb sync study/*/wandb"
-    phases = [folder(f"r2/{p}/wandb/offline-run-20260101_000000-{p}", p) for p in ("teacher", "student")]
-    assert sync_command(phases) == "wandb sync r2/*/wandb"
-    # A wandb/ folder shared with another run: only this run's folders, the resumed one (-1) included.
-    folder("wandb/offline-run-20260101_000000-mine", "mine")
-    again = folder("wandb/offline-run-20260101_000000-mine-1", "mine")
-    folder("wandb/offline-run-20260101_000000-other", "other")
-    assert sync_command([again]) == (
-        "wandb sync wandb/offline-run-20260101_000000-mine wandb/offline-run-20260101_000000-mine-1"
-    )
-    spaced = folder("my runs/x/wandb/offline-run-20260101_000000-sp", "sp")
-    assert sync_command([spaced, spaced]) == "wandb sync 'my runs/x/wandb'"
-    assert sync_command([study[0], spaced]) == "wandb sync 'my runs/x/wandb' study/d2/wandb"
-    outside = folder(f"../{wb.name}_out/wandb/offline-run-20260101_000000-o", "o")  # beside the cwd: absolute
-    assert sync_command([outside]) == f"wandb sync {outside.resolve().parent}"
 
 
 # ---- failures only warn ----

@@ -1,6 +1,7 @@
 """What each command puts into W&B, read back from its offline .wandb files (wandb's own record format): a single
 run, a study and a k-fold run with their summary runs, exercise2's --study kd_grid with a logged teacher's
-lineage, and a transfer run; the flat config against the flags, the project and group names."""
+lineage, and a transfer run; the flat config against the flags, the project and group names, and the one
+`wandb sync` command for offline runs."""
 
 import base64
 import hashlib
@@ -15,6 +16,7 @@ from conftest import run_cli, write_folder  # noqa: E402
 from wandb_reader import read_offline_run, table  # noqa: E402
 
 from tracking import data_name, flat_config, group_of  # noqa: E402
+from wandb_log import sync_command  # noqa: E402
 
 MLP = ["--hidden_size", "8", "--batch_size", "32", "--wandb", "offline"]
 
@@ -293,3 +295,31 @@ def test_project_names_of_image_folders(tmp_path):
     assert data_name("folder", write_folder(tmp_path / "my flowers")) == "my_flowers"
     assert data_name("folder", tmp_path / "missing") == "missing"
     assert data_name("fashion-mnist", "./data") == "fashion_mnist"
+
+
+def test_sync_command_is_one_short_command(tmp_path, monkeypatch):
+    wb = tmp_path
+    monkeypatch.chdir(wb)
+
+    def folder(path, run_id):
+        (wb / path).mkdir(parents=True)
+        (wb / path / f"run-{run_id}.wandb").write_bytes(b":W&B")
+        return wb / path
+
+    assert sync_command([]) is None and sync_command([None]) is None
+    study = [folder(f"study/{c}/wandb/offline-run-20260101_000000-{c}", c) for c in ("d2", "d4")]
+    assert sync_command(study) == "wandb sync study/*/wandb"
+    phases = [folder(f"r2/{p}/wandb/offline-run-20260101_000000-{p}", p) for p in ("teacher", "student")]
+    assert sync_command(phases) == "wandb sync r2/*/wandb"
+    # A wandb/ folder shared with another run: only this run's folders, the resumed one (-1) included.
+    folder("wandb/offline-run-20260101_000000-mine", "mine")
+    again = folder("wandb/offline-run-20260101_000000-mine-1", "mine")
+    folder("wandb/offline-run-20260101_000000-other", "other")
+    assert sync_command([again]) == (
+        "wandb sync wandb/offline-run-20260101_000000-mine wandb/offline-run-20260101_000000-mine-1"
+    )
+    spaced = folder("my runs/x/wandb/offline-run-20260101_000000-sp", "sp")
+    assert sync_command([spaced, spaced]) == "wandb sync 'my runs/x/wandb'"
+    assert sync_command([study[0], spaced]) == "wandb sync 'my runs/x/wandb' study/d2/wandb"
+    outside = folder(f"../{wb.name}_out/wandb/offline-run-20260101_000000-o", "o")  # beside the cwd: absolute
+    assert sync_command([outside]) == f"wandb sync {outside.resolve().parent}"
