@@ -41,7 +41,12 @@ class OutputConfig:
         "W&B logging; auto = online when wandb has credentials, else offline",
         choices=("auto", "online", "offline", "disabled"),
     )
-    wandb_project: str = flag("", "W&B project")
+    wandb_project: str = flag("", "W&B project (WANDB_PROJECT when set)")
+    wandb_log_model: str = flag(
+        "off",
+        "keep trained models in W&B as artifacts: best = best.pt at the end, all = also at every epoch that improved",
+        choices=("off", "best", "all"),
+    )
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,12 @@ class DistillConfig:
         "",
         "train the teacher once into this folder, by whichever run gets there first, and "
         "reuse it from there in every later run (e.g. the runs of a W&B sweep)",
+        metavar="DIR",
+    )
+    baseline_dir: str = flag(
+        "",
+        "train the student baseline once into this folder, by whichever run gets there first, and reuse it in "
+        "every later run of the same student, data and training settings (a T / alpha sweep's trials)",
         metavar="DIR",
     )
     teacher_logits: str = flag(

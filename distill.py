@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import baseline
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
 from config import ExperimentConfig
@@ -28,6 +29,7 @@ from models import ModelConfig, count_params, summary
 from run import loaders_for, new_model, train
 from rundir import finished
 from study import Child
+from tracking import phase_logging
 
 
 def given_teacher(path, ds, cfg, told=None):
@@ -75,9 +77,8 @@ def shared_teacher(cfg, ds):
             teacher = new_model(cfg.teacher, ds, cfg.train.seed, cfg.train.device)
             (folder / "teacher").mkdir(exist_ok=True)
             print(f"== teacher (shared, in {folder}): {summary(cfg.teacher.name, teacher)}")
-            train(
-                teacher, ds, cfg.phase("teacher"), folder / "teacher", desc="teacher", wandb=_wandb(folder, "teacher")
-            )
+            tcfg = cfg.phase("teacher")
+            train(teacher, ds, tcfg, folder / "teacher", desc="teacher", wandb=_wandb(folder, "teacher", cfg))
             publish(folder / "teacher" / "best.pt", folder / "teacher.pth")
     finally:
         lock.release()
@@ -207,7 +208,7 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
     else:
         tdir.mkdir(exist_ok=True)
         print("== teacher", flush=True)
-        results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher"))
+        results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher", cfg))
         publish(tdir / "best.pt", run_dir / "teacher.pth")
     teacher.to(cfg.train.device).eval().requires_grad_(False)
     cached = teacher_logits(teacher, ds, cfg, run_dir) if cfg.distill.cache_teacher else None
@@ -215,10 +216,12 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
 
     def train_child(child, child_dir, saved):  # a phase has no config.json of its own: saved is None
         c = child.cfg
+        if child.kind == "student_baseline" and c.distill.baseline_dir:  # trained once for every run that shares it
+            return baseline.share(c, ds, child.name, child_dir, _wandb(Path(c.distill.baseline_dir), child.name, c))
         model = new_model(c.student, ds, c.train.seed, c.train.device)  # the same initial weights for both students
         loss_fn = distill_loss(c, teacher, cached) if child.kind == "student_distill" else None
         fresh[child.name] = train(
-            model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name)
+            model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name, c)
         )
 
     fresh, several = {}, bool(cfg.distill.seeds or cfg.distill.study)
@@ -248,13 +251,7 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
     return results
 
 
-def _wandb(run_dir, name):
-    return {
-        "group": run_dir.name,
-        "job_type": name.split("_T")[0].split("_seed")[0],
-        "prefix": f"{name}/",
-        "name": f"{run_dir.name}-{name}",
-    }
+_wandb = phase_logging  # the W&B arguments of a phase or student
 
 
 def tested(name, model, ds, pcfg, where, how, saved=None):

@@ -5,7 +5,6 @@ from config import PHASES
 from figures import plot_bars, plot_heatmap, plot_overlay
 from files import write_report
 from stats import format_paired, gap_closed, mean_std, paired
-from wandb_log import open_logger
 
 
 def report(results, cfg, run_dir):
@@ -56,16 +55,7 @@ def report(results, cfg, run_dir):
         run_dir / "curves.png",
         title=f"{run_dir.name}: validation accuracy per phase",
     )
-    write_report(run_dir, out, lines)
-    logger = open_logger(
-        cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name, job_type="summary"
-    )
-    if logger:
-        logger.log_table(
-            "results", lines[0].strip("|").split(" | "), [line.strip("| ").split(" | ") for line in lines[2:]]
-        )
-        logger.log_images([run_dir / "comparison.png", run_dir / "curves.png"])
-        logger.finish({f"{n}/{k}": v for n in PHASES for k, v in out[n].items() if v is not None})
+    write_report(run_dir, out, lines)  # W&B: wandb_reports.distill_to_wandb
     return out
 
 

@@ -87,10 +87,13 @@ def weight_layers(model):
     return [(bare(n), p) for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
 
 
-def train_one_epoch(model, loader, opt: Optim, loss_fn, autocast, epoch, log_every=25, desc="train", accum=None):
+def train_one_epoch(
+    model, loader, opt: Optim, loss_fn, autocast, epoch, log_every=25, desc="train", accum=None, on_step=None
+):
     """One pass over `loader`. Returns loss, acc, extra loss parts, and per-layer gradient statistics.
 
     accum: the accumulators of an epoch stopped part-way (StopRequested.accum), to finish it exactly.
+    on_step(epoch, step, steps, loss, lr): every `log_every` steps and at the last (loss: a tensor, read if used).
     """
     model.train()
     layers = weight_layers(model)
@@ -131,6 +134,8 @@ def train_one_epoch(model, loader, opt: Optim, loss_fn, autocast, epoch, log_eve
             if not math.isfinite(running):
                 raise Diverged(f"loss became {running} in epoch {epoch + 1}, step {step}")
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{acc['correct'].item() / acc['seen']:.4f}", refresh=False)
+        if on_step is not None and (step % log_every == 0 or step == len(loader)):  # beside the bar's device reads
+            on_step(epoch, step, len(loader), loss.detach(), opt.optimizer.param_groups[0]["lr"])
         if step < len(loader):
             STOP.check(acc)
     bar.close()
@@ -232,8 +237,9 @@ def _advance(progress, rec, val):
     return improved
 
 
-def fit(step_model, loaders, opt, cfg, loss_fn, progress, on_epoch_end, desc="train", partial=None):
-    """Train from `progress` to cfg.epochs; on_epoch_end(record, improved) after each epoch (checkpoints, logs).
+def fit(step_model, loaders, opt, cfg, loss_fn, progress, on_epoch_end, desc="train", partial=None, on_step=None):
+    """Train from `progress` to cfg.epochs; on_epoch_end(record, improved) after each epoch (checkpoints, logs),
+    on_step as train_one_epoch's.
 
     step_model: the model as trained (DDP-wrapped / compiled). partial: an epoch stopped part-way
     ({"accum", "lr", "elapsed"}; its loader already positioned), to finish exactly.
@@ -261,6 +267,7 @@ def fit(step_model, loaders, opt, cfg, loss_fn, progress, on_epoch_end, desc="tr
                     cfg.log_every,
                     desc,
                     partial and partial["accum"],
+                    on_step,
                 )
             except StopRequested as stop:  # saver.py saves the part-done epoch from this
                 stop.partial = stop.accum and {

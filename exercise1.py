@@ -53,6 +53,7 @@ from notify import notify
 from resume import extend_epochs, record_epochs, resume_dir
 from run import check_model, describe_data, done, new_model, train
 from rundir import check_run_dir, command, continue_with, create_run_dir, finished, short_name, timestamp, working_in
+from tracking import child_logging, project
 
 
 def get_args_parser():
@@ -99,7 +100,9 @@ def build_config(args):
     rules.check(rules.typed(args, arch=name, arch_norm=norm), "exercise1", "run")
     data, train = data_and_train(args, dataset)
     check_batch_norm(data.batch_size, "batch" if args.study == "cnn_depth" else norm)
-    out = from_args(OutputConfig, args, wandb_project=args.wandb_project or ("Lab1_DLA_CNN" if cnn else "Lab1_DLA_MLP"))
+    out = from_args(
+        OutputConfig, args, wandb_project=project(args.wandb_project, "Lab1_DLA_CNN" if cnn else "Lab1_DLA_MLP")
+    )
     return RunConfig(from_args(ModelConfig, args, name=name, norm=norm), data, train, out)
 
 
@@ -144,7 +147,7 @@ def run_study(plan, ds, study_dir, args):
         cfg = replace(child.cfg, output=replace(child.cfg.output, run_name=child.name))
         model = new_model(cfg.model, ds, cfg.train.seed, cfg.train.device)
         print(summary(cfg.model.name, model))
-        wandb = {"group": study_dir.name, "job_type": child.kind}
+        wandb = child_logging(study_dir, child.kind, cfg, plan)
         r = train(model, ds, cfg, run_dir, desc=child.name, wandb=wandb, saved=saved)
         if child.kind == "fold":
             print(
@@ -297,7 +300,10 @@ def _identity(plan):
     """What makes two studies the same: everything but where files live and how results are reported."""
     plan = json.loads(json.dumps(plan))
     base = plan.get("base", {})
-    for part, keys in (("data", ("data_root", "num_workers")), ("output", ("save_dir", "wandb", "wandb_project"))):
+    for part, keys in (
+        ("data", ("data_root", "num_workers")),
+        ("output", ("save_dir", "wandb", "wandb_project", "wandb_log_model")),
+    ):
         for k in keys:
             base.get(part, {}).pop(k, None)
     return plan

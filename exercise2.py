@@ -52,6 +52,8 @@ from models import MODEL_NAMES, ModelConfig, is_cnn, summary
 from resume import extend_epochs, record_epochs, resume_dir
 from run import describe_data, done, new_model
 from rundir import check_run_dir, command, continue_with, create_run_dir, short_name, timestamp, working_in
+from tracking import data_name, project
+from wandb_reports import distill_to_wandb
 
 
 def get_args_parser():
@@ -120,7 +122,8 @@ def build_config(args):
     d = from_args(DistillConfig, args)
     if d.teacher_amp != "auto":
         d = replace(d, teacher_amp=resolve_amp(d.teacher_amp, train.device, "--teacher_amp"))
-    out = from_args(OutputConfig, args, wandb_project=args.wandb_project or f"distillation_{dataset.replace('-', '_')}")
+    default = f"distillation_{data_name(dataset, data.data_root)}"
+    out = from_args(OutputConfig, args, wandb_project=project(args.wandb_project, default))
     teacher, student = arch("t_", None), arch("s_", STUDENT_DEFAULTS)
     check_batch_norm(data.batch_size, teacher.norm, student.norm)
     return ExperimentConfig(teacher, student, d, data, train, out)
@@ -204,7 +207,7 @@ def _distil(args, cfg, run_dir, saved):
     lock = RunLock(run_dir)  # several workers on one run: one of them writes the report at a time
     try:
         if lock.held:
-            distill_report.report(results, cfg, run_dir)
+            distill_to_wandb(distill_report.report(results, cfg, run_dir), results, cfg, run_dir)
         else:
             print("report: written by another worker")
     finally:

@@ -33,7 +33,8 @@ from optim import Optim
 from resume import record_epochs, restore
 from saver import Saver, stale
 from splits import check_sizes, stratified_kfold, stratified_subset
-from wandb_log import close_wandb, finish_logger, open_logger
+from tracking import StepPoints, finish_logger, log_model, open_logger, run_summary
+from wandb_log import close_wandb
 
 # ---------------------------------------------------------------- how to continue after Ctrl-C / SIGTERM
 
@@ -159,7 +160,8 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb, saved):
     step_model = distributed.wrap(model)
     step_model = torch.compile(step_model) if t.compile else step_model
     try:
-        fit(step_model, loaders, opt, t, loss_fn, progress, saver.epoch_end, desc, partial)
+        steps = logger and StepPoints(logger)  # per-step W&B points
+        fit(step_model, loaders, opt, t, loss_fn, progress, saver.epoch_end, desc, partial, steps)
     except StopRequested as stop:
         where = f"the end of epoch {progress.epoch}"
         if main and getattr(stop, "partial", None) and hasattr(loaders.train, "position"):
@@ -204,7 +206,8 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
         write_json(run_dir / "summary.json", result)
         if logger:
             logger.log_images([run_dir / f for f in ("curves.png", "grads.png", "confusion.png")])
-        finish_logger(logger, {k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+        log_model(logger, cfg.output.wandb_log_model, run_dir, desc, ["best", "latest"], **_card(result, cfg))
+        finish_logger(logger, run_summary(result))
     print(
         f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
         + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
@@ -215,6 +218,12 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
 
 
 # ---------------------------------------------------------------- W&B
+
+
+def _card(result, cfg):
+    """What a model artifact says about the model it holds."""
+    keys = ("test_acc", "test_loss", "best_val_acc", "best_epoch", "params")
+    return {"model": cfg.model.name, "dataset": cfg.data.dataset, **{k: result[k] for k in keys}}
 
 
 def done(run_dir):

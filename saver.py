@@ -10,7 +10,7 @@ from checkpoint import FORMAT, load_file, save_checkpoint
 from device import rng_state
 from errors import CheckpointError
 from files import append_jsonl
-from wandb_log import wandb_record
+from tracking import log_epoch, log_model
 
 
 class Saver:
@@ -48,7 +48,9 @@ class Saver:
                 self.write_best()
             append_jsonl(self.run_dir / "metrics.jsonl", rec)
             if self.logger:
-                self.logger.log(wandb_record(rec), step=rec["epoch"])
+                log_epoch(self.logger, rec, self.progress.history, self.progress.best_epoch)
+            if improved and self.meta["config"]["output"].get("wandb_log_model") == "all":
+                log_model(self.logger, "all", self.run_dir, self.meta["desc"], [f"epoch-{rec['epoch']}"], **rec_of(rec))
         self.print_epoch(rec)
 
     def print_epoch(self, rec):
@@ -62,6 +64,11 @@ class Saver:
                 f"{rec['train_acc']:.4f} | {val}lr {rec['lr']:.2e} | {rec['epoch_time_s']:.1f}s{left}",
                 flush=True,
             )
+
+
+def rec_of(rec):
+    """An epoch's figures as model-artifact metadata."""
+    return {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "val_acc") if rec.get(k) is not None}
 
 
 def duration(seconds):

@@ -33,6 +33,7 @@ from models import PRESETS, ModelConfig
 from rundir import finished
 from saver import duration
 from study_report import report
+from wandb_reports import study_to_wandb
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ def run(kids, study_dir, title, train_child, workers=1, rebuild=False, retry_fai
         if not lock.held:  # another worker is writing the report right now
             return "report written by another worker"
         if rebuild or not finished(study_dir):
-            return report(study_dir, title, kids)
+            return study_to_wandb(report(study_dir, title, kids), study_dir, kids)
         if not os.environ.get(SPAWNED):  # a worker of --workers N: the one that wrote the report printed it
             print(
                 f"{study_dir} was finished earlier:\n"

@@ -33,6 +33,8 @@ from optim import TrainConfig
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
 from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in
+from tracking import data_name, project, transfer_logging
+from wandb_reports import classical_to_wandb, transfer_to_wandb
 
 
 def load_pretrained(path):
@@ -182,12 +184,8 @@ def main(args, run_dir=None, saved=None):
         dataset = args.dataset or "cifar100"
         data, train_cfg = data_and_train(args, dataset)
         tc = from_args(TransferConfig, args)
-        out = OutputConfig(
-            save_dir=args.save_dir or "runs",
-            run_name=args.run_name or "",
-            wandb=args.wandb or "auto",
-            wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}",
-        )
+        default = f"finetune_{data_name(dataset, data.data_root)}"
+        out = from_args(OutputConfig, args, wandb_project=project(args.wandb_project, default))
         check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
     else:
         data, train_cfg, tc, out = from_saved(saved)
@@ -229,6 +227,7 @@ def main(args, run_dir=None, saved=None):
     record_epochs(run_dir, saved, train_cfg.epochs)  # the data and the pretrained network loaded: --epochs is kept
     results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
     report(results, run_dir)
+    transfer_to_wandb(results, run_dir, tc, RunConfig(mcfg, data, train_cfg, out))
     done(run_dir)
     return 0
 
@@ -246,6 +245,7 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         print(f"{mode}: test acc {acc:.4f} ({seconds:.1f}s)")
         result = {"status": "finished", "test_acc": acc, "train_time_s": seconds}
         write_json(mode_dir / "summary.json", result)
+        classical_to_wandb(cfg, run_dir, transfer_logging(run_dir, cfg, tc, mode), result)
         return result
     groups = None
     if mode == "finetune":
@@ -261,6 +261,6 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         mode_dir,
         desc=mode,
         param_groups=groups,
-        wandb={"group": run_dir.name, "job_type": mode, "prefix": f"{mode}/", "name": f"{run_dir.name}-{mode}"},
+        wandb=transfer_logging(run_dir, cfg, tc, mode),
     )
     return {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}

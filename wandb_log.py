@@ -2,6 +2,7 @@
 
 wandb is imported only when a logger is not disabled. A W&B problem prints one line starting with "warning: "
 and makes that logger a no-op; training never stops for it. No printed line carries a key or a netrc line.
+What lab1 logs, and under which names, is tracking.py's.
 """
 
 import contextlib
@@ -16,13 +17,15 @@ from pathlib import Path
 
 _ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 _shared = None  # under a sweep agent: the one run every WandbLogger of this process logs to
+EPOCH, STEP = "epoch", "global_step"  # the two x axes
+EPOCH_METRICS = ("train/*", "val/*", "grad/*", "lr", "epoch_time_s")
 
 
-def _warn(msg):
+def warn(msg):
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _why(e):
+def why(e):
     """Exception type and first line, with anything shaped like a key or token masked."""
     line = (str(e).strip().splitlines() or [""])[0][:200]
     return f"{type(e).__name__}: {re.sub(r'[A-Za-z0-9_.-]{32,}', '***', line)}" if line else type(e).__name__
@@ -46,10 +49,10 @@ def resolve_mode(requested):
         with contextlib.redirect_stderr(said):  # wandb's netrc warnings may quote the file: say it our way
             auth = _private_lookup() if private_lookup_tested() else _documented_lookup()
     except Exception as e:
-        _warn(f"W&B credentials could not be read ({type(e).__name__}); logging offline")
+        warn(f"W&B credentials could not be read ({type(e).__name__}); logging offline")
         return "offline"
     if not auth and said.getvalue().strip():
-        _warn("W&B could not use its saved credentials (check NETRC or ~/.netrc); logging offline")
+        warn("W&B could not use its saved credentials (check NETRC or ~/.netrc); logging offline")
     return "online" if auth else "offline"
 
 
@@ -88,71 +91,85 @@ def _documented_lookup():
 
 
 class WandbLogger:
-    """One W&B run whose calls never raise; under a sweep agent, a prefixed view of the process's shared run."""
+    """One W&B run whose calls never raise; under a sweep agent, a prefixed view of the process's shared run.
 
-    def __init__(self, mode, project, name, config, *, group=None, job_type=None, resume_id=None, dir=None, prefix=""):
+    Epoch metrics (train/*, val/*, lr, epoch_time_s, grad/*) are charted against `epoch`, per-step ones (batch/*)
+    against `global_step`; the epoch metrics' summary is the best epoch's (log_epoch sets it), not the last's.
+    """
+
+    def __init__(
+        self, mode, project, name, config, *, group=None, job_type=None, resume_id=None, dir=None, prefix="", inputs=()
+    ):
         global _shared
         # `wandb agent` starts each trial with WANDB_SWEEP_ID and WANDB_RUN_ID set (wandb_agent.py); only there do
-        # several loggers share one run, the agent's, holding every phase: keys prefixed, no phase name or job type,
-        # no resume id of an earlier trial. Elsewhere each logger is its own run.
+        # several loggers share one run, the agent's, holding every phase: keys prefixed, no phase name, group or
+        # job type (the sweep groups its trials), no resume id of an earlier trial. Elsewhere each logger is its
+        # own run.
         self.shared = bool(os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"))
         self.run, self.id, self.offline_dir, self.prefix = None, None, None, prefix if self.shared else ""
         if self.shared:
-            name = job_type = resume_id = None
-        mode = resolve_mode(mode)
-        if mode == "disabled":
+            name = group = job_type = resume_id = None
+            config = {k: v for k, v in config.items() if k != "phase"}  # one run holds every phase
+        if resolve_mode(mode) == "disabled":
             return
         try:
             import wandb
 
             self.wandb = wandb
-            if self.shared and _shared is not None:
+            if self.shared and _shared is not None:  # a later phase: what it settled (a trained teacher's path)
                 self.run = _shared
+                locked = getattr(self.run.config, "_locked", {})  # the sweep's parameters: theirs stand
+                new = {k: v for k, v in config.items() if k not in locked and self.run.config.get(k) != v}
+                self.run.config.update(new, allow_val_change=True)
             else:
-                if dir:  # made first, or wandb warns; it gets wandb/
-                    Path(dir).mkdir(parents=True, exist_ok=True)
-                self.run = wandb.init(  # settings: W&B never holds training long
-                    project=project,
-                    name=name,
-                    config=config,
-                    group=group,
-                    job_type=job_type,
-                    mode=mode,
-                    dir=str(dir) if dir else None,
-                    id=resume_id,
-                    resume="allow" if resume_id else None,
-                    reinit="create_new",
-                    settings=wandb.Settings(
-                        init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), finish_timeout=120, silent=True
-                    ),
-                )
+                self.run = _init(wandb, resolve_mode(mode), project, name, config, group, job_type, resume_id, dir)
                 _shared = self.run if self.shared else _shared
-            if self.shared:  # each phase's charts run on its own epoch axis: the run's _step is not used
-                self.run.define_metric(f"{prefix}epoch")
-                self.run.define_metric(f"{prefix}*", step_metric=f"{prefix}epoch")
-                if prefix.strip("/") and config:  # every phase's settings, beside the opener's at the top
-                    self.run.config.update({prefix.strip("/"): config}, allow_val_change=True)
+            self._axes()
             self.id, self.offline_dir = self.run.id, Path(self.run.sync_dir) if self.run.offline else None
         except Exception as e:
-            _warn(f"W&B could not start ({_why(e)}); training goes on without it")
+            warn(f"W&B could not start ({why(e)}); training goes on without it")
             self.run = None
+        for ref in inputs:
+            self.use_model(ref)
+
+    def _axes(self):
+        p = self.prefix
+        self.run.define_metric(p + EPOCH)
+        self.run.define_metric(p + STEP)
+        self.run.define_metric(f"{p}batch/*", step_metric=p + STEP)
+        for key in EPOCH_METRICS:  # summary="none": log_epoch writes the best epoch's values there instead
+            self.run.define_metric(p + key, step_metric=p + EPOCH, summary="none")
 
     def _call(self, fn):
         try:
             if self.run is not None:
                 fn()
         except Exception as e:
-            _warn(f"W&B call failed ({_why(e)}); W&B logging is off for the rest of this run")
+            warn(f"W&B call failed ({why(e)}); W&B logging is off for the rest of this run")
             self.run = None
 
-    def _log(self, data, step):
+    def _log(self, data, epoch=None):
         row = {self.prefix + k: v for k, v in data.items()}
-        if self.shared and step is not None:
-            row[f"{self.prefix}epoch"], step = step, None
-        self.run.log(row, step=step)
+        if epoch is not None:
+            row[self.prefix + EPOCH] = epoch
+        self.run.log(row)  # no step=: every chart has its own axis (define_metric), wandb's _step only counts
 
     def log(self, data, step=None):
+        """A point of `data`; step: the epoch it belongs to."""
         self._call(lambda: self._log(data, step))
+
+    def log_epoch(self, row, best):
+        """One epoch's point, and the summary set to the `best` epoch's values (both with their axis key)."""
+
+        def go():
+            self._log(row)
+            self.run.summary.update({self.prefix + k: v for k, v in best.items() if k != EPOCH})
+
+        self._call(go)
+
+    def log_step(self, step, data):
+        """A per-step point (batch/<key>) on the global_step axis."""
+        self._call(lambda: self._log({STEP: step, **{f"batch/{k}": v for k, v in data.items()}}))
 
     def log_images(self, paths, step=None):
         files = [Path(p) for p in paths if Path(p).is_file()]
@@ -160,11 +177,28 @@ class WandbLogger:
             self._call(lambda: self._log({f.stem: self.wandb.Image(str(f)) for f in files}, step))
 
     def log_table(self, key, columns, rows):
-        self._call(
-            lambda: self.run.log(
-                {self.prefix + key: self.wandb.Table(columns=list(columns), data=[list(r) for r in rows])}
-            )
-        )
+        """A wandb.Table; give numbers as numbers (W&B sorts and charts them), None where there is none."""
+        self._call(lambda: self._log({key: self.wandb.Table(columns=list(columns), data=[list(r) for r in rows])}))
+
+    def log_model(self, path, name, aliases, metadata=None):
+        """A file as a version of model artifact `name` (wandb copies it now, so it may change afterwards)."""
+
+        def go():
+            artifact = self.wandb.Artifact(name, type="model", metadata=metadata or {})
+            artifact.add_file(str(path), name=Path(path).name)
+            self.run.log_artifact(artifact, aliases=list(aliases))
+
+        self._call(go)
+
+    def use_model(self, ref):
+        """Declare artifact `ref` (PROJECT/NAME:ALIAS) this run's input. wandb refuses it offline (it resolves the
+        name on the server), so an offline run only names it in its config; a failure here only warns."""
+        if self.run is None or self.run.offline:
+            return
+        try:
+            self.run.use_artifact(ref, type="model")
+        except Exception as e:
+            warn(f"W&B could not record {ref} as this run's input ({why(e)})")
 
     def finish(self, summary=None):
         """Write the summary (prefixed); finish the run unless it is the shared one (finish_process does)."""
@@ -175,6 +209,30 @@ class WandbLogger:
         self.run = None
 
 
+def _init(wandb, mode, project, name, config, group, job_type, resume_id, dir):
+    """wandb.init as lab1 calls it. WANDB_DIR, when set, is where wandb keeps its files (else the run folder);
+    WANDB_ENTITY and WANDB_TAGS are wandb's own settings and stand."""
+    if os.environ.get("WANDB_DIR"):
+        dir = os.environ["WANDB_DIR"]
+    if dir:
+        Path(dir).mkdir(parents=True, exist_ok=True)  # made first, or wandb warns; it gets wandb/
+    return wandb.init(  # settings: W&B never holds training long
+        project=project,
+        name=name,
+        config=config,
+        group=group,
+        job_type=job_type,
+        mode=mode,
+        dir=str(dir) if dir else None,
+        id=resume_id,
+        resume="allow" if resume_id else None,
+        reinit="create_new",
+        settings=wandb.Settings(
+            init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), finish_timeout=120, silent=True
+        ),
+    )
+
+
 def finish_process():
     """Finish the sweep-agent run shared by this process's loggers, if one is open."""
     global _shared
@@ -183,7 +241,7 @@ def finish_process():
         try:
             run.finish()
         except Exception as e:
-            _warn(f"W&B could not finish its run ({_why(e)})")
+            warn(f"W&B could not finish its run ({why(e)})")
 
 
 def _q(path):
@@ -199,7 +257,7 @@ def _run_id(folder):
 def sync_command(offline_dirs):
     """One `wandb sync` command for these offline run folders and every other folder of their run ids (a resumed
     run writes one per process). A wandb/ folder that holds nothing else is named whole, and several of them
-    side by side (a study's children, phase folders) become one glob."""
+    in sibling folders (a study's children, phase folders) become one glob."""
     by_root = {}
     for d in filter(None, offline_dirs):
         by_root.setdefault(Path(d).resolve().parent, set()).add(_run_id(d))
@@ -213,50 +271,24 @@ def sync_command(offline_dirs):
             whole.append(root)
         else:
             folders += mine
-    args = [_q(p) for p in whole + folders]
-    if len(whole) > 1 and all(r.name == "wandb" for r in whole) and len({r.parent.parent for r in whole}) == 1:
-        args = [f"{_q(whole[0].parent.parent)}/*/wandb"] + [_q(p) for p in folders]
-    return "wandb sync " + " ".join(args)
-
-
-def wandb_record(rec):
-    """metrics.jsonl record -> namespaced W&B keys (train/loss, val/acc, lr, grad/<layer>)."""
-    out = {"epoch": rec["epoch"], "lr": rec["lr"], "epoch_time_s": rec["epoch_time_s"]}
-    for k, v in rec.items():
-        if v is None or k in out:
-            continue
-        if k == "grad_norm":
-            out.update({f"grad/{layer}": g for layer, g in v.items()})
-        elif k.startswith(("train_", "val_")):
-            out["/".join(k.split("_", 1))] = v
-        else:
-            out[f"grad/{k}"] = v
-    return out
+    by_parent = {}  # wandb/ folders of sibling folders (a study's children, phases): one glob
+    for r in whole:
+        by_parent.setdefault(r.parent.parent if r.name == "wandb" else r, []).append(r)
+    args = [f"{_q(top)}/*/wandb" if len(rs) > 1 else _q(rs[0]) for top, rs in by_parent.items()]
+    return "wandb sync " + " ".join(args + [_q(p) for p in folders])
 
 
 _offline = []
 
 
-def open_logger(cfg, run_dir, resume_id=None, name=None, **kw):
-    if cfg.output.wandb == "disabled":
+def open_run(mode, project, name, config, run_dir, resume_id=None, **kw):
+    """A WandbLogger whose offline files the closing `wandb sync` command names; None when W&B is disabled."""
+    if mode == "disabled":
         return None
-    logger = WandbLogger(
-        cfg.output.wandb,
-        cfg.output.wandb_project,
-        name or run_dir.name,
-        cfg.to_dict(),
-        resume_id=resume_id,
-        dir=run_dir,
-        **kw,
-    )
+    logger = WandbLogger(mode, project, name, config, resume_id=resume_id, dir=run_dir, **kw)
     if logger.offline_dir:
         _offline.append(logger.offline_dir)
     return logger
-
-
-def finish_logger(logger, summary):
-    if logger:
-        logger.finish(summary)
 
 
 def close_wandb():

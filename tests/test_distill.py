@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import run_cli, write_cifar
 
 from losses import DistillLoss, distillation_loss
+from tracking import group_of
 
 TINY = [
     "--epochs",
@@ -364,8 +365,9 @@ def test_sweep_yaml_works_as_written_under_an_agent(mnist_root, tmp_path):
         runs = [r for r in tmp_path.rglob("offline-run-*") if r.name.endswith(f"-trial{trial}")]
         assert len(runs) == 1, runs  # one W&B run for the whole process
         w = read_offline_run(runs[0])
-        assert w["id"] == f"trial{trial}" and metric in w["summary"] and "student_distill/test_acc" in w["summary"]
-        assert "student_baseline/test_acc" in w["summary"]
+        assert w["id"] == f"trial{trial}" and metric in w["summary"] and "student_distill/test/acc" in w["summary"]
+        assert "student_baseline/test/acc" in w["summary"]
+        assert ("== student_baseline (shared" in p.stdout) == (trial == 0)  # --baseline_dir: trained once
 
 
 def test_wandb_holds_every_phase_result_grouped(mnist_root, tmp_path):
@@ -403,11 +405,19 @@ def test_wandb_holds_every_phase_result_grouped(mnist_root, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     runs = {w["job_type"]: w for w in map(read_offline_run, run.rglob("offline-run-*"))}
     assert set(runs) == {"teacher", "student_baseline", "student_distill", "summary"}
-    assert {w["group"] for w in runs.values()} == {"kd"}
+    assert {w["group"] for w in runs.values()} == {group_of(run)} and group_of(run).startswith("kd-")
     for phase in ("teacher", "student_baseline", "student_distill"):
-        s = runs[phase]["summary"]
-        assert s["test_acc"] == summary[phase]["test_acc"] and {"params", "best_epoch", "test_loss"} <= set(s)
+        s, c = runs[phase]["summary"], runs[phase]["config"]
+        assert s["test/acc"] == summary[phase]["test_acc"] and {"params", "best_epoch", "test/loss"} <= set(s)
         assert {"curves", "confusion"} <= set(s), set(s)
+        assert (c["kind"], c["phase"], c["temperature"], c["alpha"], c["teacher"], c["t_hidden_sizes"]) == (
+            "exercise2",
+            phase,
+            4.0,
+            0.5,
+            "FlexibleMLP",
+            [16],
+        )
     s = runs["summary"]["summary"]
     assert s["student_distill/gap_closed"] == summary["student_distill"]["gap_closed"]
     assert "student_distill/agreement_with_teacher" in s and "comparison" in s and "results" in s

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "leaves": ["errors", "flags", "files", "stats", "distributed"],
     "ML": ["models", "losses", "imagefolder", "datasets", "splits", "dataloader", "device", "optim", "engine"],
-    "artefacts": ["config", "rules", "checkpoint", "wandb_log", "figures", "notify"],
+    "artefacts": ["config", "rules", "checkpoint", "wandb_log", "tracking", "wandb_reports", "figures", "notify"],
     "run": ["rundir", "resume", "saver", "run"],
-    "experiments": ["study_report", "study", "launch", "distill", "distill_report", "transfer"],
+    "experiments": ["study_report", "study", "launch", "baseline", "distill", "distill_report", "transfer"],
     "commands": ["cli", "exercise1", "exercise2", "plots"],
 }
 ENTRY_SCRIPTS = {"exercise1", "exercise2", "plots"}

@@ -1,6 +1,9 @@
-"""wandb_log: mode choice from wandb's own credentials, offline runs read back, the sweep-agent shared run,
-the sync command, and failures that only warn. Offline only: HOME, NETRC and WANDB_* point into tmp_path."""
+"""wandb_log: mode choice from wandb's own credentials, offline runs read back (best-epoch summary, epoch and step
+axes, tables, model artifacts, WANDB_DIR/ENTITY/TAGS), the sweep-agent shared run with its parameter file, and
+failures that only warn. Offline only: HOME, NETRC and WANDB_* point into tmp_path."""
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
@@ -11,7 +14,7 @@ import pytest
 wandb = pytest.importorskip("wandb")
 from wandb.sdk import wandb_setup  # noqa: E402
 from wandb.sdk.lib import wbauth  # noqa: E402
-from wandb_reader import read_offline_run  # noqa: E402
+from wandb_reader import read_offline_run, table  # noqa: E402
 
 from wandb_log import WandbLogger, finish_process, resolve_mode, sync_command  # noqa: E402
 
@@ -31,7 +34,6 @@ def wb(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var, sub in [
-        ("WANDB_DIR", "wandb_dir"),
         ("WANDB_CONFIG_DIR", "config"),
         ("WANDB_CACHE_DIR", "cache"),
         ("WANDB_DATA_DIR", "data"),
@@ -148,36 +150,90 @@ def test_outside_the_tested_range_the_documented_lookup_decides(wb, monkeypatch)
 # ---- offline runs ----
 
 
-def test_offline_run_keeps_config_history_summary_images_and_table(wb, capsys):
+def test_offline_run_keeps_config_history_best_epoch_summary_steps_images_and_table(wb, capsys):
     run_dir = wb / "runs" / "mlp_a"
     lg = WandbLogger(
-        "offline",
-        "lab1-test",
-        "mlp_a",
-        {"lr": 0.1, "model": {"name": "mlp"}},
-        group="mlp_a",
-        job_type="train",
-        dir=run_dir,
-        prefix="",
+        "offline", "lab1-test", "mlp_a", {"lr": 0.1, "model": "mlp"}, group="g", job_type="train", dir=run_dir
     )
     assert lg.id and lg.offline_dir.parent == (run_dir / "wandb").resolve()
-    for epoch in (1, 2, 3):
-        lg.log({"train/loss": 1 / epoch, "val/acc": epoch / 10}, step=epoch)
+    rows = [{"epoch": e, "train/loss": 1 / e, "val/acc": a, "lr": 0.1} for e, a in ((1, 0.1), (2, 0.3), (3, 0.2))]
+    for i, row in enumerate(rows):
+        for step in (1, 2):
+            lg.log_step(i * 2 + step, {"loss": 2.0 - i, "lr": 0.1})
+        lg.log_epoch(row, max(rows[: i + 1], key=lambda r: r["val/acc"]))
     lg.log_images([png(run_dir / "curves.png"), run_dir / "missing.png"])
     lg.log_table("results", ["mode", "acc"], [["linear", 0.5], ["finetune", 0.7]])
-    lg.finish({"test_acc": 0.9, "best_epoch": 3})
+    lg.finish({"test/acc": 0.9, "best_epoch": 2})
     lg.log({"late": 1})  # after finish: a no-op
     run = read_offline_run(lg.offline_dir)
-    assert (run["id"], run["name"], run["group"], run["job_type"]) == (lg.id, "mlp_a", "mlp_a", "train")
+    assert (run["id"], run["name"], run["group"], run["job_type"]) == (lg.id, "mlp_a", "g", "train")
     assert run["project"] == "lab1-test" and run["exit_code"] == 0
-    assert run["config"] == {"lr": 0.1, "model": {"name": "mlp"}}
-    assert {"train/loss", "val/acc", "curves", "results"} <= set(run["history_keys"])
+    assert run["config"] == {"lr": 0.1, "model": "mlp"}
+    assert {"train/loss", "val/acc", "epoch", "batch/loss", "batch/lr", "global_step", "curves"} <= set(
+        run["history_keys"]
+    )
     assert "late" not in run["history_keys"]
-    assert [row["val/acc"] for row in run["history"] if "val/acc" in row] == [0.1, 0.2, 0.3]
-    assert run["summary"]["test_acc"] == 0.9 and run["summary"]["best_epoch"] == 3
-    assert run["summary"]["val/acc"] == 0.3  # the last logged value
-    assert run["summary"]["curves"]["_type"] == "image-file"
-    assert (lg.offline_dir / "files" / run["summary"]["curves"]["path"]).is_file()
+    epochs = [(row["epoch"], row["val/acc"]) for row in run["history"] if "val/acc" in row]
+    assert epochs == [(1, 0.1), (2, 0.3), (3, 0.2)]
+    assert [row["global_step"] for row in run["history"] if "batch/loss" in row] == [1, 2, 3, 4, 5, 6]
+    s = run["summary"]
+    assert (s["val/acc"], s["train/loss"], s["epoch"]) == (0.3, 0.5, 3)  # the best epoch's metrics, the last epoch
+    assert s["test/acc"] == 0.9 and s["best_epoch"] == 2
+    assert run["metrics"]["val/*"] == run["metrics"]["train/*"] == {"step_metric": "epoch", "summary": ["none"]}
+    assert run["metrics"]["batch/*"]["step_metric"] == "global_step"
+    assert s["curves"]["_type"] == "image-file"
+    assert (lg.offline_dir / "files" / s["curves"]["path"]).is_file()
+    assert table(run, "results") == {"columns": ["mode", "acc"], "data": [["linear", 0.5], ["finetune", 0.7]]}
+    assert warning_lines(capsys.readouterr().err) == []
+
+
+def test_step_points_at_each_epochs_last_step_and_at_most_one_an_interval_between(wb):
+    import torch
+
+    from tracking import StepPoints
+
+    lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
+    slow, every = StepPoints(lg, interval=3600.0), StepPoints(lg, interval=0.0)
+    for epoch in (0, 1):
+        for step in (25, 50, 60):  # engine.fit calls it every log_every steps and at the last (60)
+            slow(epoch, step, 60, torch.tensor(1.5), 0.1)
+    every(2, 25, 60, torch.tensor(0.5), 0.01)
+    lg.finish()
+    points = [(r["global_step"], r["batch/loss"], r["batch/lr"]) for r in read_offline_run(lg.offline_dir)["history"]]
+    assert points == [(25, 1.5, 0.1), (60, 1.5, 0.1), (120, 1.5, 0.1), (145, 0.5, 0.01)]
+
+
+def test_wandb_dir_entity_and_tags_from_the_environment_are_honoured(wb, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_DIR", str(wb / "elsewhere"))
+    monkeypatch.setenv("WANDB_ENTITY", "my-team")
+    monkeypatch.setenv("WANDB_TAGS", "baseline,cpu")
+    reload_env()
+    lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r")
+    lg.finish()
+    assert lg.offline_dir.parent == (wb / "elsewhere" / "wandb").resolve() and not (wb / "r" / "wandb").exists()
+    run = read_offline_run(lg.offline_dir)
+    assert run["entity"] == "my-team" and run["tags"] == ["baseline", "cpu"]
+    assert warning_lines(capsys.readouterr().err) == []
+
+
+def test_model_artifact_is_logged_and_an_input_is_only_named_offline(wb, capsys):
+    (wb / "best.pt").write_bytes(b"weights")
+    lg = WandbLogger("offline", "p", "r", {}, dir=wb / "r", inputs=["p/teacher-abc:best"])
+    lg.log_model(wb / "best.pt", "train-xyz", ["best", "latest"], {"epoch": 2})
+    (wb / "best.pt").write_bytes(b"changed later")  # wandb staged its own copy
+    lg.finish()
+    run = read_offline_run(lg.offline_dir)
+    md5 = base64.b64encode(hashlib.md5(b"weights").digest()).decode()
+    assert run["artifacts"] == [
+        {
+            "name": "train-xyz",
+            "type": "model",
+            "aliases": ["best", "latest"],
+            "metadata": {"epoch": 2},
+            "files": {"best.pt": md5},
+        }
+    ]
+    assert run["used"] == []  # wandb declares inputs online only (use_artifact resolves the name on the server)
     assert warning_lines(capsys.readouterr().err) == []
 
 
@@ -185,13 +241,13 @@ def test_outside_an_agent_each_logger_is_its_own_run_with_plain_keys(wb, capsys)
     loggers = []
     for phase in PHASES[:2]:
         lg = WandbLogger("offline", "p", f"r-{phase}", {}, group="r", job_type=phase, dir=wb / "r", prefix=f"{phase}/")
-        lg.log({"train/loss": 0.5}, step=1)
-        lg.finish({"test_acc": 0.8})
+        lg.log_epoch({"epoch": 1, "train/loss": 0.5}, {"epoch": 1, "train/loss": 0.5})
+        lg.finish({"test/acc": 0.8})
         loggers.append(lg)
     assert loggers[0].id != loggers[1].id and warning_lines(capsys.readouterr().err) == []
     runs = [read_offline_run(lg.offline_dir) for lg in loggers]
     assert [r["job_type"] for r in runs] == list(PHASES[:2])
-    assert runs[1]["summary"] == {"train/loss": 0.5, "test_acc": 0.8}  # the same keys as an exercise1 run
+    assert runs[1]["summary"] == {"epoch": 1, "train/loss": 0.5, "test/acc": 0.8}  # the same keys as exercise1's
 
 
 def test_resumed_run_writes_a_second_folder_and_one_command_syncs_both(wb, capsys):
@@ -218,18 +274,32 @@ def test_resumed_run_writes_a_second_folder_and_one_command_syncs_both(wb, capsy
 # ---- the sweep agent ----
 
 
-def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_RUN_ID", "trial123")
+def agent_env(monkeypatch, folder, params, run_id="trial123"):
+    """The environment `wandb agent` gives a trial (wandb_agent.py _command_run): the sweep and run ids, and the
+    trial's parameters in a config file (WANDB_SWEEP_PARAM_PATH) that wandb.init merges into the run's config."""
+    from wandb.sdk.lib import config_util
+
+    path = folder / "wandb" / "sweep-sweep456" / f"config-{run_id}.yaml"
+    config_util.save_config_file_from_dict(str(path), {k: {"value": v} for k, v in params.items()})
+    monkeypatch.setenv("WANDB_RUN_ID", run_id)
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep456")
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(path))
     reload_env()
+
+
+def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeypatch, capsys):
+    agent_env(monkeypatch, wb, {"temperature": 4, "model": "FlexibleMLP"})
     loggers = []
     for i, phase in enumerate(PHASES):  # as exercise2 does: one logger per phase, opened and finished in turn
-        lg = WandbLogger(
-            "offline", "p", f"r-{phase}", {"phase": phase}, group="r", job_type=phase, dir=wb / "r", prefix=f"{phase}/"
-        )
+        config = {"kind": "exercise2", "phase": phase, "temperature": 4.0, "model": "FlexibleMLP", "norm": "none"}
+        if phase == "student_distill":
+            config["teacher_artifact"] = "p/teacher-x:best"
+        kw = {"group": "r", "job_type": phase, "dir": wb / "r", "prefix": f"{phase}/"}
+        lg = WandbLogger("offline", "p", f"r-{phase}", config, **kw)
         for epoch in (1, 2):
-            lg.log({"train/loss": i + epoch / 10}, step=epoch)
-        lg.finish({"test_acc": [0.7, 0.8, 0.9][i]})
+            row = {"epoch": epoch, "train/loss": i + epoch / 10}
+            lg.log_epoch(row, row)
+        lg.finish({"test/acc": [0.7, 0.8, 0.9][i]})
         loggers.append(lg)
     finish_process()
     finish_process()  # nothing open: a no-op
@@ -237,49 +307,29 @@ def test_under_an_agent_all_loggers_share_one_run_with_prefixed_keys(wb, monkeyp
     folders = list((wb / "r" / "wandb").glob("offline-run-*"))
     assert len(folders) == 1 and {lg.id for lg in loggers} == {"trial123"}
     run = read_offline_run(folders[0])
-    assert run["id"] == "trial123" and run["group"] == "r" and run["exit_code"] == 0
-    assert run["config"]["phase"] == "teacher" and run["config"]["student_distill"] == {"phase": "student_distill"}
-    assert {k: v for k, v in run["summary"].items() if k.endswith("test_acc")} == {
-        "teacher/test_acc": 0.7,
-        "student_baseline/test_acc": 0.8,
-        "student_distill/test_acc": 0.9,
+    assert run["id"] == "trial123" and run["group"] == "" and run["exit_code"] == 0  # the sweep groups its trials
+    # The swept parameters and the run's own settings are one key each; unswept ones stay; no phase name.
+    assert run["config"] == {
+        "kind": "exercise2",
+        "temperature": 4,
+        "model": "FlexibleMLP",
+        "norm": "none",
+        "teacher_artifact": "p/teacher-x:best",
+    }
+    assert {k: v for k, v in run["summary"].items() if k.endswith("test/acc")} == {
+        "teacher/test/acc": 0.7,
+        "student_baseline/test/acc": 0.8,
+        "student_distill/test/acc": 0.9,
     }
     for phase in PHASES:  # every phase's epochs 1, 2 kept: no phase's step counter fights another's
         assert [row[f"{phase}/epoch"] for row in run["history"] if f"{phase}/train/loss" in row] == [1, 2]
+        assert run["metrics"][f"{phase}/train/*"]["step_metric"] == f"{phase}/epoch"
     assert sync_command([lg.offline_dir for lg in loggers]) == "wandb sync r/wandb"
 
 
 def test_finish_process_with_nothing_open_is_a_no_op(wb, capsys):
     finish_process()
     assert capsys.readouterr().err == ""
-
-
-# ---- sync_command ----
-
-
-def test_sync_command_is_one_short_command(wb):
-    def folder(path, run_id):
-        (wb / path).mkdir(parents=True)
-        (wb / path / f"run-{run_id}.wandb").write_bytes(b":W&B")
-        return wb / path
-
-    assert sync_command([]) is None and sync_command([None]) is None
-    study = [folder(f"study/{c}/wandb/offline-run-20260101_000000-{c}", c) for c in ("d2", "d4")]
-    assert sync_command(study) == "wandb sync study/*/wandb"
-    phases = [folder(f"r2/{p}/wandb/offline-run-20260101_000000-{p}", p) for p in ("teacher", "student")]
-    assert sync_command(phases) == "wandb sync r2/*/wandb"
-    # A wandb/ folder shared with another run: only this run's folders, the resumed one (-1) included.
-    folder("wandb/offline-run-20260101_000000-mine", "mine")
-    again = folder("wandb/offline-run-20260101_000000-mine-1", "mine")
-    folder("wandb/offline-run-20260101_000000-other", "other")
-    assert sync_command([again]) == (
-        "wandb sync wandb/offline-run-20260101_000000-mine wandb/offline-run-20260101_000000-mine-1"
-    )
-    spaced = folder("my runs/x/wandb/offline-run-20260101_000000-sp", "sp")
-    assert sync_command([spaced, spaced]) == "wandb sync 'my runs/x/wandb'"
-    assert sync_command([study[0], spaced]) == "wandb sync 'my runs/x/wandb' study/d2/wandb"
-    outside = folder(f"../{wb.name}_out/wandb/offline-run-20260101_000000-o", "o")  # beside the cwd: absolute
-    assert sync_command([outside]) == f"wandb sync {outside.resolve().parent}"
 
 
 # ---- failures only warn ----

@@ -50,8 +50,11 @@ def _put(out, items):
 
 def read_offline_run(path, wait=10.0):
     """An offline run folder (offline-run-...-ID) or its .wandb file -> what it recorded:
-    {"id", "project", "name", "group", "job_type", "config", "summary", "history" (rows), "history_keys",
-    "exit_code" (None if the run never finished)}. Keys starting with "_" (wandb's own) are left out.
+    {"id", "project", "entity", "name", "group", "job_type", "tags", "sweep_id", "config", "summary", "history"
+    (rows), "history_keys", "metrics" ({name or glob: {"step_metric", "summary"}}: define_metric), "artifacts"
+    (logged: {"name", "type", "aliases", "metadata", "files": {path: base64 md5}}), "used" (artifacts declared as
+    inputs), "dir" (the run folder, for its media files), "exit_code" (None if the run never finished)}. Keys
+    starting with "_" (wandb's own) are left out.
 
     wandb-core writes the log in the background: run.finish() can return before the file is complete, so this
     waits up to `wait` seconds for the run's exit record (a run that crashed has none: then it returns what
@@ -63,7 +66,7 @@ def read_offline_run(path, wait=10.0):
         raise ValueError(f"{path}: expected one .wandb file, found {len(files)}")
     deadline = time.monotonic() + wait
     while True:
-        out = _read(files[0])
+        out = {**_read(files[0]), "dir": files[0].parent}
         if out["exit_code"] is not None or time.monotonic() > deadline:
             return out
         time.sleep(0.05)
@@ -73,12 +76,18 @@ def _read(file):
     out = {
         "id": None,
         "project": None,
+        "entity": None,
+        "tags": [],
+        "sweep_id": None,
         "name": None,
         "group": None,
         "job_type": None,
         "config": {},
         "summary": {},
         "history": [],
+        "metrics": {},
+        "artifacts": [],
+        "used": [],
         "exit_code": None,
     }
     for r in records(file):
@@ -90,6 +99,9 @@ def _read(file):
                 name=r.run.display_name,
                 group=r.run.run_group,
                 job_type=r.run.job_type,
+                entity=r.run.entity,
+                tags=list(r.run.tags),
+                sweep_id=r.run.sweep_id,
             )
             _put(out["config"], r.run.config.update)
         elif kind == "config":
@@ -98,6 +110,23 @@ def _read(file):
             _put(out["summary"], r.summary.update)
         elif kind == "history":
             out["history"].append(_put({}, r.history.item))
+        elif kind == "metric":
+            summary = [f.name for f, on in r.metric.summary.ListFields() if on]
+            name = r.metric.name or r.metric.glob_name
+            out["metrics"][name] = {"step_metric": r.metric.step_metric, "summary": summary}
+        elif kind == "artifact":
+            a = r.artifact
+            out["artifacts"].append(
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "aliases": sorted(a.aliases),
+                    "metadata": json.loads(a.metadata or "{}"),
+                    "files": {e.path: e.digest for e in a.manifest.contents},
+                }
+            )
+        elif kind == "use_artifact":
+            out["used"].append(r.use_artifact.name)
         elif kind == "exit":
             out["exit_code"] = r.exit.exit_code
     out["config"] = {k: v for k, v in out["config"].items() if not k.startswith("_")}
@@ -105,3 +134,10 @@ def _read(file):
     out["history"] = [{k: v for k, v in row.items() if not k.startswith("_")} for row in out["history"]]
     out["history_keys"] = sorted({k for row in out["history"] for k in row})
     return out
+
+
+def table(run, key):
+    """A wandb.Table the run logged under `key` (its last value): {"columns": [...], "data": [[...], ...]}."""
+    value = run["summary"][key]
+    assert value["_type"] == "table-file", value
+    return json.loads((Path(run["dir"]) / "files" / value["path"]).read_text())
