@@ -1,9 +1,10 @@
-"""Wall time of one study with 1 worker (all threads) against N workers (threads split between them).
+"""Wall time of one study with 1 process (all threads), N workers (threads split between them) and
+`--launcher local` (one submitit job per child, all at once, threads split between them).
 
     python bench/study_workers.py --data_root ../shared/data --workers 2 --repeats 2
 
-Runs `exercise1.py --study mlp_depth` on a small MNIST subset in fresh folders, the two settings taking turns,
-and prints a Markdown table with the median wall time of each and the ratio.
+Runs `exercise1.py --study mlp_depth` on a small MNIST subset in fresh folders, the settings taking turns, and
+prints a Markdown table with the median wall time of each and its ratio to one process.
 """
 
 import statistics
@@ -45,23 +46,28 @@ def main(argv=None):
         "--wandb",
         "disabled",
     ]
-    times = {1: [], args.workers: []}
+    settings = {
+        "1 process": [],
+        f"--workers {args.workers}": ["--workers", str(args.workers)],
+        "--launcher local": ["--launcher", "local"],
+    }
+    times = {name: [] for name in settings}
     for _ in range(args.repeats):
-        for n in times:
+        for name, extra in settings.items():
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 subprocess.run(
-                    [sys.executable, str(ROOT / "exercise1.py"), *study, "--save_dir", tmp, "--workers", str(n)],
+                    [sys.executable, str(ROOT / "exercise1.py"), *study, "--save_dir", tmp, *extra],
                     check=True,
                     capture_output=True,
                     cwd=ROOT,
                 )
-                times[n].append(time.perf_counter() - t0)
+                times[name].append(time.perf_counter() - t0)
     print(machine("cpu"))
-    print(f"| Workers | Wall time (s), median of {args.repeats} | Speed-up |\n|---|---|---|")
-    base = statistics.median(times[1])
-    for n, ts in times.items():
-        print(f"| {n} | {statistics.median(ts):.1f} | {base / statistics.median(ts):.2f}x |")
+    print(f"| Setting | Wall time (s), median of {args.repeats} | Speed-up |\n|---|---|---|")
+    base = statistics.median(times["1 process"])
+    for name, ts in times.items():
+        print(f"| {name} | {statistics.median(ts):.1f} | {base / statistics.median(ts):.2f}x |")
     return 0
 
 
