@@ -1,3 +1,6 @@
+"""Files of a run folder: atomic writes (and the one line a refused write becomes), temporary names, locks, JSON."""
+
+import contextlib
 import errno
 import fcntl
 import json
@@ -11,7 +14,9 @@ from errors import CheckpointError, DiskFull
 def atomic_write(path, write, needed=0):
     """Call write(tmp_path), fsync it, then rename over `path`: readers never see a partial file.
 
-    needed: the bytes the write is expected to take, for the message when the disk is full.
+    needed: the bytes the write is expected to take, for the message when the disk is full. A refused write (full
+    disk, file-size limit, read-only file system, I/O error) is an OSError naming `path`, also where torch.save
+    raised it as a RuntimeError: run_main prints it as one line.
     """
     path = Path(path)
     tmp = tmp_name(path)
@@ -20,15 +25,18 @@ def atomic_write(path, write, needed=0):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as one of many RuntimeErrors
-        full_now = shutil.disk_usage(path.parent).free  # the partial file still takes its space
-        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or full_now < max(needed, 2**20)):
+    except (OSError, RuntimeError) as e:  # torch.save reports a refused write as one of many RuntimeErrors
+        cause = os_error(e)
+        free = _free(path.parent)  # the partial file still takes its space
+        if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT) or free < max(needed, 2**20):
+            tmp.unlink(missing_ok=True)
+            raise DiskFull(
+                f"no space left on device writing {path}: {size(_free(path.parent))} free, "
+                f"about {size(needed)} needed; the files written before are intact"
+            ) from None
+        if cause is None:
             raise
-        tmp.unlink(missing_ok=True)
-        raise DiskFull(
-            f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
-            f"about {size(needed)} needed; the files written before are intact"
-        ) from None
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -36,6 +44,33 @@ def atomic_write(path, write, needed=0):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def os_error(e):
+    """The OSError behind e: e itself, or the one a RuntimeError (torch.save's writer) was raised while handling."""
+    for _ in range(8):  # a short chain: __cause__ / __context__ of a RuntimeError
+        if isinstance(e, OSError) or e is None:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _free(folder):
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:  # the folder itself is gone: not a matter of space
+        return 2**62
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError of a write inside the block names `path` (a failed file.write() names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def size(nbytes):
@@ -139,7 +174,7 @@ def write_jsonl(path, records):
 def append_jsonl(path, record):
     """One line at the end of `path`. A kill part-way can leave a torn last line: resume rewrites the file from
     the checkpoint's history, which is the truth."""
-    with open(path, "a") as f:
+    with naming(path), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
