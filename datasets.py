@@ -1,5 +1,5 @@
 """Data sets as they lie on disk, read into uint8 tensors: MNIST and Fashion-MNIST IDX files, CIFAR python pickles
-(through an unpickler that admits plain data only), and ImageFolder trees (decoded once, then cached).
+(through an unpickler that admits plain data only), and ImageFolder trees (imagefolder.py: decoded once, then cached).
 
     ds = load_dataset("mnist", "./data")            # DataSet of uint8 (N, C, H, W) tensors
 
@@ -9,30 +9,21 @@ Missing MNIST / CIFAR files are fetched by torchvision into data_root. Every fil
 
 import contextlib
 import gzip
-import hashlib
 import math
-import os
 import pickle
-import stat
 import struct
-import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from errors import DataError
-from files import tmp_name
+from imagefolder import load_folder
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def check_norm(norm):
@@ -217,118 +208,9 @@ def _load_cifar(name, root):
     return DataSet(*read(train_files), *read(test_files), classes)
 
 
-def _decode(path):
-    """An image file -> uint8 (3, H, W)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
-    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"corrupt image {path}: {e}") from None  # UnidentifiedImageError is an OSError
-    return arr.permute(2, 0, 1)
-
-
-def _scan_split(split_dir):
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    files = [
-        (p, i)
-        for i, c in enumerate(classes)
-        for p in sorted((split_dir / c).iterdir())
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    ]  # a FIFO or device would block the read
-    return classes, files
-
-
-def _cache_path(root, listing):
-    h = hashlib.sha256()
-    for p, label in listing:
-        st = p.stat()
-        h.update(f"{p.relative_to(root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    name = f".lab1_cache_{h.hexdigest()[:16]}.pt"
-    # The mode bits are checked too: root passes os.access on a read-only (r-x) folder.
-    if os.access(root, os.W_OK) and root.stat().st_mode & stat.S_IWUSR:
-        return root / name
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lab1"
-    return cache / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}{name}"
-
-
-def _load_folder(root):
-    root = Path(root)
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise DataError(
-            f"folder data set: expected {root}/train/<class>/* and {root}/test/<class>/* (ImageFolder layout)"
-        )
-    splits = {s: _scan_split(root / s) for s in ("train", "test", "val") if (root / s).is_dir()}
-    classes = splits["train"][0]
-    if len(classes) < 2:
-        raise DataError(f"folder data set: {root}/train has {len(classes)} class folder(s); at least 2 are needed")
-    for s, (c, files) in splits.items():
-        if c != classes:
-            raise DataError(f"folder data set: {root}/{s} has classes {c}, train has {classes}")
-        if not files:
-            raise DataError(f"folder data set: no images under {root}/{s}")
-    empty = sorted(set(classes) - {classes[i] for _, i in splits["train"][1]})
-    if empty:
-        raise DataError(f"folder data set: no training images in {root}/train/{empty[0]}; every class needs some")
-    cache = _cache_path(root, [f for _, files in splits.values() for f in files])
-    if cache.exists():
-        try:
-            cached = DataSet(**torch.load(cache, weights_only=True))
-            labels_ok = cached.classes == classes and all(  # the labels the listing gives, in its order
-                torch.equal(getattr(cached, f"{s}_y"), torch.tensor([i for _, i in files], dtype=torch.long))
-                for s, (_, files) in splits.items()
-            )
-            if labels_ok and all(
-                isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(splits[s][1])
-                for s, x in (("train", cached.train_x), ("test", cached.test_x), ("val", cached.val_x))
-                if s in splits
-            ):
-                return cached
-            raise ValueError("not the listing's images and labels")
-        except Exception:
-            cache.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
-    from PIL import Image
-
-    arrays = {}
-    # A decompression bomb is refused; PIL only warns below twice its pixel limit (the filter is process-wide).
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for s, (_, files) in splits.items():
-            images = list(
-                tqdm(
-                    pool.map(_decode, (p for p, _ in files)),
-                    total=len(files),
-                    leave=False,
-                    desc=f"decoding {root / s} (once; cached)",
-                    mininterval=1,
-                    dynamic_ncols=True,
-                )
-            )
-            if len(shapes := {tuple(im.shape) for im in images}) > 1:
-                raise DataError(
-                    f"folder data set: mixed image sizes under {root}/{s}: {sorted(shapes)[:3]}; "
-                    "resize them to one size first"
-                )
-            arrays[f"{s}_x"] = torch.stack(images)
-            arrays[f"{s}_y"] = torch.tensor([label for _, label in files], dtype=torch.long)
-    if len({tuple(arrays[f"{s}_x"].shape[1:]) for s in splits}) > 1:
-        raise DataError(f"folder data set: image sizes differ between splits under {root}")
-    ds = DataSet(classes=classes, **arrays)
-    tmp = tmp_name(cache)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v for k, v in vars(ds).items() if v is not None}, tmp)
-        os.replace(tmp, cache)
-        for old in cache.parent.glob(cache.name.split(".lab1_cache_")[0] + ".lab1_cache_*.pt"):
-            if old != cache:  # the same folder's cache of an earlier listing: stale for good
-                old.unlink(missing_ok=True)
-    except (OSError, RuntimeError):  # torch.save reports a full disk as a RuntimeError
-        pass  # caching is an optimisation: an unwritable cache only costs the next load its time
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return ds
+def _folder(root):
+    classes, arrays = load_folder(root)
+    return DataSet(classes=classes, **arrays)
 
 
 def load_dataset(name, root):
@@ -336,7 +218,7 @@ def load_dataset(name, root):
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     load = {"mnist": _load_mnist, "fashion-mnist": _load_mnist, "cifar10": _load_cifar, "cifar100": _load_cifar}
-    ds = load[name](name, root) if name in load else _load_folder(root)
+    ds = load[name](name, root) if name in load else _folder(root)
     # Every format: as many labels as images, each in 0..k-1 (else training fails part-way).
     where, k = f"{name} data in {root}", ds.num_classes
     for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y), ("val", ds.val_x, ds.val_y)):
