@@ -12,7 +12,7 @@ from dataloader import DataConfig
 from engine import TrainConfig, resolve_amp, resolve_device
 from errors import UsageError
 from flags import add_flags, config_dict, flag, from_args, from_dict, nonempty
-from models import ModelConfig
+from models import ModelConfig, model_dict
 
 COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
 
@@ -39,7 +39,9 @@ class RunConfig:
     output: OutputConfig
 
     def to_dict(self):
-        return config_dict(kind="exercise1", model=self.model, data=self.data, train=self.train, output=self.output)
+        return config_dict(
+            kind="exercise1", model=model_dict(self.model), data=self.data, train=self.train, output=self.output
+        )
 
     @classmethod
     def from_dict(cls, d):

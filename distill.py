@@ -24,7 +24,7 @@ from figures import plot_bars, plot_heatmap, plot_overlay
 from files import RunLock, publish, read_json, read_jsonl, write_report
 from flags import Distinct, config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from losses import DistillLoss, held_in_bf16
-from models import ModelConfig, count_params, summary
+from models import ModelConfig, count_params, model_dict, summary
 from run import loaders_for, new_model, train
 from rundir import finished
 from stats import format_paired, gap_closed, mean_std, paired
@@ -100,7 +100,9 @@ class ExperimentConfig:
     def to_dict(self):
         return config_dict(
             kind="exercise2",
-            **{k: getattr(self, k) for k in ("teacher", "student", "distill", "data", "train", "output")},
+            teacher=model_dict(self.teacher),
+            student=model_dict(self.student),
+            **{k: getattr(self, k) for k in ("distill", "data", "train", "output")},
         )
 
     @classmethod

@@ -21,6 +21,7 @@ import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
+import contextlib
 import json
 import os
 from dataclasses import fields, replace
@@ -33,8 +34,8 @@ from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, dat
 from datasets import load_dataset
 from errors import UsageError
 from files import read_json
-from flags import Parser, add_flags, from_args, given
-from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, summary, unread_flags
+from flags import Parser, add_flags, from_args, from_dict, given
+from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, model_dict, summary, unread_flags
 from notify import notify
 from resume import extend_epochs, record_epochs, resume_dir
 from run import check_model, describe_data, done, new_model, train
@@ -290,6 +291,9 @@ def _identity(plan):
     """What makes two studies the same: everything but where files live and how results are reported."""
     plan = json.loads(json.dumps(plan))
     base = plan.get("base", {})
+    # The model as config.json holds it now (its own fields), also where a study written before holds them all.
+    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+        base["model"] = model_dict(from_dict(ModelConfig, base["model"]))
     for part, keys in (("data", ("data_root", "num_workers")), ("output", ("save_dir", "wandb", "wandb_project"))):
         for k in keys:
             base.get(part, {}).pop(k, None)

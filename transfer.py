@@ -28,7 +28,7 @@ from errors import CheckpointError, UsageError
 from figures import plot_bars
 from files import read_json, write_json, write_report
 from flags import flag, from_args, from_dict, given, nonneg_int, pos_float
-from models import ModelConfig, summary
+from models import ModelConfig, model_dict, summary
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
 from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in
@@ -237,7 +237,7 @@ def main(args, run_dir=None, saved=None):
                 "modes": list(modes),
                 "transfer": asdict(tc),
                 "input_changes": changes,
-                "model": asdict(mcfg),
+                "model": model_dict(mcfg),
                 "data": asdict(data),
                 "train": asdict(train_cfg),
                 "output": asdict(out),
