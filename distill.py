@@ -86,6 +86,7 @@ class DistillConfig:
         "--amp",
         choices=("auto", "bf16", "fp16", "off"),
     )
+    teacher_sha256: str = ""  # the fingerprint of --teacher_ckpt when the run started (inputs.py)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import fields, replace
 
 import distill
 import distributed
+import inputs
 import transfer
 from cli import run_main
 from config import OutputConfig, add_run_flags, check_batch_norm, data_and_train
@@ -169,13 +170,9 @@ def main(argv=None):
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
         cfg = distill.shared_teacher(cfg, ds)
-    source = (
-        run_dir / "teacher.pth"
-        if run_dir and (run_dir / "teacher.pth").exists() and cfg.distill.teacher_ckpt
-        else cfg.distill.teacher_ckpt
-    )  # a resumed run uses its own copy of the given teacher
     teacher, given_ = None, bool(cfg.distill.teacher_ckpt)
     if given_:
+        source, cfg = _teacher_source(run_dir, cfg)
         told = {
             "name" if k == "teacher" else k[2:]: args.teacher if k == "teacher" else getattr(cfg.teacher, k[2:])
             for k in given(args)
@@ -215,6 +212,15 @@ def main(argv=None):
         lock.release()
     done(run_dir)
     return 0
+
+
+def _teacher_source(run_dir, cfg):
+    """(the file a given teacher is read from, cfg with its fingerprint): a new run records the sha256 of
+    --teacher_ckpt; a resumed one reads its own teacher.pth, or the original only while it is unchanged."""
+    d = cfg.distill
+    if run_dir is not None:
+        return inputs.source(run_dir, "teacher.pth", d.teacher_ckpt, d.teacher_sha256, "--teacher_ckpt"), cfg
+    return d.teacher_ckpt, replace(cfg, distill=replace(d, teacher_sha256=inputs.fingerprint(d.teacher_ckpt)))
 
 
 if __name__ == "__main__":

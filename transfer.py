@@ -11,7 +11,7 @@ scratch:  the same architecture from random weights with the same budget: what p
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, load_file, model_from_arch, model_from_checkpoint, save_checkpoint
+import inputs
+from checkpoint import FORMAT, load_checkpoint, load_file, model_from_arch, model_from_checkpoint, save_checkpoint
 from config import OutputConfig, RunConfig, data_and_train
 from dataloader import DataConfig, make_loaders
 from datasets import DataSet, load_dataset
@@ -27,7 +28,7 @@ from engine import TrainConfig, make_autocast
 from errors import CheckpointError, UsageError
 from figures import plot_bars
 from files import read_json, write_json, write_report
-from flags import flag, from_args, from_dict, given, nonneg_int, pos_float
+from flags import config_dict, flag, from_args, from_dict, given, nonneg_int, pos_float
 from models import ModelConfig, model_dict, summary
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
@@ -47,6 +48,7 @@ class TransferConfig:
     )
     backbone_lr_scale: float = flag(0.1, "finetune: backbone learning rate = --lr x this", type=pos_float)
     freeze_stages: int = flag(0, "finetune: keep the stem and the first N stages frozen", type=nonneg_int)
+    pretrained_sha256: str = ""  # the fingerprint of --pretrained when the run started (inputs.py)
 
 
 def load_pretrained(path):
@@ -110,12 +112,12 @@ def extract_features(model, loader, device, autocast, desc="data"):
     return feats.cpu(), labels.cpu()
 
 
-def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
-    """Features of the train / val / test splits, extracted once and kept in run_dir/features.pt."""
+def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path, digest=""):
+    """Features of the train / val / test splits, extracted once and kept in run_dir/features.pt. digest: the
+    pretrained file's sha256 (else its path and time stamp say which network the features are of)."""
     path = Path(run_dir) / "features.pt"
-    key = hashlib.sha256(
-        f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}|{data_cfg}".encode()
-    ).hexdigest()[:16]
+    network = digest or f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}"
+    key = hashlib.sha256(f"{network}|{data_cfg}".encode()).hexdigest()[:16]
     if path.exists():
         cache = load_file(path, "feature cache")
         if isinstance(cache, dict) and cache.get("key") == key:
@@ -190,29 +192,40 @@ def from_saved(saved):
     )
 
 
+def _from_flags(args):
+    """The configs of a new finetune run: data, train, transfer, output."""
+    if not args.pretrained:
+        raise UsageError("--task finetune needs --pretrained PATH (an exercise1 best.pt)")
+    dataset = args.dataset or "cifar100"
+    data, train_cfg = data_and_train(args, dataset)
+    tc = from_args(TransferConfig, args)
+    if tc.mode not in ("finetune", "all") and {"freeze_stages", "backbone_lr_scale"} & given(args):
+        raise UsageError(f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode {tc.mode}")
+    out = OutputConfig(
+        save_dir=args.save_dir or "runs",
+        run_name=args.run_name or "",
+        wandb=args.wandb or "auto",
+        wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}",
+    )
+    check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+    return data, train_cfg, tc, out
+
+
+KEPT = "pretrained.pt"  # the run's own copy of the --pretrained network (inputs.py)
+
+
 def main(args, run_dir=None, saved=None):
     """--task finetune (new, or continued with --resume RUN_DIR): each mode in its own sub-folder."""
     if saved is None:
-        if not args.pretrained:
-            raise UsageError("--task finetune needs --pretrained PATH (an exercise1 best.pt)")
-        dataset = args.dataset or "cifar100"
-        data, train_cfg = data_and_train(args, dataset)
-        tc = from_args(TransferConfig, args)
-        if tc.mode not in ("finetune", "all") and {"freeze_stages", "backbone_lr_scale"} & given(args):
-            raise UsageError(
-                f"--freeze_stages and --backbone_lr_scale belong to the finetune mode, not --mode {tc.mode}"
-            )
-        out = OutputConfig(
-            save_dir=args.save_dir or "runs",
-            run_name=args.run_name or "",
-            wandb=args.wandb or "auto",
-            wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}",
-        )
-        check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+        data, train_cfg, tc, out = _from_flags(args)
+        source = tc.pretrained
     else:
         data, train_cfg, tc, out = from_saved(saved)
         train_cfg = extend_epochs(train_cfg, args.epochs, run_dir)
-    pretrained, arch = load_pretrained(tc.pretrained)
+        source = inputs.source(run_dir, KEPT, tc.pretrained, tc.pretrained_sha256, "--pretrained")
+    pretrained, arch = load_pretrained(source)
+    if saved is None:
+        tc = replace(tc, pretrained_sha256=inputs.fingerprint(source))
     mcfg = from_dict(ModelConfig, arch["model"])
     print(
         f"loading {data.dataset} (the pretrained network takes {'x'.join(map(str, arch['in_shape']))} inputs)",
@@ -225,35 +238,26 @@ def main(args, run_dir=None, saved=None):
     modes = MODES if tc.mode == "all" else (tc.mode,)
     if "finetune" in modes:
         prepare_finetune(model_from_arch(arch), ds.num_classes, 1.0, 1.0, tc.freeze_stages)  # validate
-    print(f"pretrained {summary(mcfg.name, pretrained)} from {tc.pretrained}")
+    print(f"pretrained {summary(mcfg.name, pretrained)} from {source}")
     if run_dir is None:
-        name = out.run_name or short_name(f"finetune_{data.dataset}_{mcfg.name}_{tc.mode}_{timestamp()}")
-        out = replace(out, run_name=name)
-        run_dir = create_run_dir(
-            out.save_dir,
-            name,
-            {
-                "kind": "finetune",
-                "modes": list(modes),
-                "transfer": asdict(tc),
-                "input_changes": changes,
-                "model": model_dict(mcfg),
-                "data": asdict(data),
-                "train": asdict(train_cfg),
-                "output": asdict(out),
-            },
-            args.overwrite,
-            not args.run_name,
+        out = replace(
+            out, run_name=out.run_name or short_name(f"finetune_{data.dataset}_{mcfg.name}_{tc.mode}_{timestamp()}")
         )
+        parts = {"transfer": tc, "input_changes": changes, "model": model_dict(mcfg), "data": data, "train": train_cfg}
+        config = config_dict(kind="finetune", modes=list(modes), **parts, output=out)
+        run_dir = create_run_dir(out.save_dir, out.run_name, config, args.overwrite, not args.run_name)
     working_in(run_dir)
+    if not (run_dir / KEPT).exists():  # the network this run depends on, kept: a resume reads it
+        save_checkpoint(run_dir / KEPT, {"format": FORMAT, "arch": arch, "model": pretrained.state_dict()})
     record_epochs(run_dir, train_cfg.epochs)  # the data and the pretrained network loaded: a raised --epochs is kept
-    results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
+    cfg = RunConfig(mcfg, data, train_cfg, out)
+    results = {m: run_mode(m, tc, source, pretrained, ds, cfg, run_dir) for m in modes}
     report(results, run_dir)
     done(run_dir)
     return 0
 
 
-def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
+def run_mode(mode, tc, source, pretrained, ds, cfg, run_dir):
     """One transfer mode in run_dir/mode (skipped when finished); returns its result."""
     mode_dir = run_dir / mode
     if (mode_dir / "summary.json").exists() and read_json(mode_dir / "summary.json").get("status") == "finished":
@@ -261,7 +265,7 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         return read_json(mode_dir / "summary.json")
     mode_dir.mkdir(exist_ok=True)
     if mode in ("linear", "svm"):
-        splits = cached_features(pretrained, ds, cfg.data, cfg.train, run_dir, tc.pretrained)
+        splits = cached_features(pretrained, ds, cfg.data, cfg.train, run_dir, source, tc.pretrained_sha256)
         acc, seconds = classical(mode, splits, cfg.train.seed)
         print(f"{mode}: test acc {acc:.4f} ({seconds:.1f}s)")
         result = {"status": "finished", "test_acc": acc, "train_time_s": seconds}
@@ -269,7 +273,7 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         return result
     groups = None
     if mode == "finetune":
-        model = load_pretrained(tc.pretrained)[0]
+        model = load_pretrained(source)[0]
         torch.manual_seed(cfg.train.seed)  # the new head's initial weights: the same for the same --seed
         groups = prepare_finetune(model, ds.num_classes, cfg.train.lr, tc.backbone_lr_scale, tc.freeze_stages)
     else:
