@@ -127,7 +127,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
     opt = Optim.make(param_groups or model.parameters(), t, len(loaders.train), cfg.model.max_norm)
     progress, partial, best, wandb_id = Progress(), None, None, None
     if (run_dir / "last.pt").exists():
-        progress, partial, best, wandb_id = restore(run_dir, model, opt, loaders, desc)
+        progress, partial, best, wandb_id = restore(run_dir, model, opt, loaders, desc, t.epochs)
     record_epochs(run_dir, t.epochs)  # a run or study child: its config.json (the phases of the others have none)
     logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
     meta = {
@@ -161,6 +161,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "epochs_run": progress.epoch})
         finish_logger(logger, {"status": "failed"})
         raise Diverged(f"{e}{kept}. Try a lower --lr, --amp off, or --norm") from None
+    saver.finish(cfg.output.keep_optimizer)
     if saver.best is not None:
         model.load_state_dict(saver.best)
     return _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc)

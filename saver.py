@@ -33,6 +33,13 @@ class Saver:
             ckpt["best_model"] = self.best  # one file says which weights are best
         return {**ckpt, "partial": partial} if partial else ckpt
 
+    def finish(self, keep_optimizer):
+        """The run has finished: last.pt rewritten without the optimizer's state (moments as large as the model),
+        unless keep_optimizer. The schedule's and the scaler's few numbers stay: a raised --epochs continues the
+        schedule where it was, and only the optimizer's state starts afresh (resume.restore says so)."""
+        if self.main and not keep_optimizer:
+            save_checkpoint(self.run_dir / "last.pt", {k: v for k, v in self.state().items() if k != "optimizer"})
+
     def write_best(self):
         save_checkpoint(
             self.run_dir / "best.pt",

@@ -206,6 +206,7 @@ def _from_flags(args):
         run_name=args.run_name or "",
         wandb=args.wandb or "auto",
         wandb_project=args.wandb_project or f"finetune_{dataset.replace('-', '_')}",
+        keep_optimizer=bool(args.keep_optimizer),
     )
     check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
     return data, train_cfg, tc, out

@@ -43,3 +43,29 @@ def test_run_folder_config_and_an_older_full_config_resumes(mnist_root, tmp_path
     p = run_cli("exercise1.py", "--resume", tmp_path / "r", "--epochs", "2")
     assert p.returncode == 0, p.stderr
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _metrics(run):
+    return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in (run / "metrics.jsonl").open()]
+
+
+def test_a_finished_run_keeps_its_optimizer_state_only_when_asked(mnist_root, tmp_path):
+    args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--hidden_size", "8", *QUIET]
+    assert run_cli("exercise1.py", *args, "--run_name", "full", "--epochs", "3").returncode == 0
+    assert run_cli("exercise1.py", *args, "--run_name", "lean", "--epochs", "2").returncode == 0
+    keep = run_cli("exercise1.py", *args, "--run_name", "kept", "--epochs", "2", "--keep_optimizer")
+    assert keep.returncode == 0, keep.stderr
+    lean, kept = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in ("lean", "kept"))
+    assert "optimizer" not in lean and {"scheduler", "scaler", "rng", "model"} <= lean.keys()
+    assert "optimizer" in kept
+    p = run_cli("exercise1.py", "--resume", tmp_path / "kept", "--epochs", "3")
+    assert p.returncode == 0 and "note:" not in p.stdout, p.stderr
+    assert _metrics(tmp_path / "kept") == _metrics(tmp_path / "full")  # exactly as if it had run on
+    assert "optimizer" in torch.load(tmp_path / "kept" / "last.pt", weights_only=True)
+    p = run_cli("exercise1.py", "--resume", tmp_path / "lean", "--epochs", "3")
+    assert p.returncode == 0, p.stderr
+    assert "holds no optimizer state" in p.stdout and "starts afresh for epochs 3-3" in p.stdout
+    assert _metrics(tmp_path / "lean")[:2] == _metrics(tmp_path / "full")[:2] and len(_metrics(tmp_path / "lean")) == 3
+    assert "optimizer" not in torch.load(tmp_path / "lean" / "last.pt", weights_only=True)
+    p = run_cli("exercise1.py", "--resume", tmp_path / "lean")  # finished: nothing to add, no note
+    assert p.returncode == 0 and "note:" not in p.stdout
