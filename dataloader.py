@@ -46,6 +46,13 @@ class DataConfig:
         type=nonneg_int,
         metavar="K",
     )
+    test_subset: int = flag(
+        0,
+        "evaluate on N test examples only, stratified and the same N for every run and seed (quick checks; "
+        "results and tables say so); 0 = the whole test set",
+        type=nonneg_int,
+        metavar="N",
+    )
     fold: int = 0  # which fold (1..k_folds) a k-fold child trains on
     norm: tuple = ()  # (mean, std) per channel, in [0, 1] units; () = from the training split
 
@@ -154,7 +161,19 @@ def check_sizes(ds, cfg: DataConfig, seed, k_folds=0):
             )
     if (fewest := min(train) if k_folds else train) < k:
         raise DataError(f"only {fewest} training examples for {k} classes: use more data")
-    return {"train": train, "val": val, "test": len(ds.test_y)}
+    if cfg.test_subset and not k <= cfg.test_subset <= len(ds.test_y):
+        why = "smaller than the number of classes" if cfg.test_subset < k else "larger than the test set"
+        raise DataError(f"--test_subset {cfg.test_subset} is {why}: use {k}..{len(ds.test_y)}, or 0 for all")
+    return {"train": train, "val": val, "test": len(examples_tested(ds, cfg)[1])}
+
+
+def examples_tested(ds, cfg: DataConfig):
+    """(x, y) of the test examples evaluated: all, or --test_subset's stratified N, drawn with one fixed seed so that
+    every run and seed is tested on the same examples and their results compare."""
+    if not cfg.test_subset:
+        return ds.test_x, ds.test_y
+    keep = stratified_subset(ds.test_y, cfg.test_subset, seed=0)
+    return ds.test_x[keep], ds.test_y[keep]
 
 
 # ---------------------------------------------------------------- batched augmentation
@@ -360,6 +379,7 @@ class Loaders:
     test: object
     train_y: torch.Tensor  # labels of the training arrays, in loader index order (for teacher caches)
     norm: tuple  # ((mean per channel), (std per channel)) that every loader normalises with
+    test_y: Optional[torch.Tensor] = None  # labels of the test examples evaluated (all, or --test_subset's)
 
 
 def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False, shard=(0, 1)):
@@ -404,7 +424,8 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
     return Loaders(
         make(x, y, True),
         make(xv, yv, False) if xv is not None else None,
-        make(ds.test_x, ds.test_y, False),
+        make(*examples_tested(ds, cfg), False),
         y,
         (tuple(mean.tolist()), tuple(std.tolist())),
+        examples_tested(ds, cfg)[1],
     )

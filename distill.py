@@ -21,13 +21,13 @@ from dataloader import DataConfig, make_loaders
 from engine import TrainConfig, evaluate, make_autocast
 from errors import CheckpointError, UsageError
 from figures import plot_bars, plot_heatmap, plot_overlay
-from files import RunLock, publish, read_json, read_jsonl, write_report
+from files import TEST_MARK, RunLock, publish, read_json, read_jsonl, write_report
 from flags import Distinct, config_dict, flag, from_dict, nonneg_int, pos_float, unit
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, model_dict, summary
-from run import loaders_for, new_model, train
+from run import loaders_for, new_model, tested_on, train
 from rundir import finished
-from stats import format_paired, gap_closed, mean_std, paired
+from stats import format_mean_std, format_paired, gap_closed, mean_std, paired
 from study import Child
 from wandb_log import open_logger
 
@@ -359,7 +359,8 @@ def tested(name, model, ds, pcfg, where, how, saved=None):
     test = evaluate(
         model, loaders_for(ds, pcfg).test, make_autocast(pcfg.train), return_preds=True, desc=f"{name}: test"
     )
-    print(f"{name}: {how} ({where}); test loss {test['loss']:.4f} acc {test['acc']:.4f}")
+    on = tested_on(len(test["preds"]), pcfg.data.test_subset)
+    print(f"{name}: {how} ({where}); {on} loss {test['loss']:.4f} acc {test['acc']:.4f}")
     saved = saved or {}
     return {
         **saved,
@@ -398,9 +399,11 @@ def report(results, cfg, run_dir):
         "cache_teacher": cfg.distill.cache_teacher,
         "dataset": cfg.data.dataset,
     }
-    n_test = len(teacher_preds)
+    n_test, subset = len(teacher_preds), cfg.data.test_subset
+    out["test_examples"], out["test_subset"] = n_test, subset
     lines = [
-        "| Model | Params | Test acc | Test errors | Test loss | Train time (s) | Agreement with teacher | "
+        f"| Model | Params | Test acc{TEST_MARK * bool(subset)} | Test errors | Test loss | Train time (s) | "
+        "Agreement with teacher | "
         "Gap closed |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -424,7 +427,7 @@ def report(results, cfg, run_dir):
         run_dir / "curves.png",
         title=f"{run_dir.name}: validation accuracy per phase",
     )
-    write_report(run_dir, out, lines)
+    write_report(run_dir, out, lines, test_subset=subset)
     logger = open_logger(
         cfg.phase("teacher"), run_dir, name=f"{run_dir.name}-summary", group=run_dir.name, job_type="summary"
     )
@@ -466,12 +469,13 @@ def report_multi(results, cfg, run_dir):
     rows, lines = (
         [],
         [
-            "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
+            f"| Students | T | alpha | Test acc{TEST_MARK * bool(cfg.data.test_subset)}"
+            f"{' mean ± std' if len(alone) > 1 else ''} | Distilled - alone (paired) | Gap closed | Seeds |",
             "|---|---|---|---|---|---|---|",
         ],
     )
     m, sd = mean_std(alone.values())
-    lines.append(f"| alone | - | - | {m:.4f} ± {sd:.4f} | - | - | {len(seeds)} |")
+    lines.append(f"| alone | - | - | {format_mean_std(m, sd, len(seeds))} | - | - | {len(seeds)} |")
     for (t, a), accs in sorted(configs.items()):
         pm, ps = mean_std(accs.values())
         p = paired([accs[s] for s in seeds], [alone[s] for s in seeds])
@@ -480,7 +484,7 @@ def report_multi(results, cfg, run_dir):
             {"temperature": t, "alpha": a, "test_acc_mean": pm, "test_acc_std": ps, "paired": p, "gap_closed": gap}
         )
         lines.append(
-            f"| distilled | {t:g} | {a:g} | {pm:.4f} ± {ps:.4f} | {format_paired(p)} | "
+            f"| distilled | {t:g} | {a:g} | {format_mean_std(pm, ps, len(seeds))} | {format_paired(p)} | "
             f"{'-' if gap is None else f'{gap:.1%}'} | {len(seeds)} |"
         )
     out = {
@@ -490,6 +494,8 @@ def report_multi(results, cfg, run_dir):
         "student_distill": rows,
         "students": per,
         "seeds": seeds,
+        "test_examples": len(teacher["test_preds"]),
+        "test_subset": cfg.data.test_subset,
     }
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
@@ -506,18 +512,19 @@ def report_multi(results, cfg, run_dir):
             [f"T={t:g}" for t in ts],
             [f"alpha={a:g}" for a in als],
             run_dir / "comparison.png",
-            f"{run_dir.name}: distilled student, mean test accuracy (alone: {m:.4f})",
+            f"{run_dir.name}: distilled student, {'mean ' * (len(seeds) > 1)}test accuracy (alone: {m:.4f})",
             "test accuracy",
         )
     else:
         plot_bars(
             ["teacher", "alone", "distilled"],
             [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
-            ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"],
+            ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"] if len(seeds) > 1 else ["", "", ""],
             run_dir / "comparison.png",
-            title=f"{run_dir.name}: test accuracy (students: mean over {len(seeds)} seeds)",
+            title=f"{run_dir.name}: test accuracy (students: "
+            + (f"mean over {len(seeds)} seeds)" if len(seeds) > 1 else f"seed {seeds[0]})"),
         )
-    write_report(run_dir, out, text)
+    write_report(run_dir, out, text, test_subset=cfg.data.test_subset)
     return out
 
 

@@ -178,9 +178,21 @@ def append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def write_report(folder, summary, lines):
-    """The end of every report: results.md (a Markdown table), printed, then summary.json last (it marks the
-    work finished)."""
+TEST_MARK = "†"  # on a table's test figures made on --test_subset examples; the footnote says so
+
+
+def write_report(folder, summary, lines, test_subset=0, figures=None):
+    """The end of every report: the figures (a function that draws them, if any), results.md (a Markdown table, with
+    the --test_subset footnote where its test figures were made on a subset), printed, then summary.json last (it
+    marks the work finished)."""
+    if figures is not None:
+        figures()
+    if test_subset:
+        lines = [
+            *lines,
+            "",
+            f"{TEST_MARK} on a stratified {test_subset:,}-example subset of the test set (--test_subset)",
+        ]
     text = "\n".join(lines) + "\n"
     atomic_write(Path(folder) / "results.md", lambda tmp: Path(tmp).write_text(text), needed=len(text))
     print(text, end="", flush=True)

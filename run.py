@@ -78,9 +78,10 @@ def describe_data(ds, cfg):
     sizes = check_sizes(ds, cfg.data, cfg.train.seed, cfg.data.k_folds)
     n = lambda v: "/".join(f"{x:,}" for x in v) if isinstance(v, list) else f"{v:,}"  # noqa: E731
     fold = f" (per fold of {cfg.data.k_folds})" if cfg.data.k_folds else ""
+    part = f" (--test_subset of {len(ds.test_y):,})" if cfg.data.test_subset else ""
     print(
         f"data: {cfg.data.dataset}, {n(sizes['train'])} train / {n(sizes['val'])} validation{fold} / "
-        f"{n(sizes['test'])} test examples of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
+        f"{n(sizes['test'])} test examples{part} of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
         f"device {cfg.train.device} | amp {cfg.train.amp}",
         flush=True,
     )
@@ -170,14 +171,16 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
 def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
     """Test the best weights once; figures first, summary.json last (it marks the run finished)."""
     test = evaluate(model, loaders.test, make_autocast(cfg.train), return_preds=True, desc=f"{desc}: test")
-    k, preds = ds.num_classes, test["preds"]
-    cm = torch.bincount(ds.test_y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
+    k, preds, y = ds.num_classes, test["preds"], loaders.test_y
+    cm = torch.bincount(y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
     result = {
         "status": "finished",
         "model": cfg.model.name,
         "params": count_params(model),
         "test_acc": test["acc"],
         "test_loss": test["loss"],
+        "test_examples": len(y),
+        "test_subset": cfg.data.test_subset,  # 0: the whole test set
         "best_val_acc": progress.best_val_acc if loaders.val is not None else None,
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
@@ -187,20 +190,26 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
     }
     if distributed.is_main():
         title = f"{run_dir.name} ({cfg.model.name})"
-        plot_curves(progress.history, run_dir / "curves.png", title=title)
-        plot_grads(progress.history, run_dir / "grads.png", title=title)
+        plot_curves(progress.history, run_dir / "curves.png", title=title, best_epoch=progress.best_epoch)
+        plot_grads(progress.history, run_dir / "grads.png", title=f"{title}: per-layer gradient norm")
         plot_confusion(cm, ds.classes, run_dir / "confusion.png", title=f"{title}: test set")
         write_json(run_dir / "summary.json", result)
         if logger:
             logger.log_images([run_dir / f for f in ("curves.png", "grads.png", "confusion.png")])
         finish_logger(logger, {k: v for k, v in result.items() if isinstance(v, (int, float, str))})
     print(
-        f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
+        f"{desc}: {tested_on(len(y), cfg.data.test_subset)} loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch "
+        f"{progress.best_epoch}"
         + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
         + f", {progress.elapsed:.1f}s of training)",
         flush=True,
     )
     return {**result, "history": progress.history, "test_preds": preds}
+
+
+def tested_on(n, subset):
+    """How a result line names the test examples: "test (10,000 examples)", "test (500 examples, --test_subset)"."""
+    return f"test ({n:,} examples{', --test_subset' if subset else ''})"
 
 
 # ---------------------------------------------------------------- W&B

@@ -22,13 +22,12 @@ from dataclasses import dataclass, fields, replace
 
 from config import differences
 from errors import CheckpointError, UsageError
-from figures import plot_layer_grads, plot_study
-from files import RunLock, read_json, read_jsonl, write_json, write_report
+from files import RunLock, read_json, write_json
 from flags import Distinct, count, flag, from_dict, nonneg_int, pos_processes
 from models import PRESETS, ModelConfig
 from rundir import finished
 from saver import duration
-from stats import format_paired, mean_std, number, paired
+from study_report import report
 
 STUDIES = ("mlp_depth", "cnn_depth")
 DEFAULT_DEPTHS = {"mlp_depth": (2, 4, 8, 16, 32), "cnn_depth": (20, 32, 44, 56)}
@@ -180,126 +179,6 @@ def spawn_workers(n, study_dir):
             f"{sum(map(bool, codes))} of {n} workers failed (exit codes {codes}); the study continues "
             f"with: python {sys.argv[0]} --resume {study_dir}"
         )
-
-
-def aggregate(kids, results):
-    """Rows per configuration (kind, depth): mean ± std of test and best validation accuracy over seeds."""
-    rows = {}
-    for child in kids:
-        rows.setdefault((child.kind, child.depth), []).append(results[child.name])
-    out = []
-    for (kind, depth), rs in rows.items():
-        test_m, test_s = mean_std(r["test_acc"] for r in rs)
-        vals = [r["best_val_acc"] for r in rs if r.get("best_val_acc") is not None]
-        val_m, val_s = mean_std(vals) if vals else (None, None)
-        out.append(
-            {
-                "model": kind,
-                "depth": depth,
-                "params": rs[0]["params"],
-                "seeds": len(rs),
-                "test_acc_mean": test_m,
-                "test_acc_std": test_s,
-                "best_val_acc_mean": val_m,
-                "best_val_acc_std": val_s,
-                "train_time_s_mean": mean_std(r["train_time_s"] for r in rs)[0],
-                "test_acc": [r["test_acc"] for r in rs],
-            }
-        )
-    return out
-
-
-def residual_minus_plain(kids, results):
-    """Per depth, the paired difference residual - plain in test accuracy over the shared seeds."""
-    out = {}
-    for depth in sorted({c.depth for c in kids}):
-        by = {(c.kind, c.seed): results[c.name]["test_acc"] for c in kids if c.depth == depth}
-        seeds = sorted(s for k, s in by if k == "residual" and ("plain", s) in by)
-        if seeds:
-            out[str(depth)] = paired([by["residual", s] for s in seeds], [by["plain", s] for s in seeds])
-    return out
-
-
-def _summary(path):
-    """A child's summary.json with the figures the report needs, as training wrote them; else one line."""
-    s = read_json(path, "summary")
-    if not (
-        isinstance(s, dict)
-        and number(s.get("test_acc"))
-        and number(s.get("train_time_s"))
-        and type(s.get("params")) is int
-        and (s.get("best_val_acc") is None or number(s["best_val_acc"]))
-    ):
-        raise CheckpointError(
-            f"{path} is damaged (test_acc, best_val_acc, params or train_time_s is not a number); "
-            "restore it or train that child again"
-        )
-    return s
-
-
-def report(study_dir, title, kids):
-    """summary.json, results.md and the figures, from the children's folders."""
-    results = {
-        c.name: {
-            **_summary(study_dir / c.name / "summary.json"),
-            "history": read_jsonl(study_dir / c.name / "metrics.jsonl"),
-        }
-        for c in kids
-    }
-    if kids[0].kind == "fold":
-        accs = [results[c.name]["best_val_acc"] for c in kids]
-        m, s = mean_std(accs)
-        lines = [
-            "| Fold | Best val acc |",
-            "|---|---|",
-            *(f"| {i} | {a:.4f} |" for i, a in enumerate(accs, 1)),
-            "",
-            f"{len(kids)}-fold cross-validation: val acc {m:.4f} ± {s:.4f}",
-        ]
-        write_report(
-            study_dir,
-            {"status": "finished", "k_folds": len(kids), "fold_val_acc": accs, "val_acc_mean": m, "val_acc_std": s},
-            lines,
-        )
-        return f"{len(kids)}-fold val acc {m:.4f} ± {s:.4f}"
-    rows = aggregate(kids, results)
-    diff = residual_minus_plain(kids, results)
-    lines = [
-        "| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        val = (
-            f"{r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f}" if r["best_val_acc_mean"] is not None else "-"
-        )
-        lines.append(
-            f"| {r['model']} | {r['depth']} | {r['params']:,} | {r['test_acc_mean']:.4f} ± "
-            f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |"
-        )
-    if diff:
-        lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
-        lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
-    curves, seed = {}, kids[0].seed  # the curves and gradients drawn are of the first seed's runs
-    for c in kids:
-        if c.seed == seed:
-            curves.setdefault((c.kind, c.depth), results[c.name]["history"])
-    plot_study(
-        rows, curves, study_dir / "comparison.png", title + (f" (curves: seed {seed})" if len(rows) < len(kids) else "")
-    )
-    deepest = {}
-    for c in kids:
-        if c.seed == seed and c.depth >= deepest.get(c.kind, (0, None))[0]:
-            deepest[c.kind] = (c.depth, c.name)
-    plot_layer_grads(
-        {f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()},
-        study_dir / "grads.png",
-        title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})",
-    )
-    write_report(
-        study_dir, {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}, lines
-    )
-    best = max(rows, key=lambda r: r["test_acc_mean"])
-    return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}"
 
 
 def check_plan(plan):

@@ -2,34 +2,32 @@
 
     python exercise2.py --task finetune --pretrained runs/<run>/best.pt --dataset cifar100 --mode all
 
-linear:   the frozen network's penultimate features -> standardised logistic regression (scikit-learn)
-svm:      the same features -> standardised linear SVM (scikit-learn)
+linear:   the frozen network's penultimate features -> standardised logistic regression (scikit-learn; probes.py)
+svm:      the same features -> standardised linear SVM (scikit-learn); both with C chosen on the validation split
 finetune: end to end with a new head; the backbone at lr * --backbone_lr_scale; --freeze_stages N keeps
           the stem and the first N stages fixed
 scratch:  the same architecture from random weights with the same budget: what pretraining bought
 """
 
-import hashlib
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 import inputs
-from checkpoint import FORMAT, load_checkpoint, load_file, model_from_arch, model_from_checkpoint, save_checkpoint
+from checkpoint import FORMAT, load_checkpoint, model_from_arch, model_from_checkpoint, save_checkpoint
 from config import OutputConfig, RunConfig, data_and_train
-from dataloader import DataConfig, make_loaders
+from dataloader import DataConfig
 from datasets import DataSet, load_dataset
-from engine import TrainConfig, make_autocast
+from engine import TrainConfig
 from errors import CheckpointError, UsageError
 from figures import plot_bars
-from files import read_json, write_json, write_report
+from files import TEST_MARK, read_json, write_json, write_report
 from flags import config_dict, flag, from_args, from_dict, given, nonneg_int, pos_float
 from models import ModelConfig, model_dict, summary
+from probes import cached_features, classical
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
 from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in
@@ -95,64 +93,6 @@ def adapt_inputs(ds, in_shape):
     ), changes
 
 
-@torch.no_grad()
-def extract_features(model, loader, device, autocast, desc="data"):
-    """Penultimate features of every example in `loader`, in index order: (N, D) float32, and labels (N,)."""
-    model.eval().to(device)
-    feats, labels = None, None
-    for batch in tqdm(loader, desc=f"features of {desc}", leave=False, mininterval=1, dynamic_ncols=True):
-        with autocast():
-            f = model.features(batch.x).float()
-        if feats is None:
-            n = len(loader.y) if hasattr(loader, "y") else len(loader.loader.dataset)
-            feats = torch.empty(n, f.shape[1], device=device)
-            labels = torch.empty(n, dtype=torch.long, device=device)
-        feats[batch.idx] = f
-        labels[batch.idx] = batch.y
-    return feats.cpu(), labels.cpu()
-
-
-def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path, digest=""):
-    """Features of the train / val / test splits, extracted once and kept in run_dir/features.pt. digest: the
-    pretrained file's sha256 (else its path and time stamp say which network the features are of)."""
-    path = Path(run_dir) / "features.pt"
-    network = digest or f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}"
-    key = hashlib.sha256(f"{network}|{data_cfg}".encode()).hexdigest()[:16]
-    if path.exists():
-        cache = load_file(path, "feature cache")
-        if isinstance(cache, dict) and cache.get("key") == key:
-            print(f"features: reusing {path}")
-            return cache["splits"]
-    loaders = make_loaders(ds, replace(data_cfg, augment=False), train_cfg.seed, train_cfg.device)
-    autocast = make_autocast(train_cfg)
-    splits = {
-        name: extract_features(model, loader, train_cfg.device, autocast, name)
-        for name, loader in (("train", loaders.train), ("val", loaders.val), ("test", loaders.test))
-        if loader is not None
-    }
-    save_checkpoint(path, {"key": key, "splits": splits})
-    print(f"features: extracted {tuple(splits['train'][0].shape)} training features once, cached in {path}")
-    return splits
-
-
-def classical(mode, splits, seed):
-    """Logistic regression or a linear SVM on standardised features; returns (test_acc, train_time_s)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
-    clf = LogisticRegression(max_iter=1000) if mode == "linear" else LinearSVC(dual="auto", random_state=seed)
-    pipe = make_pipeline(StandardScaler(), clf)
-    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
-    t0 = time.perf_counter()
-    if len(set(ytr.tolist())) < 2:
-        raise UsageError(f"{mode}: the training features hold fewer than 2 classes; use more examples (--subset)")
-    pipe.fit(xtr.numpy(), ytr.numpy())
-    elapsed = time.perf_counter() - t0
-    return float((pipe.predict(xte.numpy()) == yte.numpy()).mean()), elapsed
-
-
 def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
     """New head; frozen stem + first `freeze_stages` stages; optimizer groups (head first: its lr is logged)."""
     model.head = nn.Linear(model.head.in_features, num_classes)
@@ -169,17 +109,22 @@ def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
     return [{"params": list(model.head.parameters()), "lr": lr}, {"params": backbone, "lr": lr * backbone_lr_scale}]
 
 
-def report(results, run_dir):
-    lines = ["| Mode | Test acc | Train time (s) |", "|---|---|---|"]
-    lines += [f"| {m} | {r['test_acc']:.4f} | {r['train_time_s']:.1f} |" for m, r in results.items()]
+def report(results, run_dir, test_subset=0):
+    """results.md (validation accuracy beside test; the C chosen for linear and svm), comparison.png, summary.json."""
+    mark = TEST_MARK * bool(test_subset)
+    lines = [f"| Mode | Val acc | Test acc{mark} | C | Train time (s) |", "|---|---|---|---|---|"]
+    for m, r in results.items():
+        val = r.get("val_acc", r.get("best_val_acc"))
+        val, c = "-" if val is None else f"{val:.4f}", f"{r['C']:g}" if r.get("C") else "-"
+        lines.append(f"| {m} | {val} | {r['test_acc']:.4f} | {c} | {r['train_time_s']:.1f} |")
     plot_bars(
         list(results),
         [r["test_acc"] for r in results.values()],
         [f"{r['train_time_s']:.0f}s" for r in results.values()],
         Path(run_dir) / "comparison.png",
-        title=f"{Path(run_dir).name}: transfer, test accuracy",
+        title=f"{Path(run_dir).name}: transfer, test accuracy{' (test subset)' if test_subset else ''}",
     )
-    write_report(run_dir, results, lines)
+    write_report(run_dir, results, lines, test_subset=test_subset)
 
 
 def from_saved(saved):
@@ -253,7 +198,7 @@ def main(args, run_dir=None, saved=None):
     record_epochs(run_dir, train_cfg.epochs)  # the data and the pretrained network loaded: a raised --epochs is kept
     cfg = RunConfig(mcfg, data, train_cfg, out)
     results = {m: run_mode(m, tc, source, pretrained, ds, cfg, run_dir) for m in modes}
-    report(results, run_dir)
+    report(results, run_dir, data.test_subset)
     done(run_dir)
     return 0
 
@@ -267,9 +212,7 @@ def run_mode(mode, tc, source, pretrained, ds, cfg, run_dir):
     mode_dir.mkdir(exist_ok=True)
     if mode in ("linear", "svm"):
         splits = cached_features(pretrained, ds, cfg.data, cfg.train, run_dir, source, tc.pretrained_sha256)
-        acc, seconds = classical(mode, splits, cfg.train.seed)
-        print(f"{mode}: test acc {acc:.4f} ({seconds:.1f}s)")
-        result = {"status": "finished", "test_acc": acc, "train_time_s": seconds}
+        result = {"status": "finished", **classical(mode, splits, cfg.train.seed), "test_subset": cfg.data.test_subset}
         write_json(mode_dir / "summary.json", result)
         return result
     groups = None
@@ -288,4 +231,7 @@ def run_mode(mode, tc, source, pretrained, ds, cfg, run_dir):
         param_groups=groups,
         wandb={"group": run_dir.name, "job_type": mode, "prefix": f"{mode}/", "name": f"{run_dir.name}-{mode}"},
     )
-    return {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}
+    return {
+        k: r[k]
+        for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params", "test_examples", "test_subset")
+    }
