@@ -28,13 +28,14 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import distributed
+import evaluation
 import study
 from cli import run_main
 from config import OutputConfig, RunConfig, add_run_flags, check_batch_norm, data_and_train
 from datasets import load_dataset
 from errors import UsageError
 from files import read_json
-from flags import Parser, add_flags, from_args, from_dict, given
+from flags import Parser, add_flags, from_args, from_dict, given, nonempty
 from models import MODEL_NAMES, PRESETS, ModelConfig, is_cnn, model_dict, summary, unread_flags
 from notify import notify
 from resume import extend_epochs, record_epochs, resume_dir
@@ -58,6 +59,15 @@ def get_args_parser():
         "Lab1_DLA_MLP for MLPs, Lab1_DLA_CNN for CNNs",
         "continue an interrupted run or study from its folder (or its last.pt); settings come from the "
         "folder, and only --epochs may be raised beside it",
+    )
+    p.add_argument_group("Evaluation").add_argument(
+        "--evaluate",
+        default=None,
+        metavar="PATH",
+        type=nonempty,
+        help="test a saved model (a run folder, its best.pt or last.pt) on the test split of --dataset / --data_root "
+        "(default: the data set it was trained on) or --test_subset; prints loss, accuracy and per-class accuracy "
+        "and writes nothing (default: train a model)",
     )
     add_flags(
         p.add_argument_group(
@@ -159,6 +169,8 @@ def run_study(plan, ds, study_dir, args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.evaluate:
+        return evaluation.main(args, given(args))
     if args.resume:  # a stop from here on, even while the data load, continues the same way
         continue_with(command("--resume", args.resume))
     return _main(args)
