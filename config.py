@@ -80,6 +80,14 @@ def add_run_flags(p, project_help, resume_help, skip=()):
     )
     g.add_argument("--resume", default=None, metavar="PATH", type=nonempty, help=f"{resume_help} (default: a new run)")
     g.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        type=nonempty,
+        help="start a new run with the settings of a lab1 config.json (a run folder's, or an edited copy); flags "
+        "given beside it win, and the run gets a new name (default: the flags alone)",
+    )
+    g.add_argument(
         "--notify",
         choices=("telegram",),
         default=None,

@@ -27,6 +27,7 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
+import configfile
 import distributed
 import evaluation
 import study
@@ -171,6 +172,8 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.evaluate:
         return evaluation.main(args, given(args))
+    if args.config and not args.resume:  # (beside --resume it is refused there, as any other setting)
+        configfile.apply_exercise1(args, _config_of)
     if args.resume:  # a stop from here on, even while the data load, continues the same way
         continue_with(command("--resume", args.resume))
     return _main(args)

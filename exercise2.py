@@ -22,6 +22,7 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 
 from dataclasses import fields, replace
 
+import configfile
 import distill
 import distributed
 import inputs
@@ -139,15 +140,15 @@ def main(argv=None):
         # Its phases and teacher caches are single-process; DDP is exercise1.py's (one training per command).
         raise UsageError("exercise2.py runs in one process; for data-parallel training use torchrun with exercise1.py")
     run_dir = None
+    if args.config and not args.resume:  # (beside --resume it is refused there, as any other setting)
+        configfile.apply_exercise2(args, _config_of, STUDENT_DEFAULTS)
     if args.resume:
         continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
         run_dir, saved, cfg = resume_dir(
             args.resume,
             ("exercise2", "finetune"),
             given(args) - {"task"},
-            build=lambda c: (
-                transfer.from_saved(c) if c["kind"] == "finetune" else distill.ExperimentConfig.from_dict(c)
-            ),
+            build=_config_of,
         )
         if saved["kind"] == "finetune":
             return transfer.main(args, run_dir, saved)
@@ -212,6 +213,10 @@ def main(argv=None):
         lock.release()
     done(run_dir)
     return 0
+
+
+def _config_of(saved):
+    return transfer.from_saved(saved) if saved["kind"] == "finetune" else distill.ExperimentConfig.from_dict(saved)
 
 
 def _teacher_source(run_dir, cfg):

@@ -69,3 +69,81 @@ def test_a_finished_run_keeps_its_optimizer_state_only_when_asked(mnist_root, tm
     assert "optimizer" not in torch.load(tmp_path / "lean" / "last.pt", weights_only=True)
     p = run_cli("exercise1.py", "--resume", tmp_path / "lean")  # finished: nothing to add, no note
     assert p.returncode == 0 and "note:" not in p.stdout
+
+
+def test_config_starts_a_new_run_with_its_settings_and_flags_beside_it_win(mnist_root, tmp_path):
+    args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--hidden_sizes", "12", "6", "--dropout", "0.1"]
+    p = run_cli("exercise1.py", *args, "--run_name", "a", "--lr", "3e-3", "--epochs", "1", "--augment", *QUIET)
+    assert p.returncode == 0, p.stderr
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    edited = {**saved, "train": {**saved["train"], "lr": 0.01}}
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    p = run_cli("exercise1.py", "--config", tmp_path / "edited.json", "--run_name", "b", "--epochs", "2")
+    assert p.returncode == 0, p.stderr
+    new = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert new["train"]["lr"] == 0.01 and new["train"]["epochs"] == 2 and new["output"]["run_name"] == "b"
+    assert new["model"] == saved["model"] and new["data"] == saved["data"]
+    p = run_cli("exercise1.py", "--config", tmp_path / "a" / "config.json", "--depth", "2", "--run_name", "c")
+    assert p.returncode == 0, p.stderr  # a typed --depth replaces the file's --hidden_sizes
+    c = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert c["model"]["depth"] == 2 and c["model"]["hidden_sizes"] == [] and c["model"]["dropout"] == 0.1
+
+
+def test_a_file_that_is_not_a_lab1_config_is_one_line(mnist_root, tmp_path):
+    assert (
+        run_cli(
+            "exercise1.py",
+            "--data_root",
+            mnist_root,
+            "--save_dir",
+            tmp_path,
+            "--run_name",
+            "a",
+            *QUIET,
+            "--epochs",
+            "1",
+            "--hidden_size",
+            "8",
+        ).returncode
+        == 0
+    )
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    cases = {
+        "missing.json": (None, "does not exist"),
+        "text.json": ("not json", "damaged"),
+        "list.json": ("[1, 2]", "not a lab1 config.json"),
+        "bert.json": (json.dumps({"architectures": ["Bert"], "model_type": "bert"}), "not a lab1 config.json"),
+        "bs0.json": (json.dumps({**saved, "data": {**saved["data"], "batch_size": 0}}), "batch_size = 0"),
+        "kd.json": (json.dumps({**saved, "kind": "exercise2"}), "exercise2.py"),
+    }
+    for name, (text, message) in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        p = run_cli("exercise1.py", "--config", tmp_path / name, "--save_dir", tmp_path / "out")
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (name, p.stderr)
+        assert message in p.stderr and "Traceback" not in p.stderr, (name, p.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    p = run_cli("exercise1.py", "--resume", tmp_path / "a", "--config", tmp_path / "a" / "config.json")
+    assert p.returncode == 2 and "only --epochs" in p.stderr
+
+
+def test_exercise2_config_of_a_distillation_run(mnist_root, tmp_path):
+    kd = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--epochs", "1", *QUIET[:2]]
+    kd += ["--teacher", "FlexibleMLP", "--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8"]
+    assert run_cli("exercise2.py", *kd, "--run_name", "a", "--temperature", "2").returncode == 0
+    p = run_cli("exercise2.py", "--config", tmp_path / "a" / "config.json", "--run_name", "b", "--alpha", "0.7")
+    assert p.returncode == 0, p.stderr
+    a, b = (json.loads((tmp_path / r / "config.json").read_text()) for r in "ab")
+    assert b["distill"]["temperature"] == 2 and b["distill"]["alpha"] == 0.7
+    assert (b["teacher"], b["student"], b["data"]) == (a["teacher"], a["student"], a["data"])
+
+
+def test_config_of_a_study_starts_the_same_study(mnist_root, tmp_path):
+    argv = ["--data_root", mnist_root, "--study", "mlp_depth", "--depths", "1", "--seeds", "0", "--epochs", "1"]
+    assert run_cli("exercise1.py", *argv, "--hidden_size", "8", "--save_dir", tmp_path / "a", *QUIET).returncode == 0
+    p = run_cli("exercise1.py", "--config", tmp_path / "a" / "mlp_depth" / "config.json", "--save_dir", tmp_path / "b")
+    assert p.returncode == 0, p.stderr
+    a, b = (json.loads((tmp_path / r / "mlp_depth" / "config.json").read_text()) for r in "ab")
+    a["base"]["output"].pop("save_dir"), b["base"]["output"].pop("save_dir")
+    assert a == b
