@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import eta
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
 from config import OutputConfig, RunConfig
@@ -310,7 +311,9 @@ def run_phases(cfg, ds, run_dir, teacher, given):
     else:
         tdir.mkdir(exist_ok=True)
         print("== teacher", flush=True)
+        eta.later(sum(map(student_cost(cfg, ds), student_children(cfg))))  # the students after it
         results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher"))
+        eta.later(0)
         publish(tdir / "best.pt", run_dir / "teacher.pth")
     teacher.to(cfg.train.device).eval().requires_grad_(False)
     cached = teacher_logits(teacher, ds, cfg, run_dir) if cfg.distill.cache_teacher else None
@@ -325,7 +328,7 @@ def run_phases(cfg, ds, run_dir, teacher, given):
         )
 
     fresh = {}
-    study.work(kids, run_dir, train_child, write_config=False)
+    study.work(kids, run_dir, train_child, write_config=False, cost=student_cost(cfg, ds))
     for child in kids:
         child_dir, path = run_dir / child.name, run_dir / f"{child.name}.pth"
         publish(child_dir / "best.pt", path)
@@ -342,6 +345,13 @@ def run_phases(cfg, ds, run_dir, teacher, given):
             )
         results[child.name] = {**fresh[child.name], "child": child}
     return results
+
+
+def student_cost(cfg, ds):
+    """child -> what training it costs (eta.py): a distilled student also runs the teacher forward on every batch,
+    unless its logits are cached."""
+    teacher = 0 if cfg.distill.cache_teacher else eta.params(cfg.teacher, tuple(ds.in_shape), ds.num_classes)
+    return lambda c: eta.run_cost(c.cfg.phase(c.kind), ds, teacher * (c.kind == "student_distill"))
 
 
 def _wandb(run_dir, name):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import configfile
 import distributed
+import eta
 import evaluation
 import study
 from cli import run_main
@@ -165,7 +166,8 @@ def run_study(plan, ds, study_dir, args):
 
     title = plan["study"] or study_dir.name
     working_in(study_dir)
-    return study.run(kids, study_dir, title, train_child, args.workers or 1, rebuild=bool(args.report))
+    cost = lambda child: eta.run_cost(child.cfg, ds)  # noqa: E731  (weighs the time-left estimates)
+    return study.run(kids, study_dir, title, train_child, args.workers or 1, bool(args.report), cost)
 
 
 def main(argv=None):

@@ -139,6 +139,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
         "desc": desc,
     }
     saver = Saver(run_dir, meta, model, opt, progress, logger, best)
+    saver.epoch_cost = max(1, count_params(model) * len(loaders.train_y))  # the unit of the time-left estimate
     if partial:  # the time-left estimate counts the part of an epoch already done before this session
         saver.epoch_start += partial["accum"]["step"] / len(loaders.train)
     if main:

@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 
 import distributed
+import eta
 from checkpoint import FORMAT, load_file, save_checkpoint
 from engine import rng_state
 from errors import CheckpointError
@@ -20,6 +21,7 @@ class Saver:
         self.run_dir, self.meta, self.model, self.opt, self.progress = run_dir, meta, model, opt, progress
         self.logger, self.best, self.main = logger, best, distributed.is_main()
         self.t_start, self.epoch_start = time.perf_counter(), progress.epoch
+        self.epoch_cost = 1.0  # parameters x training examples of one epoch (eta.py), set by run.train
 
     def state(self, partial=None):
         ckpt = {
@@ -62,23 +64,13 @@ class Saver:
         epochs, done = self.meta["config"]["train"]["epochs"], rec["epoch"]
         val = f"val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f} | " if rec["val_acc"] is not None else ""
         per_epoch = (time.perf_counter() - self.t_start) / max(done - self.epoch_start, 1e-3)
-        left = f" | about {duration(per_epoch * (epochs - done))} left" if done < epochs else ""
+        left = eta.left(per_epoch * (epochs - done), per_epoch / self.epoch_cost) if done < epochs else ""
         if distributed.is_main():
             print(
                 f"{self.meta['desc']} epoch {done:3d}/{epochs} | train loss {rec['train_loss']:.4f} acc "
                 f"{rec['train_acc']:.4f} | {val}lr {rec['lr']:.2e} | {rec['epoch_time_s']:.1f}s{left}",
                 flush=True,
             )
-
-
-def duration(seconds):
-    return (
-        f"{seconds:.0f} s"
-        if seconds < 90
-        else f"{seconds / 60:.0f} min"
-        if seconds < 5400
-        else f"{seconds / 3600:.1f} h"
-    )
 
 
 def stale(path, epoch):

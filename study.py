@@ -20,13 +20,14 @@ import sys
 import time
 from dataclasses import dataclass, fields, replace
 
+import eta
 from config import differences
 from errors import CheckpointError, UsageError
+from eta import duration
 from files import RunLock, read_json, write_json
 from flags import Distinct, count, flag, from_dict, nonneg_int, pos_processes
 from models import PRESETS, ModelConfig
 from rundir import finished
-from saver import duration
 from study_report import report
 
 STUDIES = ("mlp_depth", "cnn_depth")
@@ -114,10 +115,12 @@ def children(study, base, depths, seeds):
     return out
 
 
-def work(kids, study_dir, train_child, workers=1, write_config=True):
+def work(kids, study_dir, train_child, workers=1, write_config=True, cost=None):
     """One worker: claim, train and release children until every child is finished (waiting for the ones that
-    other workers hold). train_child(child, run_dir) trains (or resumes) one child."""
-    t0, done_here, total = time.perf_counter(), 0, len(kids)
+    other workers hold). train_child(child, run_dir) trains (or resumes) one child. cost(child): what training it
+    costs (eta.run_cost), which weighs the time-left estimates; by default every child costs the same."""
+    cost = cost or (lambda child: 1.0)
+    t0, done_cost, total = time.perf_counter(), 0.0, len(kids)
     for child in kids:
         if finished(study_dir / child.name):
             print(f"{child.name}: finished earlier, skipped")
@@ -139,14 +142,16 @@ def work(kids, study_dir, train_child, workers=1, write_config=True):
                 if write_config and not (run_dir / "config.json").exists():
                     write_json(run_dir / "config.json", child.cfg.to_dict())
                 print(f"== {child.name} (pid {os.getpid()})", flush=True)
+                eta.later(sum(cost(c) for c in pending if c is not child and not finished(study_dir / c.name)), workers)
                 train_child(child, run_dir)
             finally:
                 lock.release()
-            done_here += 1
-            n_done = sum(finished(study_dir / c.name) for c in kids)
-            per_child = (time.perf_counter() - t0) / done_here
-            left = f"; about {duration(per_child * (total - n_done) / workers)} left" if n_done < total else ""
-            print(f"[{n_done}/{total}] {child.name} finished{left}", flush=True)
+                eta.later(0)
+            done_cost += cost(child)
+            rest = [c for c in kids if not finished(study_dir / c.name)]
+            seconds = eta.estimate(time.perf_counter() - t0, done_cost, sum(map(cost, rest)), workers)
+            left = f"; about {duration(seconds)} left" if rest else ""
+            print(f"[{total - len(rest)}/{total}] {child.name} finished{left}", flush=True)
         if not claimed:
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
 
@@ -206,11 +211,11 @@ def check_children(kids, study_dir):
                 )
 
 
-def run(kids, study_dir, title, train_child, workers=1, rebuild=False):
-    """Work on the study until it is finished, then report once (or again, with rebuild)."""
+def run(kids, study_dir, title, train_child, workers=1, rebuild=False, cost=None):
+    """Work on the study until it is finished, then report once (or again, with rebuild). cost: as work's."""
     check_children(kids, study_dir)
     if not rebuild:
-        work(kids, study_dir, train_child, workers)
+        work(kids, study_dir, train_child, workers, cost=cost)
     if not all(finished(study_dir / c.name) for c in kids):
         left = [c.name for c in kids if not finished(study_dir / c.name)]
         raise UsageError(
