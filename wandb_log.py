@@ -6,6 +6,7 @@ and makes that logger a no-op; training never stops for it. No printed line carr
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shlex
@@ -56,6 +57,35 @@ def resolve_mode(requested):
     return "online" if auth else "offline"
 
 
+def _quiet():
+    """While a W&B run starts, and in the service process it then starts, wandb's own output goes nowhere: with HOME
+    or W&B's folders unwritable its service logged about 20 lines to the console. The user's WANDB_DEBUG or
+    WANDB_CORE_DEBUG keeps it there."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes") for v in ("WANDB_DEBUG", "WANDB_CORE_DEBUG")):
+        return contextlib.nullcontext()
+    for name in ("wandb", "wandb.sdk"):  # its Python loggers: never Python's last-resort print to stderr
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+    return _stderr_to_devnull()
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 (inherited by the processes started meanwhile) and sys.stderr, to nowhere."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class WandbLogger:
     """One W&B run whose calls never raise; under a sweep agent, a prefixed view of the process's shared run."""
 
@@ -80,21 +110,24 @@ class WandbLogger:
             else:
                 if dir:  # made first, or wandb warns; it gets wandb/
                     Path(dir).mkdir(parents=True, exist_ok=True)
-                self.run = wandb.init(  # settings: W&B never holds training long
-                    project=project,
-                    name=name,
-                    config=config,
-                    group=group,
-                    job_type=job_type,
-                    mode=mode,
-                    dir=str(dir) if dir else None,
-                    id=resume_id,
-                    resume="allow" if resume_id else None,
-                    reinit="create_new",
-                    settings=wandb.Settings(
-                        init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), finish_timeout=120, silent=True
-                    ),
-                )
+                with _quiet():  # wandb's own log lines (and its service's) stay off the console
+                    self.run = wandb.init(  # settings: W&B never holds training long
+                        project=project,
+                        name=name,
+                        config=config,
+                        group=group,
+                        job_type=job_type,
+                        mode=mode,
+                        dir=str(dir) if dir else None,
+                        id=resume_id,
+                        resume="allow" if resume_id else None,
+                        reinit="create_new",
+                        settings=wandb.Settings(
+                            init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)),
+                            finish_timeout=120,
+                            silent=True,
+                        ),
+                    )
                 _shared = self.run if self.shared else _shared
             if self.shared:  # each phase's charts run on its own epoch axis: the run's _step is not used
                 self.run.define_metric(f"{prefix}epoch")
