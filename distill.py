@@ -413,8 +413,7 @@ def report(results, cfg, run_dir):
     out["test_examples"], out["test_subset"] = n_test, subset
     lines = [
         f"| Model | Params | Test acc{TEST_MARK * bool(subset)} | Test errors | Test loss | Train time (s) | "
-        "Agreement with teacher | "
-        "Gap closed |",
+        "Agreement with teacher | Gap closed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in PHASES:
@@ -504,9 +503,8 @@ def report_multi(results, cfg, run_dir):
         "student_distill": rows,
         "students": per,
         "seeds": seeds,
-        "test_examples": len(teacher["test_preds"]),
-        "test_subset": cfg.data.test_subset,
     }
+    out.update(test_examples=len(teacher["test_preds"]), test_subset=cfg.data.test_subset)
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
     text = [
@@ -532,7 +530,7 @@ def report_multi(results, cfg, run_dir):
             ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"] if len(seeds) > 1 else ["", "", ""],
             run_dir / "comparison.png",
             title=f"{run_dir.name}: test accuracy (students: "
-            + (f"mean over {len(seeds)} seeds)" if len(seeds) > 1 else f"seed {seeds[0]})"),
+            f"{f'mean over {len(seeds)} seeds' if len(seeds) > 1 else f'seed {seeds[0]}'})",
         )
     write_report(run_dir, out, text, test_subset=cfg.data.test_subset)
     return out
