@@ -8,13 +8,15 @@
     python exercise1.py --model resnet20 --dataset folder --data_root path/to/cifar10-jpeg
     python exercise1.py --k_folds 5 --subset 5000          # stratified 5-fold cross-validation
     python exercise1.py --resume runs/<run>                # continue an interrupted run (or study)
+    python exercise1.py --config runs/<run>/config.json --lr 3e-3   # a new run with its settings, --lr changed
+    python exercise1.py --evaluate runs/<run> --test_subset 500     # test its best.pt on 500 test examples
     python exercise1.py --study mlp_depth --seeds 0 1 2    # plain vs residual MLPs over depth, mean ± std
     python exercise1.py --study cnn_depth --dataset folder --data_root path/to/cifar10-jpeg --workers 2
     torchrun --nproc_per_node 2 exercise1.py --model resnet20 --dataset cifar10   # data-parallel (DDP)
 
-A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, last.pt (the training state),
-best.pt (the best-on-validation model), summary.json, curves.png, grads.png and confusion.png; its path is
-the last line printed.
+A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, last.pt (the training state; once
+finished, without the optimizer's unless --keep_optimizer), best.pt (the best-on-validation model), summary.json,
+curves.png, grads.png and confusion.png; its path is the last line printed.
 """
 
 import signal
