@@ -119,7 +119,7 @@ def work(kids, study_dir, train_child, workers=1, write_config=True, cost=None):
     """One worker: claim, train and release children until every child is finished (waiting for the ones that
     other workers hold). train_child(child, run_dir) trains (or resumes) one child. cost(child): what training it
     costs (eta.run_cost), which weighs the time-left estimates; by default every child costs the same."""
-    cost = cost or (lambda child: 1.0)
+    cost = dict.fromkeys((c.name for c in kids), 1.0) if cost is None else {c.name: cost(c) for c in kids}
     t0, done_cost, total = time.perf_counter(), 0.0, len(kids)
     for child in kids:
         if finished(study_dir / child.name):
@@ -142,14 +142,16 @@ def work(kids, study_dir, train_child, workers=1, write_config=True, cost=None):
                 if write_config and not (run_dir / "config.json").exists():
                     write_json(run_dir / "config.json", child.cfg.to_dict())
                 print(f"== {child.name} (pid {os.getpid()})", flush=True)
-                eta.later(sum(cost(c) for c in pending if c is not child and not finished(study_dir / c.name)), workers)
+                eta.later(
+                    sum(cost[c.name] for c in pending if c is not child and not finished(study_dir / c.name)), workers
+                )
                 train_child(child, run_dir)
             finally:
                 lock.release()
                 eta.later(0)
-            done_cost += cost(child)
-            rest = [c for c in kids if not finished(study_dir / c.name)]
-            seconds = eta.estimate(time.perf_counter() - t0, done_cost, sum(map(cost, rest)), workers)
+            done_cost += cost[child.name]
+            rest = [c.name for c in kids if not finished(study_dir / c.name)]
+            seconds = eta.estimate(time.perf_counter() - t0, done_cost, sum(cost[n] for n in rest), workers)
             left = f"; about {duration(seconds)} left" if rest else ""
             print(f"[{total - len(rest)}/{total}] {child.name} finished{left}", flush=True)
         if not claimed:
