@@ -163,7 +163,6 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb):
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(e), "epochs_run": progress.epoch})
         finish_logger(logger, {"status": "failed"})
         raise Diverged(f"{e}{kept}. Try a lower --lr, --amp off, or --norm") from None
-    saver.finish(cfg.output.keep_optimizer)
     if saver.best is not None:
         model.load_state_dict(saver.best)
     return _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc)

@@ -23,7 +23,8 @@ class Saver:
         self.t_start, self.epoch_start = time.perf_counter(), progress.epoch
         self.epoch_cost = 1.0  # parameters x training examples of one epoch (eta.py), set by run.train
 
-    def state(self, partial=None):
+    def state(self, partial=None, lean=False):
+        """last.pt's content; lean: without the optimizer's state (a finished run's, unless --keep_optimizer)."""
         ckpt = {
             **self.meta,
             "model": self.model.state_dict(),
@@ -31,16 +32,19 @@ class Saver:
             "rng": rng_state(),
             **asdict(self.progress),
         }
+        if lean:  # the schedule's and scaler's few numbers stay: a raised --epochs continues the schedule
+            del ckpt["optimizer"]
         if self.best is not None and (partial or self.progress.best_epoch != self.progress.epoch):
             ckpt["best_model"] = self.best  # one file says which weights are best
         return {**ckpt, "partial": partial} if partial else ckpt
 
-    def finish(self, keep_optimizer):
-        """The run has finished: last.pt rewritten without the optimizer's state (moments as large as the model),
-        unless keep_optimizer. The schedule's and the scaler's few numbers stay: a raised --epochs continues the
-        schedule where it was, and only the optimizer's state starts afresh (resume.restore says so)."""
-        if self.main and not keep_optimizer:
-            save_checkpoint(self.run_dir / "last.pt", {k: v for k, v in self.state().items() if k != "optimizer"})
+    def finished(self):
+        """Whether the epoch just ended is the run's last (its epochs done, or early stopping's patience spent), and
+        its last.pt then leaves out the optimizer's state (moments as large as the model), unless --keep_optimizer;
+        resume.restore says so when a raised --epochs starts that state afresh."""
+        train, keep = self.meta["config"]["train"], self.meta["config"]["output"].get("keep_optimizer", False)
+        patience = train.get("early_stopping", 0)
+        return not keep and (self.progress.epoch >= train["epochs"] or 0 < patience <= self.progress.bad_epochs)
 
     def write_best(self):
         save_checkpoint(
@@ -52,7 +56,7 @@ class Saver:
         if improved:  # every rank keeps the best weights (identical across ranks under DDP)
             self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.main:
-            save_checkpoint(self.run_dir / "last.pt", self.state())
+            save_checkpoint(self.run_dir / "last.pt", self.state(lean=self.finished()))
             if improved:
                 self.write_best()
             append_jsonl(self.run_dir / "metrics.jsonl", rec)
