@@ -30,8 +30,8 @@ class OutputConfig:
     keep_optimizer: bool = flag(
         False,
         "keep the optimizer's state in last.pt once the run has finished, so that a later --resume with a raised "
-        "--epochs continues exactly as an uninterrupted longer run; without it the finished run's last.pt is "
-        "rewritten without that state (as large as the model, twice for Adam), and a raised --epochs restarts it",
+        "--epochs continues exactly as an uninterrupted longer run; without it the last epoch's last.pt leaves that "
+        "state out (as large as the model, twice for Adam), and a raised --epochs starts it afresh",
     )
 
 
