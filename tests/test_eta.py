@@ -1,7 +1,9 @@
 """Time-left estimates weigh what the remaining work costs (parameters x epochs x examples), not its count."""
 
 import pytest
+import torch
 
+import distill
 import eta
 import study
 from config import OutputConfig, RunConfig
@@ -24,8 +26,6 @@ def test_estimate_and_the_left_line():
 
 
 def test_run_cost_is_parameters_times_epochs_times_examples():
-    import torch
-
     y = torch.arange(100) % 10
     ds = DataSet(
         torch.zeros(100, 1, 4, 4, dtype=torch.uint8),
@@ -65,10 +65,6 @@ def test_a_studys_progress_line_weighs_the_children_left(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("cached", [False, True])
 def test_a_distilled_student_costs_the_teachers_forward_too(cached):
-    import torch
-
-    import distill
-
     y = torch.arange(100) % 10
     ds = DataSet(
         torch.zeros(100, 1, 4, 4, dtype=torch.uint8),

@@ -1,6 +1,7 @@
 """A write the system refuses (file-size limit, full disk, read-only file system, I/O error) is one line naming the
 file, exit 1, also where torch.save wraps the OSError in a RuntimeError; the files written before stay intact."""
 
+import builtins
 import errno
 import os
 import resource
@@ -26,7 +27,18 @@ def _limited(nbytes):
 
 
 def test_a_file_size_limit_is_one_line_naming_the_checkpoint(mnist_root, tmp_path):
-    argv = ["--data_root", mnist_root, "--save_dir", tmp_path, "--run_name", "r", "--hidden_size", "128", "--depth", "1"]
+    argv = [
+        "--data_root",
+        mnist_root,
+        "--save_dir",
+        tmp_path,
+        "--run_name",
+        "r",
+        "--hidden_size",
+        "128",
+        "--depth",
+        "1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.run(
         [sys.executable, str(ROOT / "exercise1.py"), *map(str, argv), "--epochs", "1", "--wandb", "disabled"],
@@ -97,8 +109,6 @@ def test_run_main_prints_one_line_exit_1(capsys, code):
 
 
 def test_a_metrics_line_refused_names_its_file(tmp_path, monkeypatch):
-    import builtins
-
     real = builtins.open
 
     class Refusing:
