@@ -33,7 +33,14 @@ def _nbytes(obj):
 
 
 def save_checkpoint(path, ckpt):
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp), needed=_nbytes(ckpt))
+    atomic_write(path, lambda tmp: _save(ckpt, tmp), needed=_nbytes(ckpt))
+
+
+def _save(ckpt, tmp):
+    """torch.save through a Python file: a refused write then keeps its OSError (errno) as the RuntimeError's
+    context, where torch's own file writer would report only "file write failed"."""
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def load_file(path, what="checkpoint", mmap=False):

@@ -14,6 +14,20 @@ from files import size
 from rundir import take_hint, vacate
 from wandb_log import close_wandb
 
+# What a write, or the folder it writes in, can be refused with: each is one line, exit 1.
+WRITE_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EIO,
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ESTALE,
+    errno.ETXTBSY,
+}
+
 
 def run_main(main, argv=None):
     """Run main(argv) under the exit-code contract: 0 done, 2 bad input (one line), 3 diverged, 1 disk full,
@@ -31,17 +45,11 @@ def run_main(main, argv=None):
     except DiskFull as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
-    except OSError as e:  # a full disk outside the checkpoint writer (a metrics line, a figure), a lost folder,
-        # or a path that cannot be one (too long, a file where a folder belongs): bad input, exit 2
+    except OSError as e:  # a refused write (full disk, file-size limit, read-only, I/O error) or a lost folder,
+        # named by files.atomic_write / naming; or a path that cannot be one (too long, a file where a folder
+        # belongs): bad input, exit 2
         bad_path = e.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP)
-        if not bad_path and e.errno not in (
-            errno.ENOSPC,
-            errno.EDQUOT,
-            errno.EFBIG,
-            errno.EROFS,
-            errno.ENOENT,
-            errno.EACCES,
-        ):
+        if not bad_path and e.errno not in WRITE_ERRORS:
             raise
         where = f": {str(e.filename)[:200]}" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:

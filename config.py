@@ -26,7 +26,7 @@ from flags import (
     pos_processes,
     unit,
 )
-from models import ModelConfig
+from models import ModelConfig, model_dict
 from optim import TrainConfig
 
 COLOUR = ("cifar10", "cifar100", "folder")  # data sets augmented by default
@@ -47,6 +47,12 @@ class OutputConfig:
         "keep trained models in W&B as artifacts: best = best.pt at the end, all = also at every epoch that improved",
         choices=("off", "best", "all"),
     )
+    keep_optimizer: bool = flag(
+        False,
+        "keep the optimizer's state in last.pt once the run has finished, so that a later --resume with a raised "
+        "--epochs continues exactly as an uninterrupted longer run; without it the last epoch's last.pt leaves that "
+        "state out (as large as the model, twice for Adam), and a raised --epochs starts it afresh",
+    )
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,9 @@ class RunConfig:
     output: OutputConfig
 
     def to_dict(self):
-        return config_dict(kind="exercise1", model=self.model, data=self.data, train=self.train, output=self.output)
+        return config_dict(
+            kind="exercise1", model=model_dict(self.model), data=self.data, train=self.train, output=self.output
+        )
 
     @classmethod
     def from_dict(cls, d):
@@ -89,6 +97,14 @@ def add_run_flags(p, project_help, resume_help, skip=()):
         action="store_true",
         default=None,
         help="replace an existing run folder of the same name (default: off)",
+    )
+    g.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        type=nonempty,
+        help="start a new run with the settings of a lab1 config.json (a run folder's, or an edited copy); flags "
+        "given beside it win, and the run gets a new name (default: the flags alone)",
     )
     g.add_argument("--resume", default=None, metavar="PATH", type=nonempty, help=f"{resume_help} (default: a new run)")
     g.add_argument(
@@ -229,6 +245,7 @@ class DistillConfig:
         "--amp",
         choices=("auto", "bf16", "fp16", "off"),
     )
+    teacher_sha256: str = ""  # the fingerprint of --teacher_ckpt when the run started (inputs.py)
 
 
 @dataclass(frozen=True)
@@ -243,7 +260,9 @@ class ExperimentConfig:
     def to_dict(self):
         return config_dict(
             kind="exercise2",
-            **{k: getattr(self, k) for k in ("teacher", "student", "distill", "data", "train", "output")},
+            teacher=model_dict(self.teacher),
+            student=model_dict(self.student),
+            **{k: getattr(self, k) for k in ("distill", "data", "train", "output")},
         )
 
     @classmethod
@@ -290,6 +309,7 @@ class TransferConfig:
     )
     backbone_lr_scale: float = flag(0.1, "finetune: backbone learning rate = --lr x this", type=pos_float)
     freeze_stages: int = flag(0, "finetune: keep the stem and the first N stages frozen", type=nonneg_int)
+    pretrained_sha256: str = ""  # the fingerprint of --pretrained when the run started (inputs.py)
 
 
 STUDENT_DEFAULTS = ModelConfig(name="FlexibleCNN", layers=(1, 1, 1, 1))

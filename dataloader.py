@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from datasets import DATASETS, check_norm
 from errors import DataError
 from flags import flag, fraction, nonneg_int, pos_int, processes
-from splits import check_sizes, stratified_split, stratified_subset
+from splits import check_sizes, examples_tested, stratified_split, stratified_subset
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ class DataConfig:
         "stratified K-fold cross-validation on the training set instead of one split (K >= 2); 0 = off",
         type=nonneg_int,
         metavar="K",
+    )
+    test_subset: int = flag(
+        0,
+        "evaluate on N test examples only, stratified and the same N for every run and seed (quick checks; "
+        "results and tables say so); 0 = the whole test set",
+        type=nonneg_int,
+        metavar="N",
     )
     fold: int = 0  # which fold (1..k_folds) a k-fold child trains on
     norm: tuple = ()  # (mean, std) per channel, in [0, 1] units; () = from the training split
@@ -273,6 +280,7 @@ class Loaders:
     test: object
     train_y: torch.Tensor  # labels of the training arrays, in loader index order (for teacher caches)
     norm: tuple  # ((mean per channel), (std per channel)) that every loader normalises with
+    test_y: Optional[torch.Tensor] = None  # labels of the test examples evaluated (all, or --test_subset's)
 
 
 def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=False, shard=(0, 1)):
@@ -317,7 +325,8 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
     return Loaders(
         make(x, y, True),
         make(xv, yv, False) if xv is not None else None,
-        make(ds.test_x, ds.test_y, False),
+        make(*examples_tested(ds, cfg), False),
         y,
         (tuple(mean.tolist()), tuple(std.tolist())),
+        examples_tested(ds, cfg)[1],
     )

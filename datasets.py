@@ -1,5 +1,5 @@
 """Data sets as they lie on disk, read into uint8 tensors: MNIST and Fashion-MNIST IDX files, CIFAR python pickles
-(through an unpickler that admits plain data only), and ImageFolder trees (decoded once, then cached).
+(through an unpickler that admits plain data only), and ImageFolder trees (imagefolder.py: decoded once, then cached).
 
     ds = load_dataset("mnist", "./data")            # DataSet of uint8 (N, C, H, W) tensors
 
@@ -208,12 +208,17 @@ def _load_cifar(name, root):
     return DataSet(*read(train_files), *read(test_files), classes)
 
 
+def _folder(root):
+    classes, arrays = load_folder(root)
+    return DataSet(classes=classes, **arrays)
+
+
 def load_dataset(name, root):
     """Read a data set into uint8 tensors; raises DataError with a one-line message."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     load = {"mnist": _load_mnist, "fashion-mnist": _load_mnist, "cifar10": _load_cifar, "cifar100": _load_cifar}
-    ds = load[name](name, root) if name in load else DataSet(**load_folder(root))
+    ds = load[name](name, root) if name in load else _folder(root)
     # Every format: as many labels as images, each in 0..k-1 (else training fails part-way).
     where, k = f"{name} data in {root}", ds.num_classes
     for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y), ("val", ds.val_x, ds.val_y)):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import baseline
+import eta
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
 from config import ExperimentConfig
@@ -26,7 +27,7 @@ from files import RunLock, publish, read_json, read_jsonl
 from flags import from_dict
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
-from run import loaders_for, new_model, train
+from run import loaders_for, new_model, tested_on, train
 from rundir import finished
 from study import Child
 from tracking import phase_logging
@@ -195,21 +196,7 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
     returns {name: result with test predictions}, or None when no report is due here (jobs submitted without
     waiting, or this process is the job of one student). With --seeds or a grid, a student that diverged or
     failed is {name: its outcome} and the others go on."""
-    results = {}
-    tdir, tcfg = run_dir / "teacher", cfg.phase("teacher")
-    if given:
-        results["teacher"] = tested("teacher", teacher, ds, tcfg, run_dir / "teacher.pth", "given by --teacher_ckpt")
-    elif finished(tdir):
-        publish(tdir / "best.pt", run_dir / "teacher.pth")
-        load_weights(teacher, load_checkpoint(run_dir / "teacher.pth")["model"], run_dir / "teacher.pth")
-        results["teacher"] = tested(
-            "teacher", teacher, ds, tcfg, tdir, "finished earlier", read_json(tdir / "summary.json")
-        )
-    else:
-        tdir.mkdir(exist_ok=True)
-        print("== teacher", flush=True)
-        results["teacher"] = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher", cfg))
-        publish(tdir / "best.pt", run_dir / "teacher.pth")
+    results = {"teacher": _teacher_phase(cfg, ds, run_dir, teacher, given)}
     teacher.to(cfg.train.device).eval().requires_grad_(False)
     cached = teacher_logits(teacher, ds, cfg, run_dir) if cfg.distill.cache_teacher else None
     kids = student_children(cfg)
@@ -226,32 +213,62 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
 
     fresh, several = {}, bool(cfg.distill.seeds or cfg.distill.study)
     waited = study.work(
-        kids, run_dir, train_child, write_config=False, isolate=several, retry_failed=retry_failed, launcher=launcher
+        kids,
+        run_dir,
+        train_child,
+        write_config=False,
+        isolate=several,
+        retry_failed=retry_failed,
+        launcher=launcher,
+        cost=student_cost(cfg, ds),
     )
     if waited is False or study.assigned():
         return None
     for child in kids:
-        child_dir, path = run_dir / child.name, run_dir / f"{child.name}.pth"
-        if not finished(child_dir):  # diverged or failed (isolate): the report lists it
-            results[child.name] = {**read_json(child_dir / "summary.json"), "child": child}
-            continue
-        publish(child_dir / "best.pt", path)
-        if child.name not in fresh:  # finished earlier, or by another worker: test it for the agreement
-            model = model_from_checkpoint(path, load_checkpoint(path))
-            fresh[child.name] = tested(
-                child.name,
-                model,
-                ds,
-                child.cfg.phase(child.kind),
-                child_dir,
-                "finished earlier",
-                read_json(child_dir / "summary.json"),
-            )
-        results[child.name] = {**fresh[child.name], "child": child}
+        results[child.name] = {**_student_result(child, run_dir, ds, fresh), "child": child}
     return results
 
 
+def _teacher_phase(cfg, ds, run_dir, teacher, given):
+    """The teacher's result: given, finished earlier, or trained here (published as run_dir/teacher.pth)."""
+    tdir, tcfg = run_dir / "teacher", cfg.phase("teacher")
+    if given:
+        return tested("teacher", teacher, ds, tcfg, run_dir / "teacher.pth", "given by --teacher_ckpt")
+    if finished(tdir):
+        publish(tdir / "best.pt", run_dir / "teacher.pth")
+        load_weights(teacher, load_checkpoint(run_dir / "teacher.pth")["model"], run_dir / "teacher.pth")
+        return tested("teacher", teacher, ds, tcfg, tdir, "finished earlier", read_json(tdir / "summary.json"))
+    tdir.mkdir(exist_ok=True)
+    print("== teacher", flush=True)
+    eta.later(sum(map(student_cost(cfg, ds), student_children(cfg))))  # the students after it
+    result = train(teacher, ds, tcfg, tdir, desc="teacher", wandb=_wandb(run_dir, "teacher", cfg))
+    eta.later(0)
+    publish(tdir / "best.pt", run_dir / "teacher.pth")
+    return result
+
+
+def _student_result(child, run_dir, ds, fresh):
+    """A student's result (its best.pt published as run_dir/NAME.pth): trained here, else tested now; a student
+    that diverged or failed (isolated): its outcome, which the report lists."""
+    child_dir, path = run_dir / child.name, run_dir / f"{child.name}.pth"
+    if not finished(child_dir):
+        return read_json(child_dir / "summary.json")
+    publish(child_dir / "best.pt", path)
+    if child.name in fresh:
+        return fresh[child.name]
+    model = model_from_checkpoint(path, load_checkpoint(path))  # finished earlier, or by another worker
+    pcfg, saved = child.cfg.phase(child.kind), read_json(child_dir / "summary.json")
+    return tested(child.name, model, ds, pcfg, child_dir, "finished earlier", saved)
+
+
 _wandb = phase_logging  # the W&B arguments of a phase or student
+
+
+def student_cost(cfg, ds):
+    """child -> what training it costs (eta.py): a distilled student also runs the teacher forward on every batch,
+    unless its logits are cached."""
+    teacher = 0 if cfg.distill.cache_teacher else eta.params(cfg.teacher, tuple(ds.in_shape), ds.num_classes)
+    return lambda c: eta.run_cost(c.cfg.phase(c.kind), ds, teacher * (c.kind == "student_distill"))
 
 
 def tested(name, model, ds, pcfg, where, how, saved=None):
@@ -260,7 +277,8 @@ def tested(name, model, ds, pcfg, where, how, saved=None):
     test = evaluate(
         model, loaders_for(ds, pcfg).test, make_autocast(pcfg.train), return_preds=True, desc=f"{name}: test"
     )
-    print(f"{name}: {how} ({where}); test loss {test['loss']:.4f} acc {test['acc']:.4f}")
+    on = tested_on(len(test["preds"]), pcfg.data.test_subset)
+    print(f"{name}: {how} ({where}); {on} loss {test['loss']:.4f} acc {test['acc']:.4f}")
     saved = saved or {}
     return {
         **saved,

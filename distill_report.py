@@ -3,8 +3,8 @@ seeds with paired statistics, or a temperature x alpha grid), as results.md, sum
 
 from config import PHASES
 from figures import plot_bars, plot_heatmap, plot_overlay
-from files import write_report
-from stats import format_paired, gap_closed, mean_std, paired
+from files import TEST_MARK, write_report
+from stats import format_mean_std, format_paired, gap_closed, mean_std, paired
 
 
 def report(results, cfg, run_dir):
@@ -29,10 +29,11 @@ def report(results, cfg, run_dir):
         "cache_teacher": cfg.distill.cache_teacher,
         "dataset": cfg.data.dataset,
     }
-    n_test = len(teacher_preds)
+    n_test, subset = len(teacher_preds), cfg.data.test_subset
+    out["test_examples"], out["test_subset"] = n_test, subset
     lines = [
-        "| Model | Params | Test acc | Test errors | Test loss | Train time (s) | Agreement with teacher | "
-        "Gap closed |",
+        f"| Model | Params | Test acc{TEST_MARK * bool(subset)} | Test errors | Test loss | Train time (s) | "
+        "Agreement with teacher | Gap closed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in PHASES:
@@ -55,7 +56,7 @@ def report(results, cfg, run_dir):
         run_dir / "curves.png",
         title=f"{run_dir.name}: validation accuracy per phase",
     )
-    write_report(run_dir, out, lines)  # W&B: wandb_reports.distill_to_wandb
+    write_report(run_dir, out, lines, test_subset=subset)  # W&B: wandb_reports.distill_to_wandb
     return out
 
 
@@ -88,36 +89,43 @@ def report_multi(results, cfg, run_dir):
     }
     if len(rows) == 1:
         out["paired"], out["gap_closed"] = rows[0]["paired"], rows[0]["gap_closed"]
+    out.update(test_examples=len(teacher["test_preds"]), test_subset=cfg.data.test_subset)
     if lost:
         out["failed_children"] = {n: {k: r.get(k) for k in ("status", "error", "epochs_run")} for n, r in lost.items()}
     errors = round((1 - teacher["test_acc"]) * len(teacher["test_preds"]))
     text = [
         f"Teacher: test acc {teacher['test_acc']:.4f} ({errors} test errors)",
         "",
-        "| Students | T | alpha | Test acc mean ± std | Distilled - alone (paired) | Gap closed | Seeds |",
+        f"| Students | T | alpha | Test acc{TEST_MARK * bool(cfg.data.test_subset)}"
+        f"{' mean ± std' if len(alone) > 1 else ''} | Distilled - alone (paired) | Gap closed | Seeds |",
         "|---|---|---|---|---|---|---|",
-        f"| alone | - | - | {_pm(m, sd)} | - | - | {len(seeds)} |",
+        f"| alone | - | - | {_pm(m, sd, len(seeds))} | - | - | {len(seeds)} |",
     ]
     for r in rows:
         gap = "-" if r["gap_closed"] is None else f"{r['gap_closed']:.1%}"
-        acc = f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}"
+        acc = format_mean_std(r["test_acc_mean"], r["test_acc_std"], r["seeds"])
         text.append(
             f"| distilled | {r['temperature']:g} | {r['alpha']:g} | {acc} | "
             f"{format_paired(r['paired']) if r['paired'] else '-'} | {gap} | {r['seeds']} |"
         )
-    if lost:
-        text += [
-            "",
-            *(f"{n}: {r.get('status')} ({' '.join(str(r.get('error')).split())[:200]})" for n, r in lost.items()),
-        ]
-        text.append(
-            f"{len(lost)} students diverged or failed and are left out; a re-run keeps them as they are, "
-            "--retry_failed trains them again."
-        )
+    text += _lost_lines(lost)
     if configs and m is not None:  # else nothing to compare: no distilled student, or none alone, finished
         _multi_figure(cfg, run_dir, configs, rows, (m, sd), teacher, len(seeds))
-    write_report(run_dir, out, text)
+    write_report(run_dir, out, text, test_subset=cfg.data.test_subset)
     return out
+
+
+def _lost_lines(lost):
+    """results.md's lines on the students that diverged or failed (none: no lines)."""
+    if not lost:
+        return []
+    why = {n: " ".join(str(r.get("error")).split())[:200] for n, r in lost.items()}
+    return [
+        "",
+        *(f"{n}: {r.get('status')} ({why[n]})" for n, r in lost.items()),
+        f"{len(lost)} students diverged or failed and are left out; a re-run keeps them as they are, "
+        "--retry_failed trains them again.",
+    ]
 
 
 def _per_student(results, teacher):
@@ -155,18 +163,19 @@ def _multi_figure(cfg, run_dir, configs, rows, alone, teacher, n_seeds):
             [f"T={t:g}" for t in ts],
             [f"alpha={a:g}" for a in als],
             run_dir / "comparison.png",
-            f"{run_dir.name}: distilled student, mean test accuracy (alone: {m:.4f})",
+            f"{run_dir.name}: distilled student, {'mean ' * (n_seeds > 1)}test accuracy (alone: {m:.4f})",
             "test accuracy",
         )
     else:
         plot_bars(
             ["teacher", "alone", "distilled"],
             [teacher["test_acc"], m, rows[0]["test_acc_mean"]],
-            ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"],
+            ["", f"± {sd:.4f}", f"± {rows[0]['test_acc_std']:.4f}"] if n_seeds > 1 else ["", "", ""],
             run_dir / "comparison.png",
-            title=f"{run_dir.name}: test accuracy (students: mean over {n_seeds} seeds)",
+            title=f"{run_dir.name}: test accuracy (students: "
+            f"{f'mean over {n_seeds} seeds' if n_seeds > 1 else 'one seed'})",
         )
 
 
-def _pm(m, sd):
-    return "-" if m is None else f"{m:.4f} ± {sd:.4f}"
+def _pm(m, sd, n):
+    return "-" if m is None else format_mean_std(m, sd, n)

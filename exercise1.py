@@ -8,27 +8,33 @@
     python exercise1.py --model resnet20 --dataset folder --data_root path/to/cifar10-jpeg
     python exercise1.py --k_folds 5 --subset 5000          # stratified 5-fold cross-validation
     python exercise1.py --resume runs/<run>                # continue an interrupted run (or study)
+    python exercise1.py --config runs/<run>/config.json --lr 3e-3   # a new run with its settings, --lr changed
+    python exercise1.py --evaluate runs/<run> --test_subset 500     # test its best.pt on 500 test examples
     python exercise1.py --study mlp_depth --seeds 0 1 2    # plain vs residual MLPs over depth, mean ± std
     python exercise1.py --study cnn_depth --dataset folder --data_root path/to/cifar10-jpeg --workers 2
     python exercise1.py --study cnn_depth --seeds 0 1 2 --launcher slurm   # one SLURM job per child
     torchrun --nproc_per_node 2 exercise1.py --model resnet20 --dataset cifar10   # data-parallel (DDP)
 
-A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, last.pt (the training state),
-best.pt (the best-on-validation model), summary.json, curves.png, grads.png and confusion.png; its path is
-the last line printed.
+A run folder SAVE_DIR/RUN_NAME holds config.json, command.txt, metrics.jsonl, last.pt (the training state; once
+finished, without the optimizer's unless --keep_optimizer), best.pt (the best-on-validation model), summary.json,
+curves.png, grads.png and confusion.png; its path is the last line printed.
 """
 
 import signal
 
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends quietly; run_main then takes over
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import configfile
 import distributed
+import eta
+import evaluation
 import launch
 import rules
 import study
@@ -47,8 +53,8 @@ from config import (
 from datasets import load_dataset
 from errors import UsageError
 from files import read_json
-from flags import Parser, add_flags, from_args, given
-from models import MODEL_NAMES, ModelConfig, is_cnn, summary
+from flags import Parser, add_flags, from_args, from_dict, given, nonempty
+from models import MODEL_NAMES, ModelConfig, is_cnn, model_dict, summary
 from notify import notify
 from resume import extend_epochs, record_epochs, resume_dir
 from run import check_model, describe_data, done, new_model, train
@@ -72,6 +78,15 @@ def get_args_parser():
         "Lab1_DLA_MLP for MLPs, Lab1_DLA_CNN for CNNs",
         "continue an interrupted run or study from its folder (or its last.pt); settings come from the "
         "folder, and only --epochs may be raised beside it",
+    )
+    p.add_argument_group("Evaluation").add_argument(
+        "--evaluate",
+        default=None,
+        metavar="PATH",
+        type=nonempty,
+        help="test a saved model (a run folder, its best.pt or last.pt) on the test split of --dataset / --data_root "
+        "(default: the data set it was trained on) or --test_subset; prints loss, accuracy and per-class accuracy "
+        "and writes nothing (default: train a model)",
     )
     add_flags(
         p.add_argument_group(
@@ -158,11 +173,18 @@ def run_study(plan, ds, study_dir, args):
     working_in(study_dir)
     how = from_args(LaunchConfig, args)
     jobs = launch.launcher(how, sys.argv[0], command("--resume", study_dir, "--report"))
-    return study.run(kids, study_dir, title, train_child, args.workers or 1, bool(args.report), how.retry_failed, jobs)
+    cost = lambda child: eta.run_cost(child.cfg, ds)  # noqa: E731  (weighs the time-left estimates)
+    return study.run(
+        kids, study_dir, title, train_child, args.workers or 1, bool(args.report), how.retry_failed, jobs, cost
+    )
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.evaluate:
+        return evaluation.main(args, given(args))
+    if args.config and not args.resume:  # (beside --resume it is refused there, as any other setting)
+        configfile.apply_exercise1(args, _config_of)
     if args.resume:  # a stop from here on, even while the data load, continues the same way
         continue_with(command("--resume", args.resume))
     return _main(args)
@@ -300,6 +322,9 @@ def _identity(plan):
     """What makes two studies the same: everything but where files live and how results are reported."""
     plan = json.loads(json.dumps(plan))
     base = plan.get("base", {})
+    # The model as config.json holds it now (its own fields), also where a study written before holds them all.
+    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+        base["model"] = model_dict(from_dict(ModelConfig, base["model"]))
     for part, keys in (
         ("data", ("data_root", "num_workers")),
         ("output", ("save_dir", "wandb", "wandb_project", "wandb_log_model")),

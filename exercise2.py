@@ -23,9 +23,11 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch loads ends 
 import sys
 from dataclasses import replace
 
+import configfile
 import distill
 import distill_report
 import distributed
+import inputs
 import launch
 import rules
 import transfer
@@ -138,6 +140,8 @@ def main(argv=None):
             "for one data-parallel model torchrun with exercise1.py"
         )
     run_dir, saved = None, None
+    if args.config and not args.resume:  # (beside --resume it is refused there, as any other setting)
+        configfile.apply_exercise2(args, _config_of, STUDENT_DEFAULTS)
     if args.resume:
         continue_with(command("--resume", args.resume))  # a stop from here on continues the same way
         run_dir, saved, cfg = resume_dir(
@@ -145,7 +149,7 @@ def main(argv=None):
             ("exercise2", "finetune"),
             given(args) - {"task"},
             ("resume", "epochs", *NOT_SAVED),
-            build=lambda c: transfer.from_saved(c) if c["kind"] == "finetune" else ExperimentConfig.from_dict(c),
+            build=_config_of,
         )
         if saved["kind"] == "finetune":
             _check_launch(args, None)
@@ -169,13 +173,9 @@ def _distil(args, cfg, run_dir, saved):
     seed = cfg.train.seed
     if cfg.distill.teacher_dir and not cfg.distill.teacher_ckpt:
         cfg = distill.shared_teacher(cfg, ds)
-    source = (
-        run_dir / "teacher.pth"
-        if run_dir and (run_dir / "teacher.pth").exists() and cfg.distill.teacher_ckpt
-        else cfg.distill.teacher_ckpt
-    )  # a resumed run uses its own copy of the given teacher
     teacher, given_ = None, bool(cfg.distill.teacher_ckpt)
     if given_:
+        source, cfg = _teacher_source(run_dir, cfg)
         told = {
             "name" if k == "teacher" else k[2:]: args.teacher if k == "teacher" else getattr(cfg.teacher, k[2:])
             for k in given(args)
@@ -239,6 +239,19 @@ def _check_launch(args, cfg):
         cfg.train.device if cfg else "cpu",
         "--seeds or --study kd_grid",
     )
+
+
+def _config_of(saved):
+    return transfer.from_saved(saved) if saved["kind"] == "finetune" else ExperimentConfig.from_dict(saved)
+
+
+def _teacher_source(run_dir, cfg):
+    """(the file a given teacher is read from, cfg with its fingerprint): a new run records the sha256 of
+    --teacher_ckpt; a resumed one reads its own teacher.pth, or the original only while it is unchanged."""
+    d = cfg.distill
+    if run_dir is not None:
+        return inputs.source(run_dir, "teacher.pth", d.teacher_ckpt, d.teacher_sha256, "--teacher_ckpt"), cfg
+    return d.teacher_ckpt, replace(cfg, distill=replace(d, teacher_sha256=inputs.fingerprint(d.teacher_ckpt)))
 
 
 if __name__ == "__main__":

@@ -85,8 +85,9 @@ def _style(kind, shade=0.75):
     return {"color": plt.get_cmap(family)(0.35 + 0.6 * shade), "ls": "--" if kind == "plain" else "-"}
 
 
-def plot_curves(history, path, title="training curves"):
-    """Loss and accuracy per epoch, train and validation. Returns {metrics key: (epochs, values)}."""
+def plot_curves(history, path, title="training curves", best_epoch=None):
+    """Loss and accuracy per epoch, train and validation; best_epoch (the weights kept and tested) marked by a dotted
+    line. Returns {metrics key: (epochs, values)}."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     drawn = {}
     for ax, key in zip(axes, ("loss", "acc")):
@@ -94,26 +95,36 @@ def plot_curves(history, path, title="training curves"):
             ys = [r.get(f"{split}_{key}") for r in history]
             if any(map(plottable, ys)):
                 drawn[f"{split}_{key}"] = _line(ax, [r["epoch"] for r in history], ys, label=name)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls=":", lw=1, label=f"best epoch ({best_epoch})")
         _dress(ax, _pretty(key), "epoch", _pretty(key))
     fig.suptitle(title)
     save_figure(fig, path)
     return drawn
 
 
+LEGEND_UP_TO = 12  # layers named in a legend; deeper nets get a colour bar from the input side to the output
+
+
 def plot_grads(history, path, title="per-layer gradient norm (dark = input side)"):
-    """Gradient norm of each weight layer per epoch (log scale). Returns {layer: (epochs, norms)}."""
+    """Gradient norm of each weight layer per epoch (log scale), coloured from the input side (dark) to the output
+    (light): a legend names up to LEGEND_UP_TO layers, a colour bar numbers more. Returns {layer: (epochs, norms)}."""
     layers = list(history[0]["grad_norm"]) if history else []
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    cmap = plt.get_cmap("viridis")
     drawn = {
         name: _line(
             ax,
             [r["epoch"] for r in history],
             [r["grad_norm"].get(name) for r in history],
-            label=name if len(layers) <= 12 else None,
-            color=plt.get_cmap("viridis")(i / max(1, len(layers) - 1)),
+            label=name if len(layers) <= LEGEND_UP_TO else None,
+            color=cmap(i / max(1, len(layers) - 1)),
         )
         for i, name in enumerate(layers)
     }
+    if len(layers) > LEGEND_UP_TO:
+        scale = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(1, len(layers)))
+        fig.colorbar(scale, ax=ax, fraction=0.046, label=f"weight layer, 1 (input) to {len(layers)} (output)")
     ax.set_yscale("log")
     _dress(ax, title, "epoch", "mean gradient norm")
     save_figure(fig, path)
@@ -222,6 +233,7 @@ def plot_study(rows, curves, path, title):
     Returns {"test_acc": {kind: (depths, means, stds)}, "curves": {label: (epochs, values)}}."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     drawn = {"test_acc": {}, "curves": {}}
+    several = any(r.get("seeds", 2) > 1 for r in rows)  # one seed: its values, without error bars
     for kind in dict.fromkeys(r["model"] for r in rows):
         rs = sorted((r for r in rows if r["model"] == kind), key=lambda r: r["depth"])
         bars = ax.errorbar(
@@ -229,15 +241,15 @@ def plot_study(rows, curves, path, title):
             [r["test_acc_mean"] for r in rs],
             capsize=4,
             label=kind,
-            yerr=[r["test_acc_std"] for r in rs],
+            yerr=[r["test_acc_std"] for r in rs] if several else None,
             marker="o",
             **_style(kind),
         )
         drawn["test_acc"][kind] = (
             *(np.asarray(d).tolist() for d in bars.lines[0].get_data()),
-            [float(s[1, 1] - s[0, 1]) / 2 for s in bars.lines[2][0].get_segments()],
+            [float(s[1, 1] - s[0, 1]) / 2 for s in bars.lines[2][0].get_segments()] if bars.lines[2] else None,
         )
-    _dress(ax, title, "depth", "test accuracy (mean ± std over seeds)")
+    _dress(ax, title, "depth", "test accuracy (mean ± std over seeds)" if several else "test accuracy (one seed)")
     depths = sorted({d for _, d in curves})
     for (kind, depth), h in curves.items():
         key = "val_acc" if any(plottable(r.get("val_acc")) for r in h) else "train_acc"

@@ -1,6 +1,8 @@
-"""Files a run writes and reads, safely: the one atomic writer (temporary name, fsync, rename), lab1's temporary
-names and their cleanup, run-folder locks, and JSON / JSON-lines files read back as one-line errors."""
+"""Files a run writes and reads, safely: the one atomic writer (temporary name, fsync, rename; a refused write
+becomes one line naming the file), lab1's temporary names and their cleanup, run-folder locks, and JSON / JSON-lines
+files read back as one-line errors."""
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -17,7 +19,9 @@ from errors import CheckpointError, DiskFull
 def atomic_write(path, write, needed=0):
     """Call write(tmp_path), fsync it, then rename over `path`: readers never see a partial file.
 
-    needed: the bytes the write is expected to take, for the message when the disk is full.
+    needed: the bytes the write is expected to take, for the message when the disk is full. A refused write (full
+    disk, file-size limit, read-only file system, I/O error) is an OSError naming `path`, also where torch.save
+    raised it as a RuntimeError: run_main prints it as one line.
     """
     path = Path(path)
     tmp = tmp_name(path)
@@ -26,15 +30,18 @@ def atomic_write(path, write, needed=0):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as one of many RuntimeErrors
-        full_now = shutil.disk_usage(path.parent).free  # the partial file still takes its space
-        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or full_now < max(needed, 2**20)):
+    except (OSError, RuntimeError) as e:  # torch.save reports a refused write as one of many RuntimeErrors
+        cause = os_error(e)
+        free = _free(path.parent)  # the partial file still takes its space
+        if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT) or free < max(needed, 2**20):
+            tmp.unlink(missing_ok=True)
+            raise DiskFull(
+                f"no space left on device writing {path}: {size(_free(path.parent))} free, "
+                f"about {size(needed)} needed; the files written before are intact"
+            ) from None
+        if cause is None:
             raise
-        tmp.unlink(missing_ok=True)
-        raise DiskFull(
-            f"no space left on device writing {path}: {size(shutil.disk_usage(path.parent).free)} free, "
-            f"about {size(needed)} needed; the files written before are intact"
-        ) from None
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -42,6 +49,33 @@ def atomic_write(path, write, needed=0):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def os_error(e):
+    """The OSError behind e: e itself, or the one a RuntimeError (torch.save's writer) was raised while handling."""
+    for _ in range(8):  # a short chain: __cause__ / __context__ of a RuntimeError
+        if isinstance(e, OSError) or e is None:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _free(folder):
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:  # the folder itself is gone: not a matter of space
+        return 2**62
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError of a write inside the block names `path` (a failed file.write() names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def size(nbytes):
@@ -157,13 +191,25 @@ def write_jsonl(path, records):
 def append_jsonl(path, record):
     """One line at the end of `path`. A kill part-way can leave a torn last line: resume rewrites the file from
     the checkpoint's history, which is the truth."""
-    with open(path, "a") as f:
+    with naming(path), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def write_report(folder, summary, lines):
-    """The end of every report: results.md (a Markdown table), printed, then summary.json last (it marks the
-    work finished)."""
+TEST_MARK = "†"  # on a table's test figures made on --test_subset examples; the footnote says so
+
+
+def write_report(folder, summary, lines, test_subset=0, figures=None):
+    """The end of every report: the figures (a function that draws them, if any), results.md (a Markdown table, with
+    the --test_subset footnote where its test figures were made on a subset), printed, then summary.json last (it
+    marks the work finished)."""
+    if figures is not None:
+        figures()
+    if test_subset:
+        lines = [
+            *lines,
+            "",
+            f"{TEST_MARK} on a stratified {test_subset:,}-example subset of the test set (--test_subset)",
+        ]
     text = "\n".join(lines) + "\n"
     atomic_write(Path(folder) / "results.md", lambda tmp: Path(tmp).write_text(text), needed=len(text))
     print(text, end="", flush=True)

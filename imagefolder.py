@@ -1,26 +1,35 @@
-"""ImageFolder trees ROOT/{train,test[,val]}/<class>/*: scanned and checked, decoded once by a thread pool, and cached
-as one tensor file beside the data (or in ~/.cache/lab1 when that folder is read-only)."""
+"""ImageFolder trees ROOT/{train,test[,val]}/<class>/*: their listing, the threaded decode (which a stop ends
+cleanly), and the one tensor file they are cached in after the first decode.
 
+    classes, arrays = load_folder(root)    # arrays: {"train_x": uint8 (N, 3, H, W), "train_y": int64 (N,), ...}
+"""
+
+import contextlib
 import hashlib
 import os
+import signal
 import stat
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Pending
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from errors import DataError, DiskFull
+from errors import DataError, DiskFull, Stopped
 from files import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "test", "val")
 
 
 def _decode(path):
     """An image file -> uint8 (3, H, W)."""
+    from PIL import Image
+
     try:
         with Image.open(path) as im:
             arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
@@ -53,13 +62,78 @@ def _cache_path(root, listing):
     return cache / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}{name}"
 
 
-def _scan(root):
-    """{split: (classes, [(path, label)])} of a folder data set, checked before anything is decoded."""
+@contextlib.contextmanager
+def stops_recorded():
+    """Ctrl-C and SIGTERM are recorded in the yielded list instead of raised, until the block ends.
+
+    Raised from the handler, a stop lands at any bytecode of the main thread, also inside threading's and the
+    pool's own code between acquiring a lock and the `with` that would release it; the lock then stays held, the
+    decode threads wait on it, and the pool's shutdown waits on them: a stop that hung for good (seen with SIGTERM
+    during a first decode). Only the main thread runs handlers; elsewhere nothing is changed."""
+    asked = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    before = {s: signal.signal(s, lambda signum, frame: asked.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def decode_all(paths, desc):
+    """Every image of `paths`, decoded on a thread pool, in order. A stop meanwhile cancels the decodes not begun,
+    lets the running ones (one image each) end, and is then raised as Stopped: it never waits on a held lock."""
+    with stops_recorded() as asked:
+        pool = ThreadPoolExecutor(max_workers=os.cpu_count())
+        try:
+            futures = [pool.submit(_decode, p) for p in paths]
+            images = []
+            with tqdm(total=len(paths), leave=False, desc=desc, mininterval=1, dynamic_ncols=True) as bar:
+                for f in futures:
+                    while not asked:
+                        try:
+                            images.append(f.result(timeout=0.1))  # a tenth of a second at most between looks
+                            break
+                        except Pending:
+                            pass
+                    if asked:
+                        break
+                    bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if asked:
+        raise Stopped(asked[0])
+    return images
+
+
+def _cached(cache, classes, splits):
+    """The arrays of a cache file that holds exactly this listing's images and labels, else None (and it is gone)."""
+    try:
+        cached = torch.load(cache, weights_only=True)
+        labels_ok = cached["classes"] == classes and all(  # the labels the listing gives, in its order
+            torch.equal(cached[f"{s}_y"], torch.tensor([i for _, i in files], dtype=torch.long))
+            for s, (_, files) in splits.items()
+        )
+        if labels_ok and all(
+            isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(splits[s][1])
+            for s, x in ((s, cached.get(f"{s}_x")) for s in SPLITS)
+            if s in splits
+        ):
+            return {f"{s}_{k}": cached[f"{s}_{k}"] for s in splits for k in "xy"}
+        raise ValueError("not the listing's images and labels")
+    except Exception:
+        cache.unlink(missing_ok=True)  # a stale or broken cache is rebuilt, never trusted
+        return None
+
+
+def _listing(root):
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise DataError(
             f"folder data set: expected {root}/train/<class>/* and {root}/test/<class>/* (ImageFolder layout)"
         )
-    splits = {s: _scan_split(root / s) for s in ("train", "test", "val") if (root / s).is_dir()}
+    splits = {s: _scan_split(root / s) for s in SPLITS if (root / s).is_dir()}
     classes = splits["train"][0]
     if len(classes) < 2:
         raise DataError(f"folder data set: {root}/train has {len(classes)} class folder(s); at least 2 are needed")
@@ -71,40 +145,24 @@ def _scan(root):
     empty = sorted(set(classes) - {classes[i] for _, i in splits["train"][1]})
     if empty:
         raise DataError(f"folder data set: no training images in {root}/train/{empty[0]}; every class needs some")
-    return splits
+    return classes, splits
 
 
-def _cached(cache, splits):
-    """The cache's tensors if they are the listing's images and labels; a stale or broken cache is removed."""
-    classes = splits["train"][0]
-    try:
-        cached = torch.load(cache, weights_only=True)
-        labels_ok = cached["classes"] == classes and all(  # the labels the listing gives, in its order
-            torch.equal(cached[f"{s}_y"], torch.tensor([i for _, i in files], dtype=torch.long))
-            for s, (_, files) in splits.items()
-        )
-        images_ok = all(
-            isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(splits[s][1])
-            for s, x in ((s, cached[f"{s}_x"]) for s in splits)
-        )
-        if labels_ok and images_ok and set(cached) == {"classes", *(f"{s}_{k}" for s in splits for k in "xy")}:
-            return cached
-    except Exception:
-        pass
-    cache.unlink(missing_ok=True)  # rebuilt, never trusted
-    return None
+def load_folder(root):
+    """(classes, {"train_x", "train_y", "test_x", "test_y"[, "val_x", "val_y"]}) of an ImageFolder tree."""
+    root = Path(root)
+    classes, splits = _listing(root)
+    cache = _cache_path(root, [f for _, files in splits.values() for f in files])
+    if cache.exists() and (arrays := _cached(cache, classes, splits)) is not None:
+        return classes, arrays
+    from PIL import Image
 
-
-def _decode_all(root, splits):
-    """{split_x: uint8 (N, 3, H, W), split_y: int64 (N,)} decoded by a thread pool, one image size per data set."""
     arrays = {}
     # A decompression bomb is refused; PIL only warns below twice its pixel limit (the filter is process-wide).
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+    with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for s, (_, files) in splits.items():
-            desc = f"decoding {root / s} (once; cached)"
-            decoded = pool.map(_decode, (p for p, _ in files))
-            images = list(tqdm(decoded, total=len(files), leave=False, desc=desc, mininterval=1, dynamic_ncols=True))
+            images = decode_all([p for p, _ in files], f"decoding {root / s} (once; cached)")
             if len(shapes := {tuple(im.shape) for im in images}) > 1:
                 raise DataError(
                     f"folder data set: mixed image sizes under {root}/{s}: {sorted(shapes)[:3]}; "
@@ -114,30 +172,18 @@ def _decode_all(root, splits):
             arrays[f"{s}_y"] = torch.tensor([label for _, label in files], dtype=torch.long)
     if len({tuple(arrays[f"{s}_x"].shape[1:]) for s in splits}) > 1:
         raise DataError(f"folder data set: image sizes differ between splits under {root}")
-    return arrays
+    _write_cache(cache, {**arrays, "classes": classes})
+    return classes, arrays
 
 
-def _keep(cache, arrays):
+def _write_cache(cache, content):
     """Write the cache and drop this folder's caches of earlier listings; caching is an optimisation, so a cache
     that cannot be written only costs the next load its time."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda tmp: torch.save(arrays, tmp))
+        atomic_write(cache, lambda tmp: torch.save(content, tmp))
         for old in cache.parent.glob(cache.name.split(".lab1_cache_")[0] + ".lab1_cache_*.pt"):
-            if old != cache:
+            if old != cache:  # the same folder's cache of an earlier listing: stale for good
                 old.unlink(missing_ok=True)
     except (OSError, RuntimeError, DiskFull):
         pass
-
-
-def load_folder(root):
-    """A folder data set as {classes, train_x, train_y, test_x, test_y[, val_x, val_y]}: the cache if it holds this
-    listing, else decoded and cached."""
-    root = Path(root)
-    splits = _scan(root)
-    cache = _cache_path(root, [f for _, files in splits.values() for f in files])
-    if cache.exists() and (arrays := _cached(cache, splits)) is not None:
-        return arrays
-    arrays = {"classes": splits["train"][0], **_decode_all(root, splits)}
-    _keep(cache, arrays)
-    return arrays

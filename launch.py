@@ -26,9 +26,9 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 import rules
 from errors import Stopped, UsageError
+from eta import duration
 from files import read_json
 from rundir import command
-from saver import duration
 from study import ended
 
 STOP_GRACE_S = 60  # a stopped child saves its last.pt in this time (SLURM signals 90 s before the end)

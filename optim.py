@@ -116,7 +116,8 @@ class Optim:
 
     def load_state_dict(self, state):
         for k in ("optimizer", "scheduler", "scaler"):
-            getattr(self, k).load_state_dict(state[k])
+            if k in state or k != "optimizer":  # a finished run's last.pt may hold none (saver.Saver.finished)
+                getattr(self, k).load_state_dict(state[k])
         # The learning rate of the next step, from this schedule (the same unless --epochs stretched it).
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * factor(self.scheduler.last_epoch)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from figures import plot_overlay, plottable
+from files import TEST_MARK
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,9 +86,17 @@ def main(argv=None):
     }
     print("| Run | Params | Best val acc | Test acc | Test loss | Epochs | Train time (s) |")
     print("|---|---|---|---|---|---|---|")
+    subsets = set()
     for name, s in summaries.items():
         name = name.replace("|", "\\|").replace("\n", " ")  # a folder name must not break the table
-        print(f"| {name} | " + " | ".join(format(s.get(k), f) if plottable(s.get(k)) else "-" for k, f in cols) + " |")
+        cells = [format(s.get(k), f) if plottable(s.get(k)) else "-" for k, f in cols]
+        if plottable(s.get("test_subset")) and s["test_subset"] > 0:  # tested on --test_subset examples: marked
+            cells[2] += TEST_MARK
+            subsets.add(s["test_subset"])
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if subsets:
+        sizes = "/".join(f"{n:,}" for n in sorted(subsets))
+        print(f"\n{TEST_MARK} on a stratified {sizes}-example subset of the test set (--test_subset)")
 
 
 if __name__ == "__main__":

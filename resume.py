@@ -136,10 +136,11 @@ def record_epochs(run_dir, saved, epochs):
         write_json(Path(run_dir) / "config.json", saved)
 
 
-def restore(run_dir, model, opt, loaders, desc):
-    """Restore last.pt into model / optimizer / RNG; returns (progress, accumulators of a part-done epoch, best)."""
+def restore(run_dir, model, opt, loaders, desc, epochs=None):
+    """Restore last.pt into model / optimizer / RNG; returns (progress, accumulators of a part-done epoch, best).
+    epochs: the run's epochs now (a raised --epochs), to say when a finished run's optimizer starts afresh."""
     path = run_dir / "last.pt"
-    ckpt = load_checkpoint(path, need=("model", "arch", "optimizer", "scheduler", "rng", "epoch"))
+    ckpt = load_checkpoint(path, need=("model", "arch", "scheduler", "rng", "epoch"))
     for key in ("best_model", "model"):  # both must fit and be finite; the current weights are loaded last
         if key in ckpt:
             load_weights(model, ckpt[key], path)
@@ -159,6 +160,12 @@ def restore(run_dir, model, opt, loaders, desc):
     else:
         where = f"the end of epoch {progress.epoch}"
     print(f"{desc}: resuming at {where} ({run_dir})")
+    if "optimizer" not in ckpt and epochs is not None and progress.epoch < epochs:
+        print(
+            f"note: {path} holds no optimizer state (the run finished without --keep_optimizer): the optimizer's "
+            f"state starts afresh for epochs {progress.epoch + 1}-{epochs}; the learning-rate schedule goes on "
+            "where it was"
+        )
     return progress, partial, best, ckpt.get("wandb_id")
 
 

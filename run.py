@@ -82,9 +82,10 @@ def describe_data(ds, cfg):
     sizes = check_sizes(ds, cfg.data, cfg.train.seed, cfg.data.k_folds)
     n = lambda v: "/".join(f"{x:,}" for x in v) if isinstance(v, list) else f"{v:,}"  # noqa: E731
     fold = f" (per fold of {cfg.data.k_folds})" if cfg.data.k_folds else ""
+    part = f" (--test_subset of {len(ds.test_y):,})" if cfg.data.test_subset else ""
     print(
         f"data: {cfg.data.dataset}, {n(sizes['train'])} train / {n(sizes['val'])} validation{fold} / "
-        f"{n(sizes['test'])} test examples of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
+        f"{n(sizes['test'])} test examples{part} of {ds.num_classes} classes, {'x'.join(map(str, ds.in_shape))} | "
         f"device {cfg.train.device} | amp {cfg.train.amp}",
         flush=True,
     )
@@ -140,7 +141,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb, saved):
     opt = Optim.make(param_groups or model.parameters(), t, len(loaders.train), cfg.model.max_norm)
     progress, partial, best, wandb_id = Progress(), None, None, None
     if (run_dir / "last.pt").exists():
-        progress, partial, best, wandb_id = restore(run_dir, model, opt, loaders, desc)
+        progress, partial, best, wandb_id = restore(run_dir, model, opt, loaders, desc, t.epochs)
     record_epochs(run_dir, saved, t.epochs)  # saved: what run_dir/config.json holds (a run's or a study child's)
     logger = open_logger(cfg, run_dir, resume_id=wandb_id, **wandb) if main else None
     meta = {
@@ -151,6 +152,7 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb, saved):
         "desc": desc,
     }
     saver = Saver(run_dir, meta, model, opt, progress, logger, best)
+    saver.epoch_cost = max(1, count_params(model) * len(loaders.train_y))  # the unit of the time-left estimate
     if partial:  # the time-left estimate counts the part of an epoch already done before this session
         saver.epoch_start += partial["accum"]["step"] / len(loaders.train)
     if main:
@@ -183,14 +185,16 @@ def _train(model, ds, cfg, run_dir, loss_fn, desc, param_groups, wandb, saved):
 def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
     """Test the best weights once; figures first, summary.json last (it marks the run finished)."""
     test = evaluate(model, loaders.test, make_autocast(cfg.train), return_preds=True, desc=f"{desc}: test")
-    k, preds = ds.num_classes, test["preds"]
-    cm = torch.bincount(ds.test_y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
+    k, preds, y = ds.num_classes, test["preds"], loaders.test_y
+    cm = torch.bincount(y * k + preds, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
     result = {
         "status": "finished",
         "model": cfg.model.name,
         "params": count_params(model),
         "test_acc": test["acc"],
         "test_loss": test["loss"],
+        "test_examples": len(y),
+        "test_subset": cfg.data.test_subset,  # 0: the whole test set
         "best_val_acc": progress.best_val_acc if loaders.val is not None else None,
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
@@ -200,8 +204,8 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
     }
     if distributed.is_main():
         title = f"{run_dir.name} ({cfg.model.name})"
-        plot_curves(progress.history, run_dir / "curves.png", title=title)
-        plot_grads(progress.history, run_dir / "grads.png", title=title)
+        plot_curves(progress.history, run_dir / "curves.png", title=title, best_epoch=progress.best_epoch)
+        plot_grads(progress.history, run_dir / "grads.png", title=f"{title}: per-layer gradient norm")
         plot_confusion(cm, ds.classes, run_dir / "confusion.png", title=f"{title}: test set")
         write_json(run_dir / "summary.json", result)
         if logger:
@@ -209,12 +213,18 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
         log_model(logger, cfg.output.wandb_log_model, run_dir, desc, ["best", "latest"], **_card(result, cfg))
         finish_logger(logger, run_summary(result))
     print(
-        f"{desc}: test loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch {progress.best_epoch}"
+        f"{desc}: {tested_on(len(y), cfg.data.test_subset)} loss {test['loss']:.4f} acc {test['acc']:.4f} (best epoch "
+        f"{progress.best_epoch}"
         + (f", val acc {progress.best_val_acc:.4f}" if loaders.val is not None else "")
         + f", {progress.elapsed:.1f}s of training)",
         flush=True,
     )
     return {**result, "history": progress.history, "test_preds": preds}
+
+
+def tested_on(n, subset):
+    """How a result line names the test examples: "test (10,000 examples)", "test (500 examples, --test_subset)"."""
+    return f"test ({n:,} examples{', --test_subset' if subset else ''})"
 
 
 # ---------------------------------------------------------------- W&B

@@ -1,6 +1,7 @@
 """A run folder: its name, its atomic creation, the marks that it is in use (.busy) and how a stop names the
 command that continues it."""
 
+import json
 import os
 import shlex
 import shutil
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from errors import CheckpointError, UsageError
-from files import TMP, RunLock, read_json, remove_stale_tmp, tmp_name, write_json
+from files import TMP, RunLock, naming, read_json, remove_stale_tmp, tmp_name, write_json
 
 NAME_MAX = 200  # bytes of a folder name; file systems allow 255, and temporary names add a suffix
 
@@ -90,17 +91,40 @@ def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
             f"run folder {target} already exists; pass --overwrite or another --run_name "
             f"(or continue it: {command('--resume', target)})"
         )
-    if target.is_symlink() or not (target / "config.json").is_file():
+    if target.is_symlink() or (why := not_lab1s(target)):
         raise UsageError(
-            f"{target} is not a lab1 run folder (no config.json); --overwrite replaces run folders only: "
+            f"{target} is not a lab1 run folder ({why or 'a link'}); --overwrite replaces only folders lab1 made: "
             "pass another --run_name"
         )
 
 
+MARK = ".lab1-run"  # written into every run folder create_run_dir makes: --overwrite replaces only those
+KINDS = ("exercise1", "study", "exercise2", "finetune")
+_OLD_KEYS = ({"model", "data", "train", "output"}, {"teacher", "student", "distill"}, {"modes", "transfer"}, {"base"})
+
+
+def not_lab1s(folder):
+    """Why `folder` is not a run folder lab1 made ("" when it is one): it holds MARK, or, made before MARK existed,
+    lab1's command.txt and a config.json that is a lab1 run's (its kind, or the keys lab1 wrote before kinds)."""
+    folder = Path(folder)
+    if (folder / MARK).is_file():
+        return ""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return "no lab1 config.json"
+    ours = isinstance(config, dict) and (
+        config.get("kind") in KINDS or "kind" not in config and any(keys <= config.keys() for keys in _OLD_KEYS)
+    )
+    if not ours:
+        return "its config.json is not a lab1 run's"
+    return "" if (folder / "command.txt").is_file() else f"no {MARK} and no command.txt"
+
+
 def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
-    """SAVE_DIR/NAME with config.json and command.txt, made atomically: it appears whole or not at all, and two
-    runs with one name never share it. An existing folder is an error unless overwrite (an automatic name gets
-    a numeric suffix instead)."""
+    """SAVE_DIR/NAME with config.json, command.txt and the MARK that lab1 made it, made atomically: it appears
+    whole or not at all, and two runs with one name never share it. An existing folder is an error unless overwrite
+    (an automatic name gets a numeric suffix instead)."""
     check_run_dir(save_dir, name, overwrite, auto_named)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +135,9 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
     try:
         write_json(tmp / "config.json", config)
         (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
-        (tmp / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+        for name_, text in (("command.txt", shlex.join([sys.executable, *sys.argv])), (MARK, "made by lab1")):
+            with naming(tmp / name_):
+                (tmp / name_).write_text(text + "\n")
         if overwrite and (save_dir / name).exists():
             busy = [
                 p.parent

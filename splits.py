@@ -92,4 +92,16 @@ def check_sizes(ds, cfg, seed, k_folds=0):
             )
     if (fewest := min(train) if k_folds else train) < k:
         raise DataError(f"only {fewest} training examples for {k} classes: use more data")
-    return {"train": train, "val": val, "test": len(ds.test_y)}
+    if cfg.test_subset and not k <= cfg.test_subset <= len(ds.test_y):
+        why = "smaller than the number of classes" if cfg.test_subset < k else "larger than the test set"
+        raise DataError(f"--test_subset {cfg.test_subset} is {why}: use {k}..{len(ds.test_y)}, or 0 for all")
+    return {"train": train, "val": val, "test": len(examples_tested(ds, cfg)[1])}
+
+
+def examples_tested(ds, cfg):
+    """(x, y) of the test examples evaluated: all, or --test_subset's stratified N, drawn with one fixed seed so that
+    every run and seed is tested on the same examples and their results compare."""
+    if not cfg.test_subset:
+        return ds.test_x, ds.test_y
+    keep = stratified_subset(ds.test_y, cfg.test_subset, seed=0)
+    return ds.test_x[keep], ds.test_y[keep]

@@ -23,6 +23,12 @@ def mean_std(values):
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def format_mean_std(mean, std, n, digits=4):
+    """A mean over n seeds as one table cell: "0.9123 ± 0.0012" for several, the value alone for one (a std of 0
+    would claim a certainty that one seed cannot give)."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
 def paired(a, b):
     """Per-seed differences a_i - b_i (same seeds, same order): mean, sample std, n and the 95% CI
     mean ± t_{0.975, n-1} std / sqrt(n). With n = 1 there is no spread to estimate: std is 0.0 and the

@@ -25,13 +25,14 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import eta
 from config import StudyConfig, differences
 from errors import CheckpointError, DataError, DiskFull, Diverged, UsageError
+from eta import duration
 from files import RunLock, read_json, read_jsonl, write_json
 from flags import from_dict
 from models import PRESETS, ModelConfig
 from rundir import finished
-from saver import duration
 from study_report import report
 from wandb_reports import study_to_wandb
 
@@ -113,20 +114,23 @@ def work(
     retry_failed=False,
     launcher=None,
     saved=None,
+    cost=None,
 ):
     """One worker: claim, train and release children until every child has ended (waiting for the ones that
     other workers hold). train_child(child, run_dir, saved) trains (or resumes) one child; saved: its config.json
     as read (check_children) or written here. isolate: a child that diverges or fails is recorded as such and the
     study goes on (else it stops the study, as a single run).
     retry_failed: such children are trained again. launcher(pending, study_dir): runs the pending children
-    elsewhere (launch.py) instead; its result is returned (False: submitted, not waited for)."""
+    elsewhere (launch.py) instead; its result is returned (False: submitted, not waited for). cost(child): what
+    training it costs (eta.run_cost), which weighs the time-left estimates; by default every child costs the same."""
     done = ended if isolate else finished
     if (name := assigned()) is not None:  # a launcher's job: that child only, no waiting for the others
         kids = [c for c in kids if c.name == name]
         if not kids:
             raise UsageError(f"{CHILD}={name}: {study_dir} has no child of that name")
     saved = dict(saved or {})
-    t0, done_here, total = time.perf_counter(), 0, len(kids)
+    cost = dict.fromkeys((c.name for c in kids), 1.0) if cost is None else {c.name: cost(c) for c in kids}
+    t0, done_cost, total = time.perf_counter(), 0.0, len(kids)
     if retry_failed:
         retry(kids, study_dir)
     for child in kids:
@@ -140,14 +144,18 @@ def work(
         claimed = False
         for child in pending:
             trains = lambda c, d: train_child(c, d, saved.get(c.name))  # noqa: E731
-            status = _claim(child, study_dir / child.name, trains, done, isolate, saved if write_config else None)
+            eta.later(sum(cost[c.name] for c in pending if c is not child and not done(study_dir / c.name)), workers)
+            try:
+                status = _claim(child, study_dir / child.name, trains, done, isolate, saved if write_config else None)
+            finally:
+                eta.later(0)
             if status is None:
                 continue
-            claimed, done_here = True, done_here + 1
-            n_done = sum(done(study_dir / c.name) for c in kids)
-            per_child = (time.perf_counter() - t0) / done_here
-            left = f"; about {duration(per_child * (total - n_done) / workers)} left" if n_done < total else ""
-            print(f"[{n_done}/{total}] {child.name} {status}{left}", flush=True)
+            claimed, done_cost = True, done_cost + cost[child.name]
+            rest = [c.name for c in kids if not done(study_dir / c.name)]
+            seconds = eta.estimate(time.perf_counter() - t0, done_cost, sum(cost[n] for n in rest), workers)
+            left = f"; about {duration(seconds)} left" if rest else ""
+            print(f"[{total - len(rest)}/{total}] {child.name} {status}{left}", flush=True)
         if not claimed:
             time.sleep(1.0)  # every pending child is held by another worker: wait for it to finish or die
     return None
@@ -270,12 +278,13 @@ def check_children(kids, study_dir):
     return saved
 
 
-def run(kids, study_dir, title, train_child, workers=1, rebuild=False, retry_failed=False, launcher=None):
+def run(kids, study_dir, title, train_child, workers=1, rebuild=False, retry_failed=False, launcher=None, cost=None):
     """Work on the study until every child has ended, then report once (or again, with rebuild). launcher: see
     work(); the job of one child (assigned) reports nothing."""
     saved = check_children(kids, study_dir)
     if not rebuild:
-        waited = work(kids, study_dir, train_child, workers, retry_failed=retry_failed, launcher=launcher, saved=saved)
+        how = {"retry_failed": retry_failed, "launcher": launcher, "saved": saved, "cost": cost}
+        waited = work(kids, study_dir, train_child, workers, **how)
         if assigned():
             return f"{assigned()}: done by this job"
         if waited is False:

@@ -3,9 +3,9 @@ over seeds, the children that diverged or failed, results.md, summary.json and t
 
 from errors import CheckpointError
 from figures import plot_layer_grads, plot_study
-from files import read_json, read_jsonl, write_report
+from files import TEST_MARK, read_json, read_jsonl, write_report
 from rundir import finished
-from stats import format_paired, mean_std, number, paired
+from stats import format_mean_std, format_paired, mean_std, number, paired
 
 
 def aggregate(kids, results):
@@ -94,31 +94,43 @@ def report(study_dir, title, kids):
     extra = {"failed_children": lost} if lost else {}
     if kids[0].kind == "fold":
         return _fold_report(study_dir, kids, ok, results, lost)
-    rows = aggregate(ok, results)
-    diff = residual_minus_plain(ok, results)
-    lines = [
-        "| Model | Depth | Params | Test acc mean ± std | Best val acc mean ± std | Seeds | Train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        val = (
-            f"{r['best_val_acc_mean']:.4f} ± {r['best_val_acc_std']:.4f}" if r["best_val_acc_mean"] is not None else "-"
-        )
-        lines.append(
-            f"| {r['model']} | {r['depth']} | {r['params']:,} | {r['test_acc_mean']:.4f} ± "
-            f"{r['test_acc_std']:.4f} | {val} | {r['seeds']} | {r['train_time_s_mean']:.1f} |"
-        )
-    if diff:
-        lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
-        lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
-    if ok:
-        _figures(study_dir, title, ok, results, rows)
+    rows, diff = aggregate(ok, results), residual_minus_plain(ok, results)
+    subset = next((r["test_subset"] for r in results.values() if r.get("test_subset")), 0)
     summary = {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}
-    write_report(study_dir, summary | extra, lines + _lost_lines(lost, len(kids)))
+    summary |= {"test_examples": next((r.get("test_examples") for r in results.values()), None), "test_subset": subset}
+    write_report(
+        study_dir,
+        summary | extra,
+        _table(rows, diff, subset) + _lost_lines(lost, len(kids)),
+        test_subset=subset,
+        figures=(lambda: _figures(study_dir, title, ok, results, rows)) if ok else None,
+    )
     if not rows:
         return f"no child finished{_lost_note(lost)}"
     best = max(rows, key=lambda r: r["test_acc_mean"])
     return f"best {best['model']} {best['depth']}: test acc {best['test_acc_mean']:.4f}{_lost_note(lost)}"
+
+
+def _table(rows, diff, subset):
+    """results.md: a row per configuration; mean ± std where it has several seeds, the value alone for one."""
+    spread = " mean ± std" if any(r["seeds"] > 1 for r in rows) else ""
+    lines = [
+        f"| Model | Depth | Params | Test acc{TEST_MARK * bool(subset)}{spread} | Best val acc{spread} | Seeds | "
+        "Train time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        val = r["best_val_acc_mean"]
+        val = "-" if val is None else format_mean_std(val, r["best_val_acc_std"], r["seeds"])
+        lines.append(
+            f"| {r['model']} | {r['depth']} | {r['params']:,} | "
+            f"{format_mean_std(r['test_acc_mean'], r['test_acc_std'], r['seeds'])} | {val} | {r['seeds']} | "
+            f"{r['train_time_s_mean']:.1f} |"
+        )
+    if diff:
+        lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
+        lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
+    return lines
 
 
 def _figures(study_dir, title, kids, results, rows):
@@ -137,7 +149,7 @@ def _figures(study_dir, title, kids, results, rows):
     plot_layer_grads(
         {f"{k} {d}": results[n]["history"] for k, (d, n) in deepest.items()},
         study_dir / "grads.png",
-        title=f"vanishing gradients: deepest net of each kind (epoch 1, seed {seed})",
+        title=f"per-layer gradient norm in the first epoch: deepest net of each kind (seed {seed})",
     )
 
 

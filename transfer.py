@@ -2,34 +2,32 @@
 
     python exercise2.py --task finetune --pretrained runs/<run>/best.pt --dataset cifar100 --mode all
 
-linear:   the frozen network's penultimate features -> standardised logistic regression (scikit-learn)
-svm:      the same features -> standardised linear SVM (scikit-learn)
+linear:   the frozen network's penultimate features -> standardised logistic regression (scikit-learn; probes.py)
+svm:      the same features -> standardised linear SVM (scikit-learn); both with C chosen on the validation split
 finetune: end to end with a new head; the backbone at lr * --backbone_lr_scale; --freeze_stages N keeps
           the stem and the first N stages fixed
 scratch:  the same architecture from random weights with the same budget: what pretraining bought
 """
 
-import hashlib
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from checkpoint import load_checkpoint, load_file, model_from_arch, model_from_checkpoint, save_checkpoint
+import inputs
+from checkpoint import FORMAT, load_checkpoint, model_from_arch, model_from_checkpoint, save_checkpoint
 from config import MODES, OutputConfig, RunConfig, TransferConfig, data_and_train
-from dataloader import DataConfig, make_loaders
+from dataloader import DataConfig
 from datasets import DataSet, load_dataset
-from device import make_autocast
 from errors import CheckpointError, UsageError
 from figures import plot_bars
-from files import read_json, write_json, write_report
-from flags import from_args, from_dict
-from models import ModelConfig, summary
+from files import TEST_MARK, read_json, write_json, write_report
+from flags import config_dict, from_args, from_dict
+from models import ModelConfig, model_dict, summary
 from optim import TrainConfig
+from probes import cached_features, classical
 from resume import extend_epochs, record_epochs
 from run import describe_data, done, new_model, train
 from rundir import check_run_dir, create_run_dir, short_name, timestamp, working_in
@@ -81,64 +79,6 @@ def adapt_inputs(ds, in_shape):
     ), changes
 
 
-@torch.no_grad()
-def extract_features(model, loader, device, autocast, desc="data"):
-    """Penultimate features of every example in `loader`, in index order: (N, D) float32, and labels (N,)."""
-    model.eval().to(device)
-    feats, labels = None, None
-    for batch in tqdm(loader, desc=f"features of {desc}", leave=False, mininterval=1, dynamic_ncols=True):
-        with autocast():
-            f = model.features(batch.x).float()
-        if feats is None:
-            n = len(loader.y) if hasattr(loader, "y") else len(loader.loader.dataset)
-            feats = torch.empty(n, f.shape[1], device=device)
-            labels = torch.empty(n, dtype=torch.long, device=device)
-        feats[batch.idx] = f
-        labels[batch.idx] = batch.y
-    return feats.cpu(), labels.cpu()
-
-
-def cached_features(model, ds, data_cfg, train_cfg, run_dir, pretrained_path):
-    """Features of the train / val / test splits, extracted once and kept in run_dir/features.pt."""
-    path = Path(run_dir) / "features.pt"
-    key = hashlib.sha256(
-        f"{Path(pretrained_path).resolve()}|{Path(pretrained_path).stat().st_mtime_ns}|{data_cfg}".encode()
-    ).hexdigest()[:16]
-    if path.exists():
-        cache = load_file(path, "feature cache")
-        if isinstance(cache, dict) and cache.get("key") == key:
-            print(f"features: reusing {path}")
-            return cache["splits"]
-    loaders = make_loaders(ds, replace(data_cfg, augment=False), train_cfg.seed, train_cfg.device)
-    autocast = make_autocast(train_cfg)
-    splits = {
-        name: extract_features(model, loader, train_cfg.device, autocast, name)
-        for name, loader in (("train", loaders.train), ("val", loaders.val), ("test", loaders.test))
-        if loader is not None
-    }
-    save_checkpoint(path, {"key": key, "splits": splits})
-    print(f"features: extracted {tuple(splits['train'][0].shape)} training features once, cached in {path}")
-    return splits
-
-
-def classical(mode, splits, seed):
-    """Logistic regression or a linear SVM on standardised features; returns (test_acc, train_time_s)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
-    clf = LogisticRegression(max_iter=1000) if mode == "linear" else LinearSVC(dual="auto", random_state=seed)
-    pipe = make_pipeline(StandardScaler(), clf)
-    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
-    t0 = time.perf_counter()
-    if len(set(ytr.tolist())) < 2:
-        raise UsageError(f"{mode}: the training features hold fewer than 2 classes; use more examples (--subset)")
-    pipe.fit(xtr.numpy(), ytr.numpy())
-    elapsed = time.perf_counter() - t0
-    return float((pipe.predict(xte.numpy()) == yte.numpy()).mean()), elapsed
-
-
 def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
     """New head; frozen stem + first `freeze_stages` stages; optimizer groups (head first: its lr is logged)."""
     model.head = nn.Linear(model.head.in_features, num_classes)
@@ -155,17 +95,22 @@ def prepare_finetune(model, num_classes, lr, backbone_lr_scale, freeze_stages):
     return [{"params": list(model.head.parameters()), "lr": lr}, {"params": backbone, "lr": lr * backbone_lr_scale}]
 
 
-def report(results, run_dir):
-    lines = ["| Mode | Test acc | Train time (s) |", "|---|---|---|"]
-    lines += [f"| {m} | {r['test_acc']:.4f} | {r['train_time_s']:.1f} |" for m, r in results.items()]
+def report(results, run_dir, test_subset=0):
+    """results.md (validation accuracy beside test; the C chosen for linear and svm), comparison.png, summary.json."""
+    mark = TEST_MARK * bool(test_subset)
+    lines = [f"| Mode | Val acc | Test acc{mark} | C | Train time (s) |", "|---|---|---|---|---|"]
+    for m, r in results.items():
+        val = r.get("val_acc", r.get("best_val_acc"))
+        val, c = "-" if val is None else f"{val:.4f}", f"{r['C']:g}" if r.get("C") else "-"
+        lines.append(f"| {m} | {val} | {r['test_acc']:.4f} | {c} | {r['train_time_s']:.1f} |")
     plot_bars(
         list(results),
         [r["test_acc"] for r in results.values()],
         [f"{r['train_time_s']:.0f}s" for r in results.values()],
         Path(run_dir) / "comparison.png",
-        title=f"{Path(run_dir).name}: transfer, test accuracy",
+        title=f"{Path(run_dir).name}: transfer, test accuracy{' (test subset)' if test_subset else ''}",
     )
-    write_report(run_dir, results, lines)
+    write_report(run_dir, results, lines, test_subset=test_subset)
 
 
 def from_saved(saved):
@@ -178,19 +123,32 @@ def from_saved(saved):
     )
 
 
+def _from_flags(args):
+    """The configs of a new finetune run: data, train, transfer, output."""
+    dataset = args.dataset or "cifar100"
+    data, train_cfg = data_and_train(args, dataset)
+    tc = from_args(TransferConfig, args)
+    default = f"finetune_{data_name(dataset, data.data_root)}"
+    out = from_args(OutputConfig, args, wandb_project=project(args.wandb_project, default))
+    check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+    return data, train_cfg, tc, out
+
+
+KEPT = "pretrained.pt"  # the run's own copy of the --pretrained network (inputs.py)
+
+
 def main(args, run_dir=None, saved=None):
     """--task finetune (new, or continued with --resume RUN_DIR): each mode in its own sub-folder."""
     if saved is None:
-        dataset = args.dataset or "cifar100"
-        data, train_cfg = data_and_train(args, dataset)
-        tc = from_args(TransferConfig, args)
-        default = f"finetune_{data_name(dataset, data.data_root)}"
-        out = from_args(OutputConfig, args, wandb_project=project(args.wandb_project, default))
-        check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+        data, train_cfg, tc, out = _from_flags(args)
+        source = tc.pretrained
     else:
         data, train_cfg, tc, out = from_saved(saved)
         train_cfg = extend_epochs(train_cfg, args.epochs, run_dir)
-    pretrained, arch = load_pretrained(tc.pretrained)
+        source = inputs.source(run_dir, KEPT, tc.pretrained, tc.pretrained_sha256, "--pretrained")
+    pretrained, arch = load_pretrained(source)
+    if saved is None:
+        tc = replace(tc, pretrained_sha256=inputs.fingerprint(source))
     mcfg = from_dict(ModelConfig, arch["model"])
     print(
         f"loading {data.dataset} (the pretrained network takes {'x'.join(map(str, arch['in_shape']))} inputs)",
@@ -203,36 +161,27 @@ def main(args, run_dir=None, saved=None):
     modes = MODES if tc.mode == "all" else (tc.mode,)
     if "finetune" in modes:
         prepare_finetune(model_from_arch(arch), ds.num_classes, 1.0, 1.0, tc.freeze_stages)  # validate
-    print(f"pretrained {summary(mcfg.name, pretrained)} from {tc.pretrained}")
+    print(f"pretrained {summary(mcfg.name, pretrained)} from {source}")
     if run_dir is None:
-        name = out.run_name or short_name(f"finetune_{data.dataset}_{mcfg.name}_{tc.mode}_{timestamp()}")
-        out = replace(out, run_name=name)
-        run_dir = create_run_dir(
-            out.save_dir,
-            name,
-            {
-                "kind": "finetune",
-                "modes": list(modes),
-                "transfer": asdict(tc),
-                "input_changes": changes,
-                "model": asdict(mcfg),
-                "data": asdict(data),
-                "train": asdict(train_cfg),
-                "output": asdict(out),
-            },
-            args.overwrite,
-            not args.run_name,
+        out = replace(
+            out, run_name=out.run_name or short_name(f"finetune_{data.dataset}_{mcfg.name}_{tc.mode}_{timestamp()}")
         )
+        parts = {"transfer": tc, "input_changes": changes, "model": model_dict(mcfg), "data": data, "train": train_cfg}
+        config = config_dict(kind="finetune", modes=list(modes), **parts, output=out)
+        run_dir = create_run_dir(out.save_dir, out.run_name, config, args.overwrite, not args.run_name)
     working_in(run_dir)
+    if not (run_dir / KEPT).exists():  # the network this run depends on, kept: a resume reads it
+        save_checkpoint(run_dir / KEPT, {"format": FORMAT, "arch": arch, "model": pretrained.state_dict()})
     record_epochs(run_dir, saved, train_cfg.epochs)  # the data and the pretrained network loaded: --epochs is kept
-    results = {m: run_mode(m, tc, pretrained, ds, RunConfig(mcfg, data, train_cfg, out), run_dir) for m in modes}
-    report(results, run_dir)
-    transfer_to_wandb(results, run_dir, tc, RunConfig(mcfg, data, train_cfg, out))
+    cfg = RunConfig(mcfg, data, train_cfg, out)
+    results = {m: run_mode(m, tc, source, pretrained, ds, cfg, run_dir) for m in modes}
+    report(results, run_dir, data.test_subset)
+    transfer_to_wandb(results, run_dir, tc, cfg)
     done(run_dir)
     return 0
 
 
-def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
+def run_mode(mode, tc, source, pretrained, ds, cfg, run_dir):
     """One transfer mode in run_dir/mode (skipped when finished); returns its result."""
     mode_dir = run_dir / mode
     if (mode_dir / "summary.json").exists() and read_json(mode_dir / "summary.json").get("status") == "finished":
@@ -240,16 +189,14 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         return read_json(mode_dir / "summary.json")
     mode_dir.mkdir(exist_ok=True)
     if mode in ("linear", "svm"):
-        splits = cached_features(pretrained, ds, cfg.data, cfg.train, run_dir, tc.pretrained)
-        acc, seconds = classical(mode, splits, cfg.train.seed)
-        print(f"{mode}: test acc {acc:.4f} ({seconds:.1f}s)")
-        result = {"status": "finished", "test_acc": acc, "train_time_s": seconds}
+        splits = cached_features(pretrained, ds, cfg.data, cfg.train, run_dir, source, tc.pretrained_sha256)
+        result = {"status": "finished", **classical(mode, splits, cfg.train.seed), "test_subset": cfg.data.test_subset}
         write_json(mode_dir / "summary.json", result)
         classical_to_wandb(cfg, run_dir, transfer_logging(run_dir, cfg, tc, mode), result)
         return result
     groups = None
     if mode == "finetune":
-        model = load_pretrained(tc.pretrained)[0]
+        model = load_pretrained(source)[0]
         torch.manual_seed(cfg.train.seed)  # the new head's initial weights: the same for the same --seed
         groups = prepare_finetune(model, ds.num_classes, cfg.train.lr, tc.backbone_lr_scale, tc.freeze_stages)
     else:
@@ -263,4 +210,7 @@ def run_mode(mode, tc, pretrained, ds, cfg, run_dir):
         param_groups=groups,
         wandb=transfer_logging(run_dir, cfg, tc, mode),
     )
-    return {k: r[k] for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params")}
+    return {
+        k: r[k]
+        for k in ("test_acc", "test_loss", "train_time_s", "best_val_acc", "params", "test_examples", "test_subset")
+    }

@@ -7,6 +7,7 @@ What lab1 logs, and under which names, is tracking.py's.
 
 import contextlib
 import io
+import logging
 import netrc
 import os
 import re
@@ -122,7 +123,8 @@ class WandbLogger:
                 new = {k: v for k, v in config.items() if k not in locked and self.run.config.get(k) != v}
                 self.run.config.update(new, allow_val_change=True)
             else:
-                self.run = _init(wandb, resolve_mode(mode), project, name, config, group, job_type, resume_id, dir)
+                with _quiet():  # wandb's own log lines (and its service's) stay off the console
+                    self.run = _init(wandb, resolve_mode(mode), project, name, config, group, job_type, resume_id, dir)
                 _shared = self.run if self.shared else _shared
             self._axes()
             self.id, self.offline_dir = self.run.id, Path(self.run.sync_dir) if self.run.offline else None
@@ -298,3 +300,32 @@ def close_wandb():
     _offline.clear()
     if cmd:
         print(f"W&B offline: upload later with `{cmd}`")
+
+
+def _quiet():
+    """While a W&B run starts, and in the service process it then starts, wandb's own output goes nowhere: with HOME
+    or W&B's folders unwritable its service logged about 20 lines to the console. The user's WANDB_DEBUG or
+    WANDB_CORE_DEBUG keeps it there."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes") for v in ("WANDB_DEBUG", "WANDB_CORE_DEBUG")):
+        return contextlib.nullcontext()
+    for name in ("wandb", "wandb.sdk"):  # its Python loggers: never Python's last-resort print to stderr
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+    return _stderr_to_devnull()
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 (inherited by the processes started meanwhile) and sys.stderr, to nowhere."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

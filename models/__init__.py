@@ -5,7 +5,7 @@ Presets are one-liners over FlexibleCNN: the He et al. 2016 CIFAR family (3 stag
 ResNet-18/34/50 in their CIFAR form (3x3 stem).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 from flags import Distinct, count, flag, fraction, nonneg_float, pos_int, skip_pair
@@ -98,13 +98,22 @@ MLP_ONLY = {"hidden_size", "depth", "hidden_sizes", "skips", "activation", "drop
 CNN_ONLY = {"layers", "block", "width"}
 
 
+def _unread(name):
+    """The ModelConfig fields model `name` never reads (a preset fixes all but max_norm, init, norm)."""
+    if name in ("FlexibleMLP", "FlexibleCNN"):
+        return CNN_ONLY if name == "FlexibleMLP" else MLP_ONLY
+    return MLP_ONLY | CNN_ONLY | {"residual"}
+
+
 def unread_flags(name, given):
-    """The ModelConfig fields among `given` that model `name` never reads (a preset fixes all but max_norm, init,
-    norm)."""
-    unread = (
-        CNN_ONLY if name == "FlexibleMLP" else MLP_ONLY if name == "FlexibleCNN" else MLP_ONLY | CNN_ONLY | {"residual"}
-    )
-    return sorted(unread & set(given))
+    """The ModelConfig fields among `given` that model `name` never reads."""
+    return sorted(_unread(name) & set(given))
+
+
+def model_dict(cfg: ModelConfig):
+    """cfg as a run's config.json (and W&B's config) holds it: only the fields its model reads. Read back with
+    flags.from_dict, the others take their defaults (as do those of config files written before)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in _unread(cfg.name)}
 
 
 def build_model(cfg: ModelConfig, in_shape, num_classes):
@@ -150,6 +159,7 @@ __all__ = [
     "count_params",
     "is_cnn",
     "unread_flags",
+    "model_dict",
     "PRESETS",
     "MODEL_NAMES",
     "max_norm_",

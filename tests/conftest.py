@@ -190,3 +190,8 @@ def run_cli(script, *args, cwd=None, timeout=300, env=None, process=False):
         signal.signal(signal.SIGINT, saved[3])
         signal.signal(signal.SIGTERM, saved[4])
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def messages(stderr):
+    """The lines of stderr that are not progress bars (tqdm draws them with \\r, and clears them)."""
+    return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]

@@ -512,6 +512,9 @@ MORE = [
     (KD + ["--study", "kd_grid"], "--temperatures"),
     (KD + ["--study", "kd_grid", "--temperatures", "2", "3", "--temperature", "4"], "--temperature"),
     (FT + ["--pretrained", f"{R}/cnn/best.pt", "--mode", "linear", "--freeze_stages", "1"], "--freeze_stages"),
+    (E1 + ["--test_subset", "5"], "--test_subset 5 is smaller than the number of classes"),
+    (E1 + ["--test_subset", "101"], "--test_subset 101 is larger than the test set"),
+    (E1 + ["--test_subset", "-1"], "--test_subset"),
 ]
 if not torch.cuda.is_available():
     MORE.append((["exercise1.py", "--resume", f"{R}/gpu_run"], "cannot run"))

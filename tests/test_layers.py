@@ -12,10 +12,30 @@ ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top. A module imports modules of lower layers, or of its own layer listed before it.
 LAYERS = {
     "leaves": ["errors", "flags", "files", "stats", "distributed"],
-    "ML": ["models", "losses", "imagefolder", "datasets", "splits", "dataloader", "device", "optim", "engine"],
-    "artefacts": ["config", "rules", "checkpoint", "wandb_log", "tracking", "wandb_reports", "figures", "notify"],
-    "run": ["rundir", "resume", "saver", "run"],
-    "experiments": ["study_report", "study", "launch", "baseline", "distill", "distill_report", "transfer"],
+    "ML": ["models", "losses", "imagefolder", "datasets", "splits", "dataloader", "device", "optim", "engine", "eta"],
+    "artefacts": [
+        "config",
+        "rules",
+        "checkpoint",
+        "inputs",
+        "wandb_log",
+        "tracking",
+        "wandb_reports",
+        "figures",
+        "notify",
+    ],
+    "run": ["rundir", "configfile", "resume", "saver", "run"],
+    "experiments": [
+        "study_report",
+        "study",
+        "launch",
+        "baseline",
+        "distill",
+        "distill_report",
+        "probes",
+        "transfer",
+        "evaluation",
+    ],
     "commands": ["cli", "exercise1", "exercise2", "plots"],
 }
 ENTRY_SCRIPTS = {"exercise1", "exercise2", "plots"}

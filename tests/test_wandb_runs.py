@@ -275,7 +275,7 @@ def test_flat_config_holds_every_flag_under_its_name():
     from config import NOT_SAVED, ExperimentConfig, TransferConfig
 
     not_settings = {"help", "overwrite", "resume", "notify", "no_augment", "workers", "report", "task", "use_skip"}
-    not_settings |= set(NOT_SAVED)  # the launcher's flags: how to run, not what
+    not_settings |= set(NOT_SAVED) | {"config", "evaluate"}  # how to run, not what
     study_flags, transfer_flags = {"study", "depths", "seeds"}, {f for f in vars(TransferConfig())}
     args = exercise1.get_args_parser().parse_args([])
     keys = set(flat_config(exercise1.build_config(args)))
