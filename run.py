@@ -1,15 +1,12 @@
-"""A run's lifecycle around the training loop: its folder, config files, lock, resume, checkpoints, metrics,
-W&B, and the final test and report. exercise1 runs, study children, exercise2 phases and transfer modes all
-go through it:
+"""One training run: its model and loaders, the loop with its checkpoint policy (saver.py), the test of the best
+weights, summary.json and the figures. exercise1 runs, study children, exercise2 phases and transfer modes all go
+through it:
 
-    run_dir = create_run_dir(save_dir, name, config)   # appears atomically, config.json and command.txt inside
+    run_dir = create_run_dir(save_dir, name, config)   # rundir.py: appears atomically, config.json inside
     result = train(model, ds, cfg, run_dir)           # continues run_dir/last.pt when there is one
 
-Checkpoints (timm's CheckpointSaver does the same beside its loop): after every epoch last.pt (the whole
-state, and the best weights when they are not the current ones) is written first, then best.pt (weights
-only) if the epoch improved, then the metrics line. last.pt is the truth: a resumed run rewrites
-metrics.jsonl from it and best.pt if it is stale, so a kill before any write resumes to the same result.
-summary.json is written last and marks a run finished.
+last.pt is the truth: a resumed run rewrites metrics.jsonl from it and best.pt if it is stale, so a kill before
+any write resumes to the same result. summary.json is written last and marks a run finished.
 """
 
 import os

@@ -97,7 +97,7 @@ def assigned():
 
 def ended(run_dir):
     """Whether a child needs no more work: it finished, or it diverged or failed (its summary.json says why).
-    lifecycle.finished() is True for the first only; scheduling uses this, so that a failure is no poison pill."""
+    rundir.finished() is True for the first only; scheduling uses this, so that a failure is no poison pill."""
     try:
         return read_json(Path(run_dir) / "summary.json").get("status") in ENDED
     except (CheckpointError, AttributeError):  # not there yet, or damaged
@@ -210,7 +210,7 @@ def attempt(child, run_dir, train_child, isolate):
             traceback.print_exc()
         status, why = "failed", f"{type(e).__name__}: {e}"
     try:
-        epochs = read_json(run_dir / "summary.json").get("epochs_run")  # what lifecycle wrote on divergence
+        epochs = read_json(run_dir / "summary.json").get("epochs_run")  # what run.py wrote on divergence
     except (CheckpointError, AttributeError):
         epochs = None
     if epochs is None:
