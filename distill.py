@@ -29,6 +29,7 @@ from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
 from run import loaders_for, new_model, tested_on, train
 from rundir import finished
+from splits import examples_tested
 from study import Child
 from tracking import phase_logging
 
@@ -277,7 +278,7 @@ def tested(name, model, ds, pcfg, where, how, saved=None):
     test = evaluate(
         model, loaders_for(ds, pcfg).test, make_autocast(pcfg.train), return_preds=True, desc=f"{name}: test"
     )
-    on = tested_on(len(test["preds"]), pcfg.data.test_subset)
+    on, y = tested_on(len(test["preds"]), pcfg.data.test_subset), examples_tested(ds, pcfg.data)[1]
     print(f"{name}: {how} ({where}); {on} loss {test['loss']:.4f} acc {test['acc']:.4f}")
     saved = saved or {}
     return {
@@ -287,6 +288,7 @@ def tested(name, model, ds, pcfg, where, how, saved=None):
         "params": count_params(model),
         "train_time_s": saved.get("train_time_s", 0.0),
         "test_preds": test["preds"],
+        "test_correct": test["preds"] == y,
         "history": saved.get("history") or _history(where),
     }
 

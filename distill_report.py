@@ -1,10 +1,12 @@
 """exercise2's reports: the teacher, the student alone and the distilled student side by side (one seed, several
 seeds with paired statistics, or a temperature x alpha grid), as results.md, summary.json and figures."""
 
+import numpy as np
+
 from config import PHASES
 from figures import plot_bars, plot_heatmap, plot_overlay
 from files import TEST_MARK, write_report
-from stats import format_mean_std, format_paired, gap_closed, mean_std, paired
+from stats import bootstrap_diff, format_mcnemar, format_mean_std, format_paired, gap_closed, mcnemar, mean_std, paired
 
 
 def report(results, cfg, run_dir):
@@ -44,6 +46,7 @@ def report(results, cfg, run_dir):
             f"| {name} | {r['params']:,} | {r['test_acc']:.4f} | {round((1 - r['test_acc']) * n_test)} | "
             f"{r['test_loss']:.4f} | {r['train_time_s']:.1f} | {agree} | {gap} |"
         )
+    lines += _distilled_vs_alone(results, out["student_distill"])
     plot_bars(
         list(PHASES),
         [out[n]["test_acc"] for n in PHASES],
@@ -58,6 +61,45 @@ def report(results, cfg, run_dir):
     )
     write_report(run_dir, out, lines, test_subset=subset)  # W&B: wandb_reports.distill_to_wandb
     return out
+
+
+def _correct(r):
+    return r["test_correct"].cpu().numpy()
+
+
+def _distilled_vs_alone(results, out):
+    """McNemar's exact test and a paired bootstrap interval of distilled - alone, on the same test examples (into
+    `out`, and as results.md's lines)."""
+    a, b = _correct(results["student_distill"]), _correct(results["student_baseline"])
+    out["mcnemar_vs_alone"], boot = mcnemar(a, b), bootstrap_diff(a, b)
+    out["bootstrap_vs_alone"] = boot
+    lo, hi = boot["ci95"]
+    return [
+        "",
+        f"Distilled vs alone, example by example: {format_mcnemar(out['mcnemar_vs_alone'], 'distilled', 'alone')}; "
+        f"test acc difference {boot['mean']:+.4f} (paired bootstrap 95% CI {lo:+.4f} .. {hi:+.4f})",
+    ]
+
+
+def _mcnemar_lines(results, rows):
+    """Per (T, alpha): McNemar distilled vs alone for each seed and pooled over the seeds both finished (into each
+    row, and as results.md's lines)."""
+    students = {(r["child"].kind, r["child"].seed, r["child"].cfg.distill.temperature, r["child"].cfg.distill.alpha):
+                r for n, r in results.items() if n != "teacher"}  # fmt: skip
+    alone = {s: r for (k, s, _, _), r in students.items() if k == "student_baseline"}
+    lines = ["", "| T | alpha | McNemar distilled vs alone, pooled over seeds | Per seed (p) |", "|---|---|---|---|"]
+    for row in rows:
+        pairs = {s: (r, alone[s]) for (k, s, t, a), r in students.items()
+                 if k == "student_distill" and (t, a) == (row["temperature"], row["alpha"]) and s in alone}  # fmt: skip
+        if not pairs:
+            continue
+        per = {s: mcnemar(_correct(d), _correct(b)) for s, (d, b) in sorted(pairs.items())}
+        pooled = mcnemar(*(np.concatenate([_correct(p[i]) for p in pairs.values()]) for i in (0, 1)))
+        row["mcnemar_pooled"], row["mcnemar_per_seed"] = pooled, {str(s): m for s, m in per.items()}
+        cells = ", ".join(f"seed {s}: {m['p_value']:.3g}" for s, m in per.items())
+        lines.append(f"| {row['temperature']:g} | {row['alpha']:g} | {format_mcnemar(pooled, 'distilled', 'alone')} | "
+                     f"{cells} |")  # fmt: skip
+    return lines if len(lines) > 3 else []
 
 
 def report_multi(results, cfg, run_dir):
@@ -108,7 +150,7 @@ def report_multi(results, cfg, run_dir):
             f"| distilled | {r['temperature']:g} | {r['alpha']:g} | {acc} | "
             f"{format_paired(r['paired']) if r['paired'] else '-'} | {gap} | {r['seeds']} |"
         )
-    text += _lost_lines(lost)
+    text += _mcnemar_lines(results, rows) + _lost_lines(lost)
     if configs and m is not None:  # else nothing to compare: no distilled student, or none alone, finished
         _multi_figure(cfg, run_dir, configs, rows, (m, sd), teacher, len(seeds))
     write_report(run_dir, out, text, test_subset=cfg.data.test_subset)

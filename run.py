@@ -13,6 +13,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import distributed
@@ -23,13 +24,13 @@ from device import channels_last_for, make_autocast, place
 from engine import STOP, Progress, StopRequested, evaluate, fit
 from errors import Diverged, Stopped, UsageError
 from figures import plot_confusion, plot_curves, plot_grads
-from files import RunLock, remove_stale_tmp, write_json, write_jsonl
+from files import RunLock, atomic_write, remove_stale_tmp, write_json, write_jsonl
 from losses import CrossEntropy
 from models import ModelConfig, build_model, count_params, is_cnn
 from optim import Optim
 from resume import record_epochs, restore
 from saver import Saver, stale
-from splits import check_sizes, stratified_kfold, stratified_subset
+from splits import check_sizes, stratified_kfold, stratified_subset, tested_indices
 from tracking import StepPoints, finish_logger, log_model, open_logger, run_summary
 from wandb_log import close_wandb
 
@@ -204,6 +205,7 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
         plot_curves(progress.history, run_dir / "curves.png", title=title, best_epoch=progress.best_epoch)
         plot_grads(progress.history, run_dir / "grads.png", title=f"{title}: per-layer gradient norm")
         plot_confusion(cm, ds.classes, run_dir / "confusion.png", title=f"{title}: test set")
+        save_predictions(run_dir / PREDICTIONS, tested_indices(ds, cfg.data), y, preds)
         write_json(run_dir / "summary.json", result)
         if logger:
             logger.log_images([run_dir / f for f in ("curves.png", "grads.png", "confusion.png")])
@@ -216,7 +218,24 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
         + f", {progress.elapsed:.1f}s of training)",
         flush=True,
     )
-    return {**result, "history": progress.history, "test_preds": preds}
+    return {**result, "history": progress.history, "test_preds": preds, "test_correct": preds == y}
+
+
+PREDICTIONS = "test_predictions.npy"  # per test example: its index in the test set, its label, the predicted class
+PREDICTION = np.dtype([("index", "<i8"), ("label", "<i8"), ("pred", "<i8")])
+
+
+def save_predictions(path, index, label, pred):
+    """The per-example test results (np.load(path)["pred"]: the predicted classes in test-set order), for paired
+    tests between runs on the same examples (stats.mcnemar)."""
+    rows = np.zeros(len(pred), PREDICTION)
+    rows["index"], rows["label"], rows["pred"] = index.cpu().numpy(), label.cpu().numpy(), pred.cpu().numpy()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, rows, allow_pickle=False)
+
+    atomic_write(path, write, needed=rows.nbytes)
 
 
 def tested_on(n, subset):

@@ -103,5 +103,10 @@ def examples_tested(ds, cfg):
     every run and seed is tested on the same examples and their results compare."""
     if not cfg.test_subset:
         return ds.test_x, ds.test_y
-    keep = stratified_subset(ds.test_y, cfg.test_subset, seed=0)
+    keep = tested_indices(ds, cfg)
     return ds.test_x[keep], ds.test_y[keep]
+
+
+def tested_indices(ds, cfg):
+    """The positions in the test set of the examples evaluated, in the order they are evaluated."""
+    return stratified_subset(ds.test_y, cfg.test_subset, seed=0) if cfg.test_subset else torch.arange(len(ds.test_y))

@@ -1,11 +1,14 @@
 """A study's report, from its children's folders: mean ± std over seeds per configuration, residual - plain paired
 over seeds, the children that diverged or failed, results.md, summary.json and the figures."""
 
+import numpy as np
+
 from errors import CheckpointError
 from figures import plot_layer_grads, plot_study
 from files import TEST_MARK, read_json, read_jsonl, write_report
+from run import PREDICTIONS
 from rundir import finished
-from stats import format_mean_std, format_paired, mean_std, number, paired
+from stats import format_mcnemar, format_mean_std, format_paired, mcnemar, mean_std, number, paired
 
 
 def aggregate(kids, results):
@@ -44,6 +47,27 @@ def residual_minus_plain(kids, results):
         if seeds:
             out[str(depth)] = paired([by["residual", s] for s in seeds], [by["plain", s] for s in seeds])
     return out
+
+
+def residual_vs_plain_mcnemar(kids, study_dir):
+    """Per depth, McNemar's exact test residual vs plain on the same test examples, pooled over the shared seeds
+    (from the children's test_predictions.npy; a depth where one is missing, as in older folders, is left out)."""
+    out = {}
+    for depth in sorted({c.depth for c in kids if c.depth is not None}):
+        by = {(c.kind, c.seed): _correct_of(study_dir / c.name / PREDICTIONS) for c in kids if c.depth == depth}
+        pairs = [(by["residual", s], by["plain", s]) for k, s in by if k == "residual" and ("plain", s) in by]
+        if pairs and all(a is not None and b is not None and len(a) == len(b) for a, b in pairs):
+            out[str(depth)] = mcnemar(*(np.concatenate([p[i] for p in pairs]) for i in (0, 1)))
+    return out
+
+
+def _correct_of(path):
+    """Which test examples a run got right, from its test_predictions.npy (None: not there or not readable)."""
+    try:
+        rows = np.load(path, allow_pickle=False)
+        return rows["label"] == rows["pred"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 def _summary(path):
@@ -96,12 +120,14 @@ def report(study_dir, title, kids):
         return _fold_report(study_dir, kids, ok, results, lost)
     rows, diff = aggregate(ok, results), residual_minus_plain(ok, results)
     subset = next((r["test_subset"] for r in results.values() if r.get("test_subset")), 0)
+    exact = residual_vs_plain_mcnemar(ok, study_dir)
     summary = {"status": "finished", "study": title, "configurations": rows, "residual_minus_plain": diff}
+    summary["residual_vs_plain_mcnemar"] = exact
     summary |= {"test_examples": next((r.get("test_examples") for r in results.values()), None), "test_subset": subset}
     write_report(
         study_dir,
         summary | extra,
-        _table(rows, diff, subset) + _lost_lines(lost, len(kids)),
+        _table(rows, diff, subset) + _mcnemar_table(exact) + _lost_lines(lost, len(kids)),
         test_subset=subset,
         figures=(lambda: _figures(study_dir, title, ok, results, rows)) if ok else None,
     )
@@ -131,6 +157,13 @@ def _table(rows, diff, subset):
         lines += ["", "| Depth | Residual - plain, test acc (paired over seeds) |", "|---|---|"]
         lines += [f"| {d} | {format_paired(p)} |" for d, p in diff.items()]
     return lines
+
+
+def _mcnemar_table(exact):
+    if not exact:
+        return []
+    lines = ["", "| Depth | Residual vs plain, example by example (pooled over seeds) |", "|---|---|"]
+    return lines + [f"| {d} | {format_mcnemar(m, 'residual', 'plain')} |" for d, m in exact.items()]
 
 
 def _figures(study_dir, title, kids, results, rows):

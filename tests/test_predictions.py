@@ -1,0 +1,57 @@
+"""Per-example test results: every run's test_predictions.npy, and the paired tests built on them (McNemar's exact
+test in exercise2's and a study's reports)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from stats import mcnemar
+
+QUIET = ["--epochs", "1", "--wandb", "disabled"]
+
+
+def load(folder):
+    return np.load(folder / "test_predictions.npy", allow_pickle=False)
+
+
+def test_a_run_saves_each_test_examples_prediction_in_test_set_order(mnist_root, tmp_path):
+    args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--hidden_size", "16", *QUIET]
+    assert run_cli("exercise1.py", *args, "--run_name", "all").returncode == 0
+    rows, s = load(tmp_path / "all"), json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert list(rows["index"]) == list(range(s["test_examples"]))
+    assert (rows["label"] == rows["pred"]).mean() == pytest.approx(s["test_acc"])
+    confusion = np.zeros_like(np.array(s["confusion"]))
+    np.add.at(confusion, (rows["label"], rows["pred"]), 1)
+    assert confusion.tolist() == s["confusion"]
+    assert run_cli("exercise1.py", *args, "--run_name", "part", "--test_subset", "30").returncode == 0
+    part = load(tmp_path / "part")
+    assert len(part) == 30 and len(set(part["index"])) == 30 and set(part["index"]) <= set(rows["index"])
+    assert (part["label"] == rows["label"][part["index"]]).all()  # the same examples, by their index
+
+
+def test_exercise2_reports_mcnemar_distilled_against_alone(mnist_root, tmp_path):
+    args = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--teacher", "FlexibleMLP"]
+    args += ["--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--cache_teacher", *QUIET]
+    assert run_cli("exercise2.py", *args, "--run_name", "one").returncode == 0
+    s = json.loads((tmp_path / "one" / "summary.json").read_text())
+    d, a = (load(tmp_path / "one" / phase) for phase in ("student_distill", "student_baseline"))
+    assert s["student_distill"]["mcnemar_vs_alone"] == mcnemar(d["label"] == d["pred"], a["label"] == a["pred"])
+    assert "McNemar exact" in (tmp_path / "one" / "results.md").read_text()
+    assert run_cli("exercise2.py", *args, "--run_name", "seeds", "--seeds", "0", "1").returncode == 0
+    row = json.loads((tmp_path / "seeds" / "summary.json").read_text())["student_distill"][0]
+    assert set(row["mcnemar_per_seed"]) == {"0", "1"}
+    per = row["mcnemar_per_seed"].values()
+    assert row["mcnemar_pooled"]["a_only"] == sum(m["a_only"] for m in per)  # pooled: the seeds' examples together
+    assert row["mcnemar_pooled"]["n"] == sum(m["n"] for m in per)
+
+
+def test_a_study_reports_mcnemar_residual_against_plain(mnist_root, tmp_path):
+    args = ["--data_root", mnist_root, "--save_dir", tmp_path, "--study", "mlp_depth", "--depths", "2"]
+    assert run_cli("exercise1.py", *args, "--seeds", "0", "--hidden_size", "16", *QUIET).returncode == 0
+    study = tmp_path / "mlp_depth"
+    r, p = load(study / "residual2_seed0"), load(study / "plain2_seed0")
+    want = mcnemar(r["label"] == r["pred"], p["label"] == p["pred"])
+    assert json.loads((study / "summary.json").read_text())["residual_vs_plain_mcnemar"] == {"2": want}
+    assert "Residual vs plain, example by example" in (study / "results.md").read_text()
