@@ -6,7 +6,17 @@ import numpy as np
 from config import PHASES
 from figures import plot_bars, plot_heatmap, plot_overlay
 from files import TEST_MARK, write_report
-from stats import bootstrap_diff, format_mcnemar, format_mean_std, format_paired, gap_closed, mcnemar, mean_std, paired
+from stats import (
+    bootstrap_diff,
+    bootstrap_gap_closed,
+    format_mcnemar,
+    format_mean_std,
+    format_paired,
+    gap_closed,
+    mcnemar,
+    mean_std,
+    paired,
+)
 
 
 def report(results, cfg, run_dir):
@@ -68,38 +78,45 @@ def _correct(r):
 
 
 def _distilled_vs_alone(results, out):
-    """McNemar's exact test and a paired bootstrap interval of distilled - alone, on the same test examples (into
-    `out`, and as results.md's lines)."""
-    a, b = _correct(results["student_distill"]), _correct(results["student_baseline"])
+    """McNemar's exact test, and paired bootstrap intervals of distilled - alone and of the gap closed, on the same
+    test examples (into `out`, and as results.md's lines)."""
+    a, b, t = (_correct(results[n]) for n in ("student_distill", "student_baseline", "teacher"))
     out["mcnemar_vs_alone"], boot = mcnemar(a, b), bootstrap_diff(a, b)
-    out["bootstrap_vs_alone"] = boot
+    out["bootstrap_vs_alone"], gap = boot, bootstrap_gap_closed(a, b, t)
+    out["bootstrap_gap_closed"] = gap
     lo, hi = boot["ci95"]
+    gap_ci = "n/a" if gap["ci95"][0] is None else f"{gap['ci95'][0]:.1%} .. {gap['ci95'][1]:.1%}"
     return [
         "",
         f"Distilled vs alone, example by example: {format_mcnemar(out['mcnemar_vs_alone'], 'distilled', 'alone')}; "
-        f"test acc difference {boot['mean']:+.4f} (paired bootstrap 95% CI {lo:+.4f} .. {hi:+.4f})",
+        f"test acc difference {boot['mean']:+.4f} (paired bootstrap 95% CI {lo:+.4f} .. {hi:+.4f}); gap closed, "
+        f"paired bootstrap 95% CI {gap_ci}",
     ]
 
 
 def _mcnemar_lines(results, rows):
     """Per (T, alpha): McNemar distilled vs alone for each seed and pooled over the seeds both finished (into each
     row, and as results.md's lines)."""
-    students = {(r["child"].kind, r["child"].seed, r["child"].cfg.distill.temperature, r["child"].cfg.distill.alpha):
-                r for n, r in results.items() if n != "teacher"}  # fmt: skip
-    alone = {s: r for (k, s, _, _), r in students.items() if k == "student_baseline"}
+    kids = [r for n, r in results.items() if n != "teacher"]
+    alone = {r["child"].seed: r for r in kids if r["child"].kind == "student_baseline"}
     lines = ["", "| T | alpha | McNemar distilled vs alone, pooled over seeds | Per seed (p) |", "|---|---|---|---|"]
     for row in rows:
-        pairs = {s: (r, alone[s]) for (k, s, t, a), r in students.items()
-                 if k == "student_distill" and (t, a) == (row["temperature"], row["alpha"]) and s in alone}  # fmt: skip
+        setting = (row["temperature"], row["alpha"])
+        distilled = [r for r in kids if r["child"].kind == "student_distill" and _setting(r) == setting]
+        pairs = {r["child"].seed: (r, alone[r["child"].seed]) for r in distilled if r["child"].seed in alone}
         if not pairs:
             continue
         per = {s: mcnemar(_correct(d), _correct(b)) for s, (d, b) in sorted(pairs.items())}
         pooled = mcnemar(*(np.concatenate([_correct(p[i]) for p in pairs.values()]) for i in (0, 1)))
         row["mcnemar_pooled"], row["mcnemar_per_seed"] = pooled, {str(s): m for s, m in per.items()}
         cells = ", ".join(f"seed {s}: {m['p_value']:.3g}" for s, m in per.items())
-        lines.append(f"| {row['temperature']:g} | {row['alpha']:g} | {format_mcnemar(pooled, 'distilled', 'alone')} | "
-                     f"{cells} |")  # fmt: skip
+        lines.append(f"| {setting[0]:g} | {setting[1]:g} | {format_mcnemar(pooled, 'distilled', 'alone')} | {cells} |")
     return lines if len(lines) > 3 else []
+
+
+def _setting(r):
+    d = r["child"].cfg.distill
+    return d.temperature, d.alpha
 
 
 def report_multi(results, cfg, run_dir):

@@ -34,11 +34,11 @@ from study import ended
 STOP_GRACE_S = 60  # a stopped child saves its last.pt in this time (SLURM signals 90 s before the end)
 
 
-def check(cfg, given, children, workers, device, studies):
+def check(cfg, flags, children, workers, device, studies):
     """Launcher flags that cannot work, refused in one line before anything is written: the flag rules (rules.py),
-    then this machine. children: how many the command's study has (0: a single run); studies: the flags that
-    make one, for the message."""
-    rules.check(rules.Settings(**{**given, "workers": workers, "children": children, "studies": studies}), "launch")
+    then this machine. flags: the command's parsed flags (None: not given); children: how many the command's study
+    has (0: a single run); studies: the flags that make one, for the message."""
+    rules.check(rules.Settings(**{**flags, "workers": workers, "children": children, "studies": studies}), "launch")
     if cfg.launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise UsageError("--launcher slurm: sbatch and srun are not on this machine's PATH (run it on a SLURM node)")
     if cfg.launcher == "slurm" and cfg.slurm_gpus_per_task and device == "cpu":

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from checkpoint import load_file
 from errors import CheckpointError
-from wandb_log import open_run
+from wandb_log import EPOCH, open_run
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-EPOCH_AXIS, STEP_AXIS = "epoch", "global_step"
 TEST_NAMES = {"test_acc": "test/acc", "test_loss": "test/loss"}  # named like train/ and val/
 
 
@@ -93,7 +92,7 @@ def finish_logger(logger, summary):
 
 def wandb_record(rec):
     """metrics.jsonl record -> namespaced W&B keys on the epoch axis (train/loss, val/acc, lr, grad/<layer>)."""
-    out = {EPOCH_AXIS: rec["epoch"], "lr": rec["lr"], "epoch_time_s": rec["epoch_time_s"]}
+    out = {EPOCH: rec["epoch"], "lr": rec["lr"], "epoch_time_s": rec["epoch_time_s"]}
     for k, v in rec.items():
         if v is None or k in out:
             continue

@@ -39,6 +39,8 @@ def test_exercise2_reports_mcnemar_distilled_against_alone(mnist_root, tmp_path)
     d, a = (load(tmp_path / "one" / phase) for phase in ("student_distill", "student_baseline"))
     assert s["student_distill"]["mcnemar_vs_alone"] == mcnemar(d["label"] == d["pred"], a["label"] == a["pred"])
     assert "McNemar exact" in (tmp_path / "one" / "results.md").read_text()
+    gap = s["student_distill"]["bootstrap_gap_closed"]  # its observed value is the table's gap closed
+    assert gap["value"] == pytest.approx(s["student_distill"]["gap_closed"]) or gap["value"] is None
     assert run_cli("exercise2.py", *args, "--run_name", "seeds", "--seeds", "0", "1").returncode == 0
     row = json.loads((tmp_path / "seeds" / "summary.json").read_text())["student_distill"][0]
     assert set(row["mcnemar_per_seed"]) == {"0", "1"}
