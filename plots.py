@@ -2,6 +2,7 @@
 
     python plots.py compare runs/A runs/B --metric val_acc --out cmp.png
     python plots.py table runs/A runs/B
+    python plots.py pool runs/kd_teacher1 runs/kd_teacher2 runs/kd_teacher3
 A study's or exercise2's folder stands for the runs in it.
 """
 
@@ -9,8 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
+from errors import CheckpointError
 from figures import plot_overlay, plottable
 from files import TEST_MARK
+from pooled import pool
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,21 +56,41 @@ def main(argv=None):
     c.add_argument("--out", default="compare.png", help="output image (default: compare.png)")
     t = sub.add_parser("table", help="print a Markdown table of the runs' summary.json")
     t.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
+    o = sub.add_parser(
+        "pool",
+        help="pool exercise2 --seeds folders of different teachers: spread over teachers and students, McNemar and "
+        "bootstrap intervals over the shared test set (pooled.py)",
+    )
+    o.add_argument("runs", nargs="+", help="exercise2 --seeds folders, one teacher and one (T, alpha) each")
     args = p.parse_args(argv)
-    if args.cmd == "compare":
-        curves = {
-            name: _read(c, r / "metrics.jsonl", lines=True)
-            for name, r in _runs(args.runs, "metrics.jsonl", lambda r: (r / "metrics.jsonl").exists())
-        }
-        numeric = sorted({k for h in curves.values() for r in h for k, v in r.items() if plottable(v)} - {"epoch"})
-        if args.metric not in numeric:
-            c.error(f"no numeric metric {args.metric!r} in these runs; plottable: {', '.join(numeric) or 'none'}")
-        try:
-            plot_overlay(curves, args.out, args.metric)
-        except (OSError, ValueError) as e:  # ValueError: a file type matplotlib cannot write (e.g. .txt)
-            c.error(f"cannot write {args.out} ({type(e).__name__}: {str(e).splitlines()[0]})")
-        print(args.out)
-        return
+    {"compare": _compare, "table": _table, "pool": _pool}[args.cmd](
+        args, {"compare": c, "table": t, "pool": o}[args.cmd]
+    )
+
+
+def _pool(args, p):
+    try:
+        print("\n".join(pool(args.runs)[1]))
+    except CheckpointError as e:
+        p.error(str(e))
+
+
+def _compare(args, c):
+    curves = {
+        name: _read(c, r / "metrics.jsonl", lines=True)
+        for name, r in _runs(args.runs, "metrics.jsonl", lambda r: (r / "metrics.jsonl").exists())
+    }
+    numeric = sorted({k for h in curves.values() for r in h for k, v in r.items() if plottable(v)} - {"epoch"})
+    if args.metric not in numeric:
+        c.error(f"no numeric metric {args.metric!r} in these runs; plottable: {', '.join(numeric) or 'none'}")
+    try:
+        plot_overlay(curves, args.out, args.metric)
+    except (OSError, ValueError) as e:  # ValueError: a file type matplotlib cannot write (e.g. .txt)
+        c.error(f"cannot write {args.out} ({type(e).__name__}: {str(e).splitlines()[0]})")
+    print(args.out)
+
+
+def _table(args, t):
     cols = (
         ("params", ","),
         ("best_val_acc", ".4f"),

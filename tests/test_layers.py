@@ -32,6 +32,7 @@ LAYERS = {
         "baseline",
         "distill",
         "distill_report",
+        "pooled",
         "probes",
         "transfer",
         "evaluation",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from pooled import pool
 from stats import mcnemar
 
 QUIET = ["--epochs", "1", "--wandb", "disabled"]
@@ -57,3 +58,34 @@ def test_a_study_reports_mcnemar_residual_against_plain(mnist_root, tmp_path):
     want = mcnemar(r["label"] == r["pred"], p["label"] == p["pred"])
     assert json.loads((study / "summary.json").read_text())["residual_vs_plain_mcnemar"] == {"2": want}
     assert "Residual vs plain, example by example" in (study / "results.md").read_text()
+
+
+def test_plots_pool_pools_seeds_folders_of_several_teachers(mnist_root, tmp_path):
+    args = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--teacher", "FlexibleMLP"]
+    args += ["--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--cache_teacher", *QUIET]
+    for t, seeds in ((1, ["10", "11"]), (2, ["20", "21"])):
+        assert (
+            run_cli("exercise2.py", *args, "--seed", str(t), "--seeds", *seeds, "--run_name", f"t{t}").returncode == 0
+        )
+    out, lines = pool([tmp_path / "t1", tmp_path / "t2"])
+    correct = {
+        (t, k, s): (lambda r: r["label"] == r["pred"])(load(tmp_path / f"t{t}" / f"{k}_seed{s}"))
+        for t, seeds in ((1, (10, 11)), (2, (20, 21)))
+        for s in seeds
+        for k in ("student_distill", "student_baseline")
+    }
+    n = len(next(iter(correct.values())))
+    teachers = [n - (lambda r: (r["label"] == r["pred"]).sum())(load(tmp_path / f"t{t}" / "teacher")) for t in (1, 2)]
+    assert out["teacher_errors"]["mean"] == pytest.approx(np.mean(teachers)) and out["teacher_errors"]["seeds"] == 2
+    d = [v for (t, k, s), v in correct.items() if k == "student_distill"]
+    a = [v for (t, k, s), v in correct.items() if k == "student_baseline"]
+    assert out["distilled_errors"]["mean"] == pytest.approx(np.mean([n - c.sum() for c in d]))
+    assert out["mcnemar_pooled"]["a_only"] == sum(int((x & ~y).sum()) for x, y in zip(d, a))
+    assert out["distilled_minus_alone_over_pairs"]["seeds"] == 4
+    assert out["distilled_minus_alone_over_teachers"]["seeds"] == 2
+    assert out["bootstrap_vs_alone"]["mean"] == pytest.approx(np.mean(d) - np.mean(a))
+    assert any("McNemar exact, n=" in line for line in lines)
+    r = run_cli("plots.py", "pool", tmp_path / "t1", tmp_path / "t2")
+    assert r.returncode == 0 and "teacher test errors" in r.stdout
+    r = run_cli("plots.py", "pool", tmp_path / "t1" / "teacher")  # a run folder, not an exercise2 --seeds folder
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a finished exercise2 --seeds folder" in r.stderr

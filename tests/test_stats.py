@@ -10,6 +10,7 @@ from stats import (
     format_paired,
     gap_closed,
     mcnemar,
+    mean_ci,
     mean_std,
     paired,
 )
@@ -92,7 +93,40 @@ def test_mcnemar_takes_lists_and_0_1_and_refuses_bad_input():
     with pytest.raises(ValueError):
         mcnemar([3, 7, 1], [3, 2, 1])  # predicted labels, not correctness
     with pytest.raises(ValueError):
-        mcnemar([[True, False]], [[True, False]])
+        mcnemar([[[True, False]]], [[[True, False]]])  # 3-D
+    with pytest.raises(ValueError):
+        mcnemar([[True, False], [False, False]], [[True, False]])  # two models against one
+
+
+def test_mcnemar_pools_pairs_given_as_rows():
+    rng = np.random.default_rng(5)
+    a, b = rng.random((3, 200)) < 0.9, rng.random((3, 200)) < 0.8
+    pooled = mcnemar(a, b)
+    assert pooled == mcnemar(a.ravel(), b.ravel())
+    assert pooled["n"] == 600
+    assert pooled["a_only"] == sum(mcnemar(x, y)["a_only"] for x, y in zip(a, b))
+
+
+def test_bootstrap_sides_of_several_models_are_scored_by_their_mean():
+    rng = np.random.default_rng(6)
+    a, b, t = rng.random((3, 500)) < 0.9, rng.random((3, 500)) < 0.8, rng.random((2, 500)) < 0.95
+    r = bootstrap_diff(a, b, n_boot=500)
+    assert r["mean"] == pytest.approx(a.mean() - b.mean())
+    assert r["ci95"][0] < r["mean"] < r["ci95"][1]
+    assert bootstrap_diff(a[:1], b[:1], n_boot=500) == bootstrap_diff(a[0], b[0], n_boot=500)  # one row = 1-D
+    g = bootstrap_gap_closed(a, b, t, n_boot=500)
+    assert g["value"] == pytest.approx((a.mean() - b.mean()) / (t.mean() - b.mean()))
+    assert g["ci95"][0] < g["value"] < g["ci95"][1]
+    with pytest.raises(ValueError):
+        bootstrap_diff(a, b[:, :400])  # other test examples
+
+
+def test_mean_ci_is_the_t_interval_and_paired_is_it_of_the_differences():
+    r = mean_ci([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["std"] == 1.0 and r["seeds"] == 3
+    assert r["ci95"] == pytest.approx([2 - T_975_2 / 3**0.5, 2 + T_975_2 / 3**0.5])
+    assert paired([3.0, 5.0, 7.0], [2.0, 3.0, 4.0]) == r
+    assert mean_ci([0.5])["ci95"] == [None, None]
 
 
 def test_format_mcnemar():
