@@ -161,7 +161,8 @@ def bootstrap_gap_closed(student_correct, alone_correct, teacher_correct, n_boot
 
 def format_mcnemar(m, a="A", b="B"):
     """mcnemar()'s dict as one table cell, e.g. "A only 12, B only 30, p = 0.0064 (McNemar exact, n=10000)";
-    a and b name the models. p below 0.0001 prints in scientific notation rather than as a bare 0.0000."""
+    a and b name the models. p below 0.0001 prints in scientific notation rather than as a bare 0.0000, and one
+    that underflowed to 0.0 as "< 1e-300"."""
     p = m["p_value"]
-    shown = f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
-    return f"{a} only {m['a_only']}, {b} only {m['b_only']}, p = {shown} (McNemar exact, n={m['n']})"
+    shown = f"= {p:.4f}" if p >= 1e-4 else f"= {p:.1e}" if p > 0 else "< 1e-300"  # 0.0: below the float range
+    return f"{a} only {m['a_only']}, {b} only {m['b_only']}, p {shown} (McNemar exact, n={m['n']})"

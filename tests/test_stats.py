@@ -132,6 +132,8 @@ def test_mean_ci_is_the_t_interval_and_paired_is_it_of_the_differences():
 def test_format_mcnemar():
     m = {"n": 10000, "a_only": 12, "b_only": 30, "p_value": 0.0063863}
     assert format_mcnemar(m) == "A only 12, B only 30, p = 0.0064 (McNemar exact, n=10000)"
+    underflow = format_mcnemar({"n": 30000, "a_only": 236, "b_only": 4553, "p_value": 0.0}, "residual", "plain")
+    assert underflow.endswith("plain only 4553, p < 1e-300 (McNemar exact, n=30000)")
     m = {"n": 60000, "a_only": 1, "b_only": 90, "p_value": 7.3e-26}
     cell = "student only 1, alone only 90, p = 7.3e-26 (McNemar exact, n=60000)"
     assert format_mcnemar(m, "student", "alone") == cell
