@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,23 @@ def not_lab1s(folder):
     return "" if (folder / "command.txt").is_file() else f"no {MARK} and no command.txt"
 
 
+def code_version():
+    """The code a run ran, as command.txt's second line: "# code: git commit SHA" of the repository this file is in,
+    with "+ uncommitted changes" when tracked files differ from it; "# code: not in a git work tree" without git.
+    A figure is only as reproducible as the code that made it is findable."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10, check=True)
+
+    try:
+        sha = git("rev-parse", "HEAD").stdout.strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git, not a work tree, or git hanging
+        return "# code: not in a git work tree"
+    return f"# code: git commit {sha}" + " + uncommitted changes" * dirty
+
+
 def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
     """SAVE_DIR/NAME with config.json, command.txt and the MARK that lab1 made it, made atomically: it appears
     whole or not at all, and two runs with one name never share it. An existing folder is an error unless overwrite
@@ -135,7 +153,8 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
     try:
         write_json(tmp / "config.json", config)
         (tmp / ".lock").touch()  # the run's lock file (RunLock), there from the start
-        for name_, text in (("command.txt", shlex.join([sys.executable, *sys.argv])), (MARK, "made by lab1")):
+        command_txt = shlex.join([sys.executable, *sys.argv]) + "\n" + code_version()
+        for name_, text in (("command.txt", command_txt), (MARK, "made by lab1")):
             with naming(tmp / name_):
                 (tmp / name_).write_text(text + "\n")
         if overwrite and (save_dir / name).exists():

@@ -59,7 +59,13 @@ def test_mlp_run_leaves_every_file(mnist_root, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["depth"] == 3 and cfg["model"]["residual"] and cfg["model"]["norm"] == "batch"
     assert cfg["train"]["scheduler"] == "cosine" and cfg["data"]["dataset"] == "mnist"
-    assert "--depth 3" in (run / "command.txt").read_text()
+    command_line, code = (run / "command.txt").read_text().splitlines()
+    assert "--depth 3" in command_line
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # the suite runs from a git work tree in CI; a copy without .git says so instead
+        assert code.startswith(f"# code: git commit {head.stdout.strip()}")
+    else:
+        assert code == "# code: not in a git work tree"
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
