@@ -27,9 +27,9 @@ from files import RunLock, publish, read_json, read_jsonl
 from flags import from_dict
 from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
-from run import loaders_for, new_model, tested_on, train
+from run import GIVEN_TEACHER_PREDICTIONS, loaders_for, new_model, save_predictions, tested_on, train
 from rundir import finished
-from splits import examples_tested
+from splits import examples_tested, tested_indices
 from study import Child
 from tracking import phase_logging
 
@@ -234,7 +234,10 @@ def _teacher_phase(cfg, ds, run_dir, teacher, given):
     """The teacher's result: given, finished earlier, or trained here (published as run_dir/teacher.pth)."""
     tdir, tcfg = run_dir / "teacher", cfg.phase("teacher")
     if given:
-        return tested("teacher", teacher, ds, tcfg, run_dir / "teacher.pth", "given by --teacher_ckpt")
+        result = tested("teacher", teacher, ds, tcfg, run_dir / "teacher.pth", "given by --teacher_ckpt")
+        y = examples_tested(ds, tcfg.data)[1]  # saved like a trained teacher's, for paired tests (plots.py pool)
+        save_predictions(run_dir / GIVEN_TEACHER_PREDICTIONS, tested_indices(ds, tcfg.data), y, result["test_preds"])
+        return result
     if finished(tdir):
         publish(tdir / "best.pt", run_dir / "teacher.pth")
         load_weights(teacher, load_checkpoint(run_dir / "teacher.pth")["model"], run_dir / "teacher.pth")

@@ -16,7 +16,7 @@ from device import set_rng_state
 from engine import Progress
 from errors import CheckpointError, UsageError
 from files import read_json, remove_stale_tmp, write_json
-from rundir import finished, kind_of, script_of
+from rundir import finished, kind_of, record_resume, script_of
 from stats import number
 
 
@@ -54,6 +54,7 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     except UsageError as e:  # settings no command line could have given
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({e})") from None
     remove_stale_tmp(run_dir)  # what writers killed in this folder left (its parts clean their own on resume)
+    record_resume(run_dir)
     return run_dir, config, built
 
 

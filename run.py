@@ -222,6 +222,7 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
 
 
 PREDICTIONS = "test_predictions.npy"  # per test example: its index in the test set, its label, the predicted class
+GIVEN_TEACHER_PREDICTIONS = "teacher_test_predictions.npy"  # exercise2's, of a --teacher_ckpt it tested (not trained)
 PREDICTION = np.dtype([("index", "<i8"), ("label", "<i8"), ("pred", "<i8")])
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import distributed
 from errors import CheckpointError, UsageError
 from files import TMP, RunLock, naming, read_json, remove_stale_tmp, tmp_name, write_json
 
@@ -134,9 +135,20 @@ def code_version():
     try:
         sha = git("rev-parse", "HEAD").stdout.strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-    except (OSError, subprocess.SubprocessError):  # no git, not a work tree, or git hanging
+    except FileNotFoundError:
+        return "# code: unknown (no git command)"
+    except subprocess.TimeoutExpired:
+        return "# code: unknown (git did not answer)"
+    except (OSError, subprocess.SubprocessError):  # git says this is not a work tree
         return "# code: not in a git work tree"
     return f"# code: git commit {sha}" + " + uncommitted changes" * dirty
+
+
+def record_resume(run_dir):
+    """Append the resuming command and the code it runs to command.txt: a run continued under other code says so."""
+    if distributed.is_main():
+        with naming(run_dir / "command.txt"), open(run_dir / "command.txt", "a") as f:
+            f.write(f"# resumed: {shlex.join([sys.executable, *sys.argv])}\n{code_version()}\n")
 
 
 def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):

@@ -264,6 +264,9 @@ def test_resume_may_extend_epochs(mnist_root, tmp_path, scheduler):
     lrs = [m["lr"] for m in read_metrics(tmp_path / "r")]
     assert lrs == ([1e-3] * 3 if scheduler == "none" else pytest.approx([1e-3, 0.5e-3, 0.25e-3]))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["epochs"] == 3
+    lines = (tmp_path / "r" / "command.txt").read_text().splitlines()  # the run, then the resume, each with its code
+    assert len(lines) == 4 and lines[2].startswith("# resumed: ") and "--epochs 3" in lines[2]
+    assert lines[1].startswith("# code: ") and lines[3].startswith("# code: ")
 
 
 def test_wandb_offline_holds_the_logged_metrics_summary_and_figures(mnist_root, tmp_path):

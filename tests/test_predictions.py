@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_cli
 
 from pooled import pool
@@ -88,4 +89,41 @@ def test_plots_pool_pools_seeds_folders_of_several_teachers(mnist_root, tmp_path
     r = run_cli("plots.py", "pool", tmp_path / "t1", tmp_path / "t2")
     assert r.returncode == 0 and "teacher test errors" in r.stdout
     r = run_cli("plots.py", "pool", tmp_path / "t1" / "teacher")  # a run folder, not an exercise2 --seeds folder
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a finished exercise2 --seeds folder" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not an exercise2 folder" in r.stderr
+
+
+def test_plots_pool_reads_a_given_teacher_and_refuses_what_would_count_a_net_twice(mnist_root, tmp_path):
+    data = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, *QUIET]
+    for t in (1, 2):
+        args = [*data, "--hidden_sizes", "16", "--seed", str(t), "--run_name", f"teacher{t}"]
+        assert run_cli("exercise1.py", *args).returncode == 0
+    kd = [*data, "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--cache_teacher"]
+
+    def distil(name, t, *extra):
+        ckpt = tmp_path / f"teacher{t}" / "best.pt"
+        assert run_cli("exercise2.py", *kd, "--teacher_ckpt", ckpt, *extra, "--run_name", name).returncode == 0
+        return tmp_path / name
+
+    a, b = distil("a", 1, "--seeds", "10"), distil("b", 2, "--seeds", "20")
+    teacher = np.load(a / "teacher_test_predictions.npy")  # a given teacher's test predictions, saved by exercise2
+    assert (teacher["pred"] == load(tmp_path / "teacher1")["pred"]).all()
+    assert pool([a, b])[0]["teacher_errors"]["seeds"] == 2
+    (b / "teacher_test_predictions.npy").unlink()  # as in folders made before: the checkpoint's run folder's
+    assert pool([a, b])[0]["teacher_errors"]["mean"] == pytest.approx(
+        np.mean([(lambda r: (r["label"] != r["pred"]).sum())(load(tmp_path / f"teacher{t}")) for t in (1, 2)])
+    )
+    refusals = {
+        "a folder is given twice": [a, tmp_path / "." / "a"],
+        "student seed 10 is in": [a, distil("c", 2, "--seeds", "10")],
+        "same teacher": [a, distil("d", 1, "--seeds", "30")],
+        "differ in distill.temperature": [a, distil("e", 2, "--seeds", "40", "--temperature", "2")],
+    }
+    for message, folders in refusals.items():
+        r = run_cli("plots.py", "pool", *folders)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (message, r.stderr)
+    (a / "student_baseline_seed10" / "test_predictions.npy").write_bytes(b"")
+    r = run_cli("plots.py", "pool", a, b)
+    assert r.returncode == 2 and "unreadable or damaged" in r.stderr and "Traceback" not in r.stderr
+    torch.save({"not": "the teacher"}, tmp_path / "teacher2" / "best.pt")  # b's teacher replaced: refused
+    r = run_cli("plots.py", "pool", distil("f", 1, "--seeds", "50"), b)
+    assert r.returncode == 2 and "no longer the teacher" in r.stderr
