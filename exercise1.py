@@ -235,6 +235,8 @@ def _study(args, cfg, plan, ds, run_dir, kids, saved):
     """A study, --seeds or --k_folds in its folder (new, or continued): (folder, what it ended with)."""
     if run_dir is None:
         run_dir = study_folder(cfg, plan, args)
+    if saved is not None:  # a resume: the children must check out before it records anything
+        study.check_children(kids, run_dir)
     record_epochs(run_dir, saved, cfg.train.epochs)  # the data loaded and the children check out
     spawned = (args.workers or 1) > 1 and not args.report
     if spawned:

@@ -54,7 +54,6 @@ def resume_dir(path, kind, given, allowed=("resume", "epochs"), build=None):
     except UsageError as e:  # settings no command line could have given
         raise CheckpointError(f"{run_dir / 'config.json'} is damaged ({e})") from None
     remove_stale_tmp(run_dir)  # what writers killed in this folder left (its parts clean their own on resume)
-    record_resume(run_dir)
     return run_dir, config, built
 
 
@@ -126,10 +125,11 @@ def extend_epochs(train, epochs, parts_of=None):
 
 def record_epochs(run_dir, saved, epochs):
     """Write a raised --epochs into run_dir/config.json, which holds `saved` (as the command read it: it is not read
-    again; None: nothing to record). Called once everything the run needs has loaded, so that a resume refused on
-    the way changes nothing."""
+    again; None: a new run, nothing to record), and the resuming command into its command.txt. Called once
+    everything the run needs has loaded, so that a resume refused on the way changes nothing."""
     if saved is None or not distributed.is_main():
         return
+    record_resume(run_dir)
     train = saved["base"]["train"] if "base" in saved else saved["train"]
     if train["epochs"] != epochs:
         train = {**train, "epochs": epochs}

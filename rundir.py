@@ -20,6 +20,8 @@ NAME_MAX = 200  # bytes of a folder name; file systems allow 255, and temporary 
 _hints = []
 
 
+CHILD = "LAB1_STUDY_CHILD"  # set by a launcher's job (launch.py): the one child that process trains
+SPAWNED = "LAB1_STUDY_WORKER"  # set in the environment of the workers study.spawn_workers starts
 BUSY = ".busy"  # held shared by every command working in a run folder, training or not: --overwrite waits for none
 
 
@@ -145,9 +147,12 @@ def code_version():
 
 
 def record_resume(run_dir):
-    """Append the resuming command and the code it runs to command.txt: a run continued under other code says so."""
-    if distributed.is_main():
-        with naming(run_dir / "command.txt"), open(run_dir / "command.txt", "a") as f:
+    """Append the resuming command and the code it runs to command.txt: a run continued under other code says so.
+    A folder without command.txt (a study's child, which its study's command.txt speaks for) is left as it is, and
+    so is a study's folder in the workers and jobs that the recorded command started."""
+    path = Path(run_dir) / "command.txt"
+    if distributed.is_main() and path.is_file() and not (os.environ.get(SPAWNED) or os.environ.get(CHILD)):
+        with naming(path), open(path, "a") as f:
             f.write(f"# resumed: {shlex.join([sys.executable, *sys.argv])}\n{code_version()}\n")
 
 

@@ -32,7 +32,7 @@ from eta import duration
 from files import RunLock, read_json, read_jsonl, write_json
 from flags import from_dict
 from models import PRESETS, ModelConfig
-from rundir import finished
+from rundir import CHILD, SPAWNED, finished
 from study_report import report
 from wandb_reports import study_to_wandb
 
@@ -86,7 +86,6 @@ def children(study, base, depths, seeds):
     return out
 
 
-CHILD = "LAB1_STUDY_CHILD"  # set by a launcher's job (launch.py): the one child that process trains
 ENDED = ("finished", "diverged", "failed")  # a child in one of these states needs no more work
 
 
@@ -219,9 +218,6 @@ def attempt(child, run_dir, train_child, isolate):
     write_json(run_dir / "summary.json", {"status": status, "error": why, "epochs_run": epochs})
     print(f"{child.name} {status}: {why.splitlines()[0] if why else ''}; the study goes on without it", flush=True)
     return status
-
-
-SPAWNED = "LAB1_STUDY_WORKER"  # set in the environment of the workers spawn_workers starts
 
 
 def spawn_workers(n, study_dir):

