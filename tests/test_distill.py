@@ -553,6 +553,11 @@ def test_seeds_and_kd_grid_report_paired_statistics(mnist_root, tmp_path):
         "disabled",
         "--cache_teacher",
     ]
+    # one cache of soft targets serves every seed only where every seed trains on the same examples
+    p = run_cli("exercise2.py", *base, "--run_name", "split", "--seeds", "0", "1")
+    assert p.returncode == 2 and "needs one training set for every seed" in p.stderr
+    assert not (tmp_path / "split").exists()
+    base += ["--val_split", "0"]
     p = run_cli("exercise2.py", *base, "--run_name", "seeds", "--seeds", "0", "1", "2")
     assert p.returncode == 0, p.stderr
     s = json.loads((tmp_path / "seeds" / "summary.json").read_text())

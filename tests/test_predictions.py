@@ -35,7 +35,7 @@ def test_a_run_saves_each_test_examples_prediction_in_test_set_order(mnist_root,
 
 def test_exercise2_reports_mcnemar_distilled_against_alone(mnist_root, tmp_path):
     args = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--teacher", "FlexibleMLP"]
-    args += ["--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--cache_teacher", *QUIET]
+    args += ["--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", *QUIET]
     assert run_cli("exercise2.py", *args, "--run_name", "one").returncode == 0
     s = json.loads((tmp_path / "one" / "summary.json").read_text())
     d, a = (load(tmp_path / "one" / phase) for phase in ("student_distill", "student_baseline"))
@@ -63,7 +63,7 @@ def test_a_study_reports_mcnemar_residual_against_plain(mnist_root, tmp_path):
 
 def test_plots_pool_pools_seeds_folders_of_several_teachers(mnist_root, tmp_path):
     args = ["--dataset", "mnist", "--data_root", mnist_root, "--save_dir", tmp_path, "--teacher", "FlexibleMLP"]
-    args += ["--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--cache_teacher", *QUIET]
+    args += ["--t_hidden_sizes", "16", "--student", "FlexibleMLP", "--s_hidden_sizes", "8", *QUIET]
     for t, seeds in ((1, ["10", "11"]), (2, ["20", "21"])):
         assert (
             run_cli("exercise2.py", *args, "--seed", str(t), "--seeds", *seeds, "--run_name", f"t{t}").returncode == 0
@@ -97,7 +97,7 @@ def test_plots_pool_reads_a_given_teacher_and_refuses_what_would_count_a_net_twi
     for t in (1, 2):
         args = [*data, "--hidden_sizes", "16", "--seed", str(t), "--run_name", f"teacher{t}"]
         assert run_cli("exercise1.py", *args).returncode == 0
-    kd = [*data, "--student", "FlexibleMLP", "--s_hidden_sizes", "8", "--cache_teacher"]
+    kd = [*data, "--student", "FlexibleMLP", "--s_hidden_sizes", "8"]
 
     def distil(name, t, *extra):
         ckpt = tmp_path / f"teacher{t}" / "best.pt"
