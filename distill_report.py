@@ -107,7 +107,7 @@ def _mcnemar_lines(results, rows):
         if not pairs:
             continue
         per = {s: mcnemar(_correct(d), _correct(b)) for s, (d, b) in sorted(pairs.items())}
-        pooled = mcnemar(*(np.concatenate([_correct(p[i]) for p in pairs.values()]) for i in (0, 1)))
+        pooled = mcnemar(*(np.stack([_correct(p[i]) for p in pairs.values()]) for i in (0, 1)))
         row["mcnemar_pooled"], row["mcnemar_per_seed"] = pooled, {str(s): m for s, m in per.items()}
         cells = ", ".join(f"seed {s}: {m['p_value']:.3g}" for s, m in per.items())
         lines.append(f"| {setting[0]:g} | {setting[1]:g} | {format_mcnemar(pooled, 'distilled', 'alone')} | {cells} |")

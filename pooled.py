@@ -16,7 +16,7 @@ import numpy as np
 from errors import CheckpointError
 from files import read_json
 from inputs import fingerprint
-from run import GIVEN_TEACHER_PREDICTIONS, PREDICTIONS
+from run import GIVEN_TEACHER_PREDICTIONS, PREDICTIONS, load_predictions
 from stats import bootstrap_diff, bootstrap_gap_closed, format_mcnemar, mcnemar, mean_ci, paired
 
 KINDS = ("student_baseline", "student_distill")
@@ -36,26 +36,12 @@ FREE = {
 }
 
 
-def _predictions(path):
-    """The rows (index, label, pred) of a test_predictions.npy, or a one-line CheckpointError."""
-    try:
-        rows = np.load(path, allow_pickle=False)
-        index, label, pred = rows["index"], rows["label"], rows["pred"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as e:
-        raise CheckpointError(f"{path} is unreadable or damaged ({type(e).__name__})") from None
-    if index.ndim != 1 or not len(index) or not all(np.issubdtype(c.dtype, np.integer) for c in (index, label, pred)):
-        raise CheckpointError(f"{path} is not one row of integers per test example")
-    return index, label, pred == label
-
-
 def _teacher_predictions(folder, config):
     """The teacher's test predictions: trained here (teacher/), given and tested here, or, for a folder made before
     exercise2 saved a given teacher's, those of the run folder of --teacher_ckpt if it is still that file."""
     for path in (folder / "teacher" / PREDICTIONS, folder / GIVEN_TEACHER_PREDICTIONS):
         if path.is_file():
-            return _predictions(path)
+            return load_predictions(path)
     ckpt = Path(config["distill"].get("teacher_ckpt") or "")
     where = {"best.pt": ckpt.parent, "teacher.pth": ckpt.parent / "teacher"}.get(ckpt.name)
     if where is None or not (where / PREDICTIONS).is_file():
@@ -63,7 +49,7 @@ def _teacher_predictions(folder, config):
     digest = config["distill"].get("teacher_sha256")
     if digest and fingerprint(ckpt) != digest:
         raise CheckpointError(f"{ckpt} is no longer the teacher {folder} was distilled from (its sha256 differs)")
-    return _predictions(where / PREDICTIONS)
+    return load_predictions(where / PREDICTIONS)
 
 
 def read_folder(folder):
@@ -91,7 +77,7 @@ def read_folder(folder):
         kind = next((k for k in KINDS if name.startswith(k)), None)
         if kind is None or not isinstance(s, dict) or type(s.get("seed")) is not int:
             raise CheckpointError(f"{folder}/summary.json: student {name!r} is not one of exercise2's")
-        idx, lab, out[kind][s["seed"]] = _predictions(folder / name / PREDICTIONS)
+        idx, lab, out[kind][s["seed"]] = load_predictions(folder / name / PREDICTIONS)
         if not (np.array_equal(idx, index) and np.array_equal(lab, label)):
             raise CheckpointError(f"{folder / name} was tested on other examples than its teacher")
     return out

@@ -22,7 +22,7 @@ from config import RunConfig
 from dataloader import make_loaders
 from device import channels_last_for, make_autocast, place
 from engine import STOP, Progress, StopRequested, evaluate, fit
-from errors import Diverged, Stopped, UsageError
+from errors import CheckpointError, Diverged, Stopped, UsageError
 from figures import plot_confusion, plot_curves, plot_grads
 from files import RunLock, atomic_write, remove_stale_tmp, write_json, write_jsonl
 from losses import CrossEntropy
@@ -224,6 +224,21 @@ def _finish(model, ds, cfg, run_dir, loaders, progress, logger, desc):
 PREDICTIONS = "test_predictions.npy"  # per test example: its index in the test set, its label, the predicted class
 GIVEN_TEACHER_PREDICTIONS = "teacher_test_predictions.npy"  # exercise2's, of a --teacher_ckpt it tested (not trained)
 PREDICTION = np.dtype([("index", "<i8"), ("label", "<i8"), ("pred", "<i8")])
+
+
+def load_predictions(path):
+    """(index, label, correct) of a test_predictions.npy, or a one-line CheckpointError: missing, damaged, or not
+    one row of integers per test example."""
+    try:
+        rows = np.load(path, allow_pickle=False)
+        index, label, pred = rows["index"], rows["label"], rows["pred"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as e:
+        raise CheckpointError(f"{path} is unreadable or damaged ({type(e).__name__})") from None
+    if index.ndim != 1 or not len(index) or not all(np.issubdtype(c.dtype, np.integer) for c in (index, label, pred)):
+        raise CheckpointError(f"{path} is not one row of integers per test example")
+    return index, label, pred == label
 
 
 def save_predictions(path, index, label, pred):

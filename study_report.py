@@ -6,7 +6,7 @@ import numpy as np
 from errors import CheckpointError
 from figures import plot_layer_grads, plot_study
 from files import TEST_MARK, read_json, read_jsonl, write_report
-from run import PREDICTIONS
+from run import PREDICTIONS, load_predictions
 from rundir import finished
 from stats import format_mcnemar, format_mean_std, format_paired, mcnemar, mean_std, number, paired
 
@@ -57,16 +57,15 @@ def residual_vs_plain_mcnemar(kids, study_dir):
         by = {(c.kind, c.seed): _correct_of(study_dir / c.name / PREDICTIONS) for c in kids if c.depth == depth}
         pairs = [(by["residual", s], by["plain", s]) for k, s in by if k == "residual" and ("plain", s) in by]
         if pairs and all(a is not None and b is not None and len(a) == len(b) for a, b in pairs):
-            out[str(depth)] = mcnemar(*(np.concatenate([p[i] for p in pairs]) for i in (0, 1)))
+            out[str(depth)] = mcnemar(*(np.stack([p[i] for p in pairs]) for i in (0, 1)))  # pooled over seeds
     return out
 
 
 def _correct_of(path):
     """Which test examples a run got right, from its test_predictions.npy (None: not there or not readable)."""
     try:
-        rows = np.load(path, allow_pickle=False)
-        return rows["label"] == rows["pred"]
-    except (OSError, ValueError, KeyError, IndexError):
+        return load_predictions(path)[2]
+    except CheckpointError:
         return None
 
 
