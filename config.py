@@ -235,7 +235,7 @@ class DistillConfig:
     teacher_logits: str = flag(
         "",
         "with --cache_teacher and --teacher_ckpt: reuse teacher_logits.pt of an earlier run "
-        "(refused if it is of another teacher or data set)",
+        "(refused if it is of another teacher, data set or input normalisation)",
         metavar="PATH",
     )
     teacher_amp: str = flag(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from datasets import DATASETS, check_norm
 from errors import DataError
 from flags import flag, fraction, nonneg_int, pos_int, processes
-from splits import check_sizes, examples_tested, stratified_split, stratified_subset
+from splits import check_sizes, examples_tested, training_positions
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ class Loaders:
     train: object
     val: Optional[object]
     test: object
-    train_y: torch.Tensor  # labels of the training arrays, in loader index order (for teacher caches)
+    train_y: torch.Tensor  # labels of the training arrays, in loader index order
     norm: tuple  # ((mean per channel), (std per channel)) that every loader normalises with
     test_y: Optional[torch.Tensor] = None  # labels of the test examples evaluated (all, or --test_subset's)
 
@@ -289,16 +289,9 @@ def make_loaders(ds, cfg: DataConfig, seed, device, fold=None, channels_last=Fal
     Sizes that would leave a split empty raise DataError (check_sizes; callers check folds before)."""
     if fold is None:
         check_sizes(ds, cfg, seed)
-    x, y = ds.train_x, ds.train_y
-    if cfg.subset:
-        keep = stratified_subset(y, cfg.subset, seed)
-        x, y = x[keep], y[keep]
-    xv = yv = None
-    if ds.val_x is not None and fold is None:
-        xv, yv = ds.val_x, ds.val_y
-    elif fold is not None or cfg.val_split > 0:
-        tr, va = fold if fold is not None else stratified_split(y, cfg.val_split, seed)
-        (xv, yv), (x, y) = (x[va], y[va]), (x[tr], y[tr])
+    pos, val = training_positions(ds, cfg, seed, fold)
+    x, y = (ds.train_x, ds.train_y) if len(pos) == len(ds.train_y) else (ds.train_x[pos], ds.train_y[pos])
+    xv, yv = (ds.val_x, ds.val_y) if val is None else (ds.train_x[val], ds.train_y[val])
     mean, std = (torch.tensor(v) for v in cfg.norm) if cfg.norm else channel_stats(x)
     if shard[1] > 1 and cfg.loader != "tensor":
         raise DataError("under torchrun only --loader tensor shards the data")

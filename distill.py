@@ -29,7 +29,7 @@ from losses import DistillLoss, held_in_bf16
 from models import ModelConfig, count_params, summary
 from run import GIVEN_TEACHER_PREDICTIONS, loaders_for, new_model, save_predictions, tested_on, train
 from rundir import finished
-from splits import examples_tested, tested_indices
+from splits import examples_tested, tested_indices, training_positions
 from study import Child
 from tracking import phase_logging
 
@@ -87,27 +87,48 @@ def shared_teacher(cfg, ds):
     return replace(cfg, distill=replace(cfg.distill, teacher_ckpt=str(folder / "teacher.pth")))
 
 
-def logits_key(teacher, ds, cfg):
-    """What a teacher-logits cache must match: the teacher's weights and the training labels, in order."""
+def logits_key(teacher, ds, norm, cfg):
+    """What a teacher-logits cache must match: the teacher's weights, the input normalisation it is run with, and the
+    labels of the data set's whole training set, in order (the cache holds a row per training example)."""
     h = hashlib.sha256()
     for k, v in teacher.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    loaders = make_loaders(ds, replace(cfg.data, augment=False), cfg.train.seed, "cpu")
     return {
         "teacher": h.hexdigest()[:16],
         "dataset": cfg.data.dataset,
-        "n": len(loaders.train_y),
-        "labels": hashlib.sha256(loaders.train_y.numpy().tobytes()).hexdigest()[:16],
+        "n": len(ds.train_y),
+        "labels": hashlib.sha256(ds.train_y.numpy().tobytes()).hexdigest()[:16],
+        "norm": [list(map(float, v)) for v in norm],
     }
+
+
+def teacher_norm(ds, cfg):
+    """The normalisation the teacher sees: its checkpoint's, else that of the training split it was trained on
+    (the run's own seed)."""
+    return cfg.data.norm or make_loaders(ds, replace(cfg.data, augment=False), cfg.train.seed, "cpu").norm
+
+
+def _same_key(saved, key):
+    """Keys agree exactly but for the normalisation, which agrees to float32 rounding: the channel statistics of one
+    split differ in their last bits between thread counts (a study's jobs against the run that started them)."""
+    if not isinstance(saved, dict) or set(saved) != set(key) or any(saved[k] != key[k] for k in key if k != "norm"):
+        return False
+    try:
+        return torch.allclose(torch.tensor(saved["norm"]), torch.tensor(key["norm"]), rtol=1e-5, atol=0)
+    except (TypeError, ValueError, RuntimeError):  # a norm of another shape or type: not this key
+        return False
 
 
 def check_logits(path, key, classes):
     """Refuse a --teacher_logits file of another teacher or data set (before anything is trained)."""
     cache = load_file(path, "teacher logits cache")
     logits = cache.get("logits") if isinstance(cache, dict) else None
-    if not isinstance(cache, dict) or cache.get("key") != key or not isinstance(logits, torch.Tensor):
-        raise CheckpointError(f"teacher logits cache {path} belongs to another teacher or data set, or is damaged")
+    if not isinstance(cache, dict) or not _same_key(cache.get("key"), key) or not isinstance(logits, torch.Tensor):
+        raise CheckpointError(
+            f"teacher logits cache {path} belongs to another teacher, data set or input normalisation, is from an "
+            "older lab1 (one row per example of one split), or is damaged"
+        )
     if (
         logits.layout != torch.strided
         or logits.device.type != "cpu"
@@ -124,24 +145,38 @@ def check_logits(path, key, classes):
 
 @torch.no_grad()
 def teacher_logits(teacher, ds, cfg: ExperimentConfig, run_dir):
-    """Teacher logits (N_train, classes) on the un-augmented training arrays, in loader index order; cached."""
-    key = logits_key(teacher, ds, cfg)
-    for source in (cfg.distill.teacher_logits, Path(run_dir) / "teacher_logits.pt"):
-        if source and Path(source).exists():
-            print(f"teacher logits: reusing {source}")
-            return check_logits(source, key, ds.num_classes).to(cfg.train.device)
-    loaders = make_loaders(ds, replace(cfg.data, augment=False), cfg.train.seed, cfg.train.device)
+    """Teacher logits (N, classes) on the un-augmented examples of the data set's whole training set, in its order,
+    so that one cache serves every seed's split and subset (logits_for); cached in run_dir/teacher_logits.pt."""
+    norm = teacher_norm(ds, cfg)
+    key, mine = logits_key(teacher, ds, norm, cfg), Path(run_dir) / "teacher_logits.pt"
+    if cfg.distill.teacher_logits:
+        print(f"teacher logits: reusing {cfg.distill.teacher_logits}")
+        return check_logits(cfg.distill.teacher_logits, key, ds.num_classes)
+    if mine.exists():
+        try:
+            logits = check_logits(mine, key, ds.num_classes)
+            print(f"teacher logits: reusing {mine}")
+            return logits
+        except CheckpointError as e:  # this run's own cache, written by an older lab1: computed again
+            print(f"{e}; computing it again")
+    whole = replace(cfg.data, augment=False, subset=0, val_split=0.0, norm=norm)
+    loader = make_loaders(ds, whole, cfg.train.seed, cfg.train.device).train
     teacher.eval()
-    logits = torch.empty(len(loaders.train_y), ds.num_classes, device=cfg.train.device)
+    logits = torch.empty(len(ds.train_y), ds.num_classes, device=cfg.train.device)
     with cfg.teacher_autocast()():
-        for batch in loaders.train:
+        for batch in loader:  # with neither split nor subset, batch.idx are positions in the whole training set
             logits[batch.idx] = teacher(batch.x).float()
-    save_checkpoint(Path(run_dir) / "teacher_logits.pt", {"key": key, "logits": logits.cpu()})
+    save_checkpoint(mine, {"key": key, "logits": logits.cpu()})
     print(
-        f"teacher logits: computed once for {len(logits)} training images and cached in "
-        f"{Path(run_dir) / 'teacher_logits.pt'}; the distilled student trains on un-augmented data"
+        f"teacher logits: computed once for the {len(logits)} training images and cached in {mine}; "
+        "the distilled students train on un-augmented data"
     )
-    return logits
+    return logits.cpu()
+
+
+def logits_for(cached, ds, pcfg):
+    """The rows of the whole-training-set cache a student's loader indexes (batch.idx), for its seed's split."""
+    return cached[training_positions(ds, pcfg.data, pcfg.train.seed)[0]].to(pcfg.train.device)
 
 
 def distill_loss(cfg: ExperimentConfig, teacher, cached=None):
@@ -207,9 +242,11 @@ def run_phases(cfg, ds, run_dir, teacher, given, launcher=None, retry_failed=Fal
         if child.kind == "student_baseline" and c.distill.baseline_dir:  # trained once for every run that shares it
             return baseline.share(c, ds, child.name, child_dir, _wandb(Path(c.distill.baseline_dir), child.name, c))
         model = new_model(c.student, ds, c.train.seed, c.train.device)  # the same initial weights for both students
-        loss_fn = distill_loss(c, teacher, cached) if child.kind == "student_distill" else None
+        pcfg = c.phase(child.kind)
+        mine = None if cached is None else logits_for(cached, ds, pcfg)
+        loss_fn = distill_loss(c, teacher, mine) if child.kind == "student_distill" else None
         fresh[child.name] = train(
-            model, ds, c.phase(child.kind), child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name, c)
+            model, ds, pcfg, child_dir, loss_fn, desc=child.name, wandb=_wandb(run_dir, child.name, c)
         )
 
     fresh, several = {}, bool(cfg.distill.seeds or cfg.distill.study)

@@ -184,7 +184,8 @@ def _distil(args, cfg, run_dir, saved):
         teacher, cfg = distill.given_teacher(source, ds, cfg, told)
     describe_data(ds, cfg.phase("teacher"))
     if cfg.distill.teacher_logits:
-        distill.check_logits(cfg.distill.teacher_logits, distill.logits_key(teacher, ds, cfg), ds.num_classes)
+        key = distill.logits_key(teacher, ds, distill.teacher_norm(ds, cfg), cfg)
+        distill.check_logits(cfg.distill.teacher_logits, key, ds.num_classes)
     teacher = teacher or new_model(cfg.teacher, ds, seed, cfg.train.device)
     student = new_model(cfg.student, ds, seed, cfg.train.device)  # the same initial weights for both students
     print(f"teacher {summary(cfg.teacher.name, teacher)}\nstudent {summary(cfg.student.name, student)}")

@@ -132,14 +132,6 @@ RULES = (
     ),
     Rule(
         "exercise2",
-        "excludes",
-        lambda s: s.cache_teacher and len(set(s.seeds or ())) > 1 and (s.val_split != 0 or s.subset),
-        "--cache_teacher with --seeds needs one training set for every seed: with a validation split or --subset "
-        "each seed draws its own, and one cache of soft targets would not match them; give --val_split 0 and no "
-        "--subset, or leave out --cache_teacher",
-    ),
-    Rule(
-        "exercise2",
         "needs",
         lambda s: s.teacher_logits and not (s.cache_teacher and s.teacher_ckpt),
         "--teacher_logits needs --cache_teacher and --teacher_ckpt (the logits belong to a trained teacher)",

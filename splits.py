@@ -55,6 +55,19 @@ def stratified_subset(y, n, seed):
     return torch.arange(len(y)) if n >= len(y) else stratified_split(y, n / len(y), seed)[1]
 
 
+def training_positions(ds, cfg, seed, fold=None):
+    """-> (train, val): the positions in the data set's whole training set of the examples make_loaders trains and
+    validates on, in its order; val is None when validation is the data set's own val/ split or there is none. One
+    rule for the loaders and for whatever is indexed by the whole training set (teacher_logits.pt)."""
+    pos = torch.arange(len(ds.train_y))
+    if cfg.subset:
+        pos = pos[stratified_subset(ds.train_y, cfg.subset, seed)]
+    if fold is None and (ds.val_x is not None or not cfg.val_split > 0):
+        return pos, None
+    tr, va = fold if fold is not None else stratified_split(ds.train_y[pos], cfg.val_split, seed)
+    return pos[tr], pos[va]
+
+
 def check_sizes(ds, cfg, seed, k_folds=0):
     """-> the examples make_loaders will use, {"train": n, "val": n or 0, "test": n}, from the class counts alone
     (so `seed` changes nothing); with k_folds, "train" and "val" are lists of the K folds' sizes. Raises DataError
