@@ -7,11 +7,12 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 from engine import STOP
 from errors import CheckpointError, DataError, DiskFull, Diverged, UsageError
 from files import size
-from rundir import take_hint, vacate
+from rundir import record_end, take_hint, vacate
 from wandb_log import close_wandb
 
 # What a write, or the folder it writes in, can be refused with: each is one line, exit 1.
@@ -34,8 +35,9 @@ def run_main(main, argv=None):
     130 / 143 interrupted by Ctrl-C / SIGTERM (one line saying how to continue, where work can be continued)."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, STOP.handler)
+    began, code = time.monotonic(), None  # None at the end: an error that is a traceback
     try:
-        code = main(argv)
+        code = main(argv) or 0
     except (UsageError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
@@ -57,6 +59,9 @@ def run_main(main, argv=None):
                 where += f" ({size(shutil.disk_usage(os.path.dirname(os.path.abspath(e.filename))).free)} free)"
         print(f"error: {e.strerror or e}{where}; the files written before are intact", file=sys.stderr)
         code = 2 if bad_path else 1
+    except SystemExit as e:  # argparse's, or a script's own exit: its code is the command's
+        code = e.code
+        raise
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         what = str(e) or "interrupted by SIGINT"
@@ -65,6 +70,7 @@ def run_main(main, argv=None):
     finally:
         close_wandb()
         take_hint()
+        record_end(code, time.monotonic() - began)
         vacate()
         for s in (signal.SIGINT, signal.SIGTERM):  # the work is over: a late Ctrl-C must not print a traceback
             signal.signal(s, signal.SIG_IGN)

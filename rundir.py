@@ -1,6 +1,7 @@
 """A run folder: its name, its atomic creation, the marks that it is in use (.busy) and how a stop names the
 command that continues it."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -26,13 +27,31 @@ BUSY = ".busy"  # held shared by every command working in a run folder, training
 
 
 _occupied = []
+_ends = []  # command.txt of the folder this command works in (working_in), for record_end
 
 
 def working_in(run_dir):
-    """From now until the command ends: a stop names `--resume run_dir` (continue_with), and run_dir is marked in
-    use (released by run_main), so that --overwrite refuses it."""
+    """From now until the command ends: a stop names `--resume run_dir` (continue_with), run_dir is marked in
+    use (released by run_main), so that --overwrite refuses it, and its command.txt gets the command's end
+    (record_end). The first folder wins: a study's, not its child's."""
     continue_with(command("--resume", run_dir))
     _occupied.append(RunLock(run_dir, BUSY, shared=True))
+    _ends.append(Path(run_dir) / "command.txt")
+
+
+def record_end(code, seconds):
+    """Append to the command.txt of the folder this command worked in when it ended, its exit code and its wall
+    time: the figures a run reports stand beside the command that made them and what it took. Left out, as in
+    record_resume, in a study's workers and jobs (the command that started them records its own end), and where
+    the write fails (the command is ending: its exit code tells what happened)."""
+    path, done = (_ends or [None])[0], time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    _ends.clear()
+    if path is None or not _records(path):
+        return
+    h, m, sec = int(seconds // 3600), int(seconds % 3600 // 60), seconds % 60
+    wall = f"{h} h {m} min {sec:.0f} s" if h else f"{m} min {sec:.0f} s" if m else f"{sec:.1f} s"
+    with contextlib.suppress(OSError), open(path, "a") as f:
+        f.write(f"# ended {done}: {'exit code ' + str(code) if code is not None else 'an error'}, wall time {wall}\n")
 
 
 def vacate():
@@ -151,9 +170,15 @@ def record_resume(run_dir):
     A folder without command.txt (a study's child, which its study's command.txt speaks for) is left as it is, and
     so is a study's folder in the workers and jobs that the recorded command started."""
     path = Path(run_dir) / "command.txt"
-    if distributed.is_main() and path.is_file() and not (os.environ.get(SPAWNED) or os.environ.get(CHILD)):
+    if _records(path):
         with naming(path), open(path, "a") as f:
             f.write(f"# resumed: {shlex.join([sys.executable, *sys.argv])}\n{code_version()}\n")
+
+
+def _records(path):
+    """Whether this process appends to command.txt at `path`: it exists (a study's child has none: its study's
+    speaks for it), and this is the command that was typed (not a rank > 0, nor a study's worker or job)."""
+    return path.is_file() and distributed.is_main() and not (os.environ.get(SPAWNED) or os.environ.get(CHILD))
 
 
 def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def test_mlp_run_leaves_every_file(mnist_root, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["depth"] == 3 and cfg["model"]["residual"] and cfg["model"]["norm"] == "batch"
     assert cfg["train"]["scheduler"] == "cosine" and cfg["data"]["dataset"] == "mnist"
-    command_line, code = (run / "command.txt").read_text().splitlines()
+    command_line, code, end = (run / "command.txt").read_text().splitlines()
+    assert re.fullmatch(r"# ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: exit code 0, wall time \d+\.\d s", end), end
     assert "--depth 3" in command_line
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # the suite runs from a git work tree in CI; a copy without .git says so instead
@@ -264,9 +266,10 @@ def test_resume_may_extend_epochs(mnist_root, tmp_path, scheduler):
     lrs = [m["lr"] for m in read_metrics(tmp_path / "r")]
     assert lrs == ([1e-3] * 3 if scheduler == "none" else pytest.approx([1e-3, 0.5e-3, 0.25e-3]))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["epochs"] == 3
-    lines = (tmp_path / "r" / "command.txt").read_text().splitlines()  # the run, then the resume, each with its code
-    assert len(lines) == 4 and lines[2].startswith("# resumed: ") and "--epochs 3" in lines[2]
-    assert lines[1].startswith("# code: ") and lines[3].startswith("# code: ")
+    lines = (tmp_path / "r" / "command.txt").read_text().splitlines()  # the run, then the resume: code, end each
+    assert len(lines) == 6 and lines[3].startswith("# resumed: ") and "--epochs 3" in lines[3]
+    assert lines[1].startswith("# code: ") and lines[4].startswith("# code: ")
+    assert lines[2].startswith("# ended ") and lines[5].startswith("# ended ") and "exit code 0" in lines[5]
 
 
 def test_wandb_offline_holds_the_logged_metrics_summary_and_figures(mnist_root, tmp_path):

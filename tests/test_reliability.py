@@ -114,6 +114,8 @@ def test_signal_mid_epoch_saves_and_the_printed_command_resumes_exactly(mnist_ro
     assert metrics(run) == metrics(tmp_path / "a" / "r")
     a, b = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "a" / "r", run))
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+    ends = [line for line in (run / "command.txt").read_text().splitlines() if line.startswith("# ended ")]
+    assert [e.split(": ")[1].split(",")[0] for e in ends] == [f"exit code {code}", "exit code 0"]  # each command's end
 
 
 @pytest.mark.parametrize("script", ["exercise1.py", "exercise2.py"])
