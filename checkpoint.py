@@ -48,7 +48,7 @@ def load_file(path, what="checkpoint", mmap=False):
     mmap: tensors stay on disk until read (for a look at the plain data only)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
+        raise CheckpointError(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
             warnings.simplefilter("ignore")

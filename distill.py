@@ -140,38 +140,37 @@ def check_logits(path, key, classes):
             f"teacher logits cache {path} is damaged (shape {tuple(logits.shape)} {logits.dtype} for "
             f"{key['n']} examples of {classes} classes, or values that are not finite)"
         )
-    return logits
+    return logits.detach().float()  # as computed here: float32, no autograd history (a file may hold either)
 
 
 @torch.no_grad()
 def teacher_logits(teacher, ds, cfg: ExperimentConfig, run_dir):
     """Teacher logits (N, classes) on the un-augmented examples of the data set's whole training set, in its order,
-    so that one cache serves every seed's split and subset (logits_for); cached in run_dir/teacher_logits.pt."""
-    norm = teacher_norm(ds, cfg)
+    so that one cache serves every seed's split and subset (logits_for). Kept in run_dir/teacher_logits.pt: the
+    run's own (a resume reads it), else a copy of --teacher_logits, else computed here."""
+    norm, given = teacher_norm(ds, cfg), cfg.distill.teacher_logits
     key, mine = logits_key(teacher, ds, norm, cfg), Path(run_dir) / "teacher_logits.pt"
-    if cfg.distill.teacher_logits:
-        print(f"teacher logits: reusing {cfg.distill.teacher_logits}")
-        return check_logits(cfg.distill.teacher_logits, key, ds.num_classes)
     if mine.exists():
         try:
             logits = check_logits(mine, key, ds.num_classes)
             print(f"teacher logits: reusing {mine}")
             return logits
-        except CheckpointError as e:  # this run's own cache, written by an older lab1: computed again
-            print(f"{e}; computing it again")
-    whole = replace(cfg.data, augment=False, subset=0, val_split=0.0, norm=norm)
-    loader = make_loaders(ds, whole, cfg.train.seed, cfg.train.device).train
-    teacher.eval()
-    logits = torch.empty(len(ds.train_y), ds.num_classes, device=cfg.train.device)
-    with cfg.teacher_autocast()():
-        for batch in loader:  # with neither split nor subset, batch.idx are positions in the whole training set
-            logits[batch.idx] = teacher(batch.x).float()
-    save_checkpoint(mine, {"key": key, "logits": logits.cpu()})
-    print(
-        f"teacher logits: computed once for the {len(logits)} training images and cached in {mine}; "
-        "the distilled students train on un-augmented data"
-    )
-    return logits.cpu()
+        except CheckpointError as e:  # damaged, or written by an older lab1: made again
+            print(f"{e}; {'copying ' + given if given else 'computing it again'}")
+    if given:
+        logits, how = check_logits(given, key, ds.num_classes), f"copied from {given}"
+    else:
+        whole = replace(cfg.data, augment=False, subset=0, val_split=0.0, norm=norm)
+        loader = make_loaders(ds, whole, cfg.train.seed, cfg.train.device).train
+        teacher.eval()
+        logits = torch.empty(len(ds.train_y), ds.num_classes, device=cfg.train.device)
+        with cfg.teacher_autocast()():
+            for batch in loader:  # with neither split nor subset, batch.idx are positions in the whole training set
+                logits[batch.idx] = teacher(batch.x).float()
+        logits, how = logits.cpu(), f"computed once for the {len(logits)} training images"
+    save_checkpoint(mine, {"key": key, "logits": logits})
+    print(f"teacher logits: {how} and kept in {mine}; the distilled students train on un-augmented data")
+    return logits
 
 
 def logits_for(cached, ds, pcfg):

@@ -161,7 +161,8 @@ def main(argv=None):
         return transfer.main(args)
     else:
         cfg = build_config(args)
-        check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+        reads = (cfg.distill.teacher_ckpt, cfg.distill.teacher_logits)
+        check_run_dir(cfg.output.save_dir, args.run_name or "run", args.overwrite, not args.run_name, reads)
     _check_launch(args, cfg)
     return _distil(args, cfg, run_dir, saved)
 
@@ -183,7 +184,7 @@ def _distil(args, cfg, run_dir, saved):
         }
         teacher, cfg = distill.given_teacher(source, ds, cfg, told)
     describe_data(ds, cfg.phase("teacher"))
-    if cfg.distill.teacher_logits:
+    if cfg.distill.teacher_logits and not (run_dir and (run_dir / "teacher_logits.pt").exists()):  # else its copy
         key = distill.logits_key(teacher, ds, distill.teacher_norm(ds, cfg), cfg)
         distill.check_logits(cfg.distill.teacher_logits, key, ds.num_classes)
     teacher = teacher or new_model(cfg.teacher, ds, seed, cfg.train.device)

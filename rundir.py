@@ -1,7 +1,6 @@
 """A run folder: its name, its atomic creation, the marks that it is in use (.busy) and how a stop names the
 command that continues it."""
 
-import contextlib
 import json
 import os
 import shlex
@@ -43,15 +42,19 @@ def record_end(code, seconds):
     """Append to the command.txt of the folder this command worked in when it ended, its exit code and its wall
     time: the figures a run reports stand beside the command that made them and what it took. Left out, as in
     record_resume, in a study's workers and jobs (the command that started them records its own end), and where
-    the write fails (the command is ending: its exit code tells what happened)."""
+    the write fails (said in a note)."""
     path, done = (_ends or [None])[0], time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     _ends.clear()
     if path is None or not _records(path):
         return
     h, m, sec = int(seconds // 3600), int(seconds % 3600 // 60), seconds % 60
     wall = f"{h} h {m} min {sec:.0f} s" if h else f"{m} min {sec:.0f} s" if m else f"{sec:.1f} s"
-    with contextlib.suppress(OSError), open(path, "a") as f:
-        f.write(f"# ended {done}: {'exit code ' + str(code) if code is not None else 'an error'}, wall time {wall}\n")
+    how = "exit code 1 (an uncaught error)" if code is None else f"exit code {code}"
+    try:
+        with open(path, "a") as f:
+            f.write(f"# ended {done}: {how}, wall time {wall}\n")
+    except OSError as e:  # the command is ending: its exit code stands, and the missing line is said
+        print(f"note: the end of this command was not recorded in {path} ({e.strerror or e})", file=sys.stderr)
 
 
 def vacate():
@@ -102,9 +105,10 @@ def short_name(name):
     return f"{name.encode()[: NAME_MAX - 12].decode(errors='ignore')}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
-def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
+def check_run_dir(save_dir, name, overwrite=False, auto_named=False, reads=()):
     """What create_run_dir would refuse, said before any work: a bad name or save_dir, an existing folder (without
-    --overwrite), or, with it, something that is not a lab1 run folder."""
+    --overwrite), or, with it, something that is not a lab1 run folder, or a folder that holds a file the command
+    reads once the folder is replaced (`reads`: the paths of such input flags), which would be deleted under it."""
     check_run_name(save_dir, name)
     target = Path(save_dir) / name
     if not (target.exists() or target.is_symlink()) or auto_named and not overwrite:
@@ -119,6 +123,12 @@ def check_run_dir(save_dir, name, overwrite=False, auto_named=False):
             f"{target} is not a lab1 run folder ({why or 'a link'}); --overwrite replaces only folders lab1 made: "
             "pass another --run_name"
         )
+    for path in filter(None, reads):
+        if target.resolve() in Path(path).resolve().parents:
+            raise UsageError(
+                f"--overwrite would delete {path}, which this command reads: copy it out of {target} first, or "
+                "pass another --run_name"
+            )
 
 
 MARK = ".lab1-run"  # written into every run folder create_run_dir makes: --overwrite replaces only those

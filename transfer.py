@@ -130,7 +130,7 @@ def _from_flags(args):
     tc = from_args(TransferConfig, args)
     default = f"finetune_{data_name(dataset, data.data_root)}"
     out = from_args(OutputConfig, args, wandb_project=project(args.wandb_project, default))
-    check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name)  # before the data
+    check_run_dir(out.save_dir, args.run_name or "run", args.overwrite, not args.run_name, (tc.pretrained,))
     return data, train_cfg, tc, out
 
 

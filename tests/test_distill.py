@@ -225,7 +225,9 @@ def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert "== teacher" not in p.stdout and "teacher: given by --teacher_ckpt" in p.stdout
-    assert "teacher logits: reusing" in p.stdout
+    assert f"teacher logits: copied from {tmp_path / 'a' / 'teacher_logits.pt'}" in p.stdout
+    cache = torch.load(tmp_path / "a" / "teacher_logits.pt", weights_only=True)
+    assert torch.equal(torch.load(tmp_path / "b" / "teacher_logits.pt", weights_only=True)["logits"], cache["logits"])
     assert not (tmp_path / "b" / "teacher" / "metrics.jsonl").exists()
     a = json.loads((tmp_path / "a" / "summary.json").read_text())["teacher"]
     b = json.loads((tmp_path / "b" / "summary.json").read_text())["teacher"]
@@ -248,6 +250,24 @@ def test_teacher_ckpt_skips_teacher_training_and_cache(cifar_root, tmp_path):
         tmp_path / "a" / "teacher_logits.pt",
     )
     assert other.returncode == 2 and "another teacher" in other.stderr and "Traceback" not in other.stderr
+    # --overwrite of the folder that holds the cache (or the teacher) it reads: refused before anything is deleted
+    given = ("--teacher_ckpt", tmp_path / "b" / "teacher.pth", "--cache_teacher")
+    again = ("exercise2.py", "--data_root", cifar_root, "--save_dir", tmp_path, *TINY, "--run_name", "b", *given)
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    p = run_cli(*again, "--teacher_logits", tmp_path / "b" / "teacher_logits.pt", "--overwrite")
+    assert p.returncode == 2 and "--overwrite would delete" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+    # a cache saved with autograd history (requires_grad) holds the same numbers: used as they are
+    torch.save({**cache, "logits": cache["logits"].clone().requires_grad_()}, tmp_path / "grad.pt")
+    a_teacher = ("--teacher_ckpt", tmp_path / "a" / "teacher.pth", "--cache_teacher")
+    p = run_cli(*again[:-4], "d", *a_teacher, "--teacher_logits", tmp_path / "grad.pt")
+    assert p.returncode == 0, p.stderr
+    # the run keeps its copy: a resume reads it, also when the given file is gone
+    (tmp_path / "grad.pt").unlink()
+    (tmp_path / "d" / "student_distill" / "summary.json").unlink()  # as if stopped before the end
+    p = run_cli("exercise2.py", "--resume", tmp_path / "d")
+    assert p.returncode == 0, p.stderr
+    assert f"teacher logits: reusing {tmp_path / 'd' / 'teacher_logits.pt'}" in p.stdout
 
 
 def test_reused_teacher_sees_its_own_input_normalisation(cifar_root, tmp_path):
