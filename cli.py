@@ -12,7 +12,7 @@ import time
 from engine import STOP
 from errors import CheckpointError, DataError, DiskFull, Diverged, UsageError
 from files import size
-from rundir import record_end, take_hint, vacate
+from rundir import begin_command, record_end, take_hint, vacate
 from wandb_log import close_wandb
 
 # What a write, or the folder it writes in, can be refused with: each is one line, exit 1.
@@ -36,6 +36,7 @@ def run_main(main, argv=None):
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, STOP.handler)
     began, code = time.monotonic(), None  # None at the end: an error that is a traceback
+    begin_command()
     try:
         code = main(argv) or 0
     except (UsageError, DataError, CheckpointError) as e:

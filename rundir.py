@@ -26,23 +26,27 @@ BUSY = ".busy"  # held shared by every command working in a run folder, training
 
 
 _occupied = []
-_ends = []  # command.txt of the folder this command works in (working_in), for record_end
+_ends = []  # command.txt of the folder this command made or resumed (create_run_dir, record_resume): record_end
 
 
 def working_in(run_dir):
     """From now until the command ends: a stop names `--resume run_dir` (continue_with), run_dir is marked in
-    use (released by run_main), so that --overwrite refuses it, and its command.txt gets the command's end
-    (record_end). The first folder wins: a study's, not its child's."""
+    use (released by run_main), so that --overwrite refuses it."""
     continue_with(command("--resume", run_dir))
     _occupied.append(RunLock(run_dir, BUSY, shared=True))
-    _ends.append(Path(run_dir) / "command.txt")
+
+
+def begin_command():
+    """A command starts (run_main): nothing is recorded yet (in-process callers of main leave stale entries)."""
+    _ends.clear()
 
 
 def record_end(code, seconds):
-    """Append to the command.txt of the folder this command worked in when it ended, its exit code and its wall
-    time: the figures a run reports stand beside the command that made them and what it took. Left out, as in
-    record_resume, in a study's workers and jobs (the command that started them records its own end), and where
-    the write fails (said in a note)."""
+    """Append to the command.txt of the folder this command made or resumed (the first one: a study's, not its
+    child's) when it ended, its exit code and its wall time: the figures a run reports stand beside the command
+    that made them and what it took. A command that recorded nothing there (a refused resume) appends nothing;
+    nor do a study's workers and jobs (the command that started them records its own end); a failed write is
+    said in a note."""
     path, done = (_ends or [None])[0], time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     _ends.clear()
     if path is None or not _records(path):
@@ -183,6 +187,7 @@ def record_resume(run_dir):
     if _records(path):
         with naming(path), open(path, "a") as f:
             f.write(f"# resumed: {shlex.join([sys.executable, *sys.argv])}\n{code_version()}\n")
+        _ends.append(path)
 
 
 def _records(path):
@@ -226,6 +231,7 @@ def create_run_dir(save_dir, name, config, overwrite=False, auto_named=False):
             if not target.exists():
                 try:
                     os.rename(tmp, target)  # fails if another process got there first with a non-empty folder
+                    _ends.append(target / "command.txt")
                     return target
                 except OSError:
                     pass
