@@ -40,8 +40,8 @@ class TrainConfig:
     amp: str = flag(
         "auto",
         "mixed precision: autocast in bf16, or fp16 with a GradScaler; auto = bf16 (fp16 where "
-        "bf16 is unsupported) on CUDA, off elsewhere, so that CPU runs compute in fp32 as published (bf16's speed "
-        "on a CPU depends on the processor: README, Measured speed)",
+        "bf16 is unsupported) on CUDA, off elsewhere, so that CPU runs compute in fp32 as published (bf16 on a "
+        "CPU: README, Measured speed)",
         choices=("auto", "bf16", "fp16", "off"),
     )
     compile: bool = flag(False, "torch.compile the model (pays off on CUDA)")
