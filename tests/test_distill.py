@@ -546,6 +546,10 @@ def test_resume_uses_the_runs_own_teacher_when_the_given_file_is_gone(mnist_root
     p = run_cli("exercise2.py", "--resume", tmp_path / "b")
     assert p.returncode == 0, p.stderr
     assert "given by --teacher_ckpt" in p.stdout and str(tmp_path / "b" / "teacher.pth") in p.stdout
+    report = (tmp_path / "b" / "results.md").read_bytes()
+    p = run_cli("exercise2.py", "--resume", tmp_path / "b")  # finished now: the report again, nothing trained
+    assert p.returncode == 0 and " epoch " not in p.stdout, p.stdout
+    assert (tmp_path / "b" / "results.md").read_bytes() == report
 
 
 def test_a_diverging_phase_leaves_failed_summaries(mnist_root, tmp_path):
