@@ -19,7 +19,7 @@ import eta
 import study
 from checkpoint import FORMAT, arch_of, load_checkpoint, load_file, load_weights, model_from_checkpoint, save_checkpoint
 from config import ExperimentConfig
-from dataloader import make_loaders
+from dataloader import channel_stats, make_loaders
 from device import make_autocast
 from engine import evaluate
 from errors import CheckpointError, UsageError
@@ -104,9 +104,12 @@ def logits_key(teacher, ds, norm, cfg):
 
 
 def teacher_norm(ds, cfg):
-    """The normalisation the teacher sees: its checkpoint's, else that of the training split it was trained on
-    (the run's own seed)."""
-    return cfg.data.norm or make_loaders(ds, replace(cfg.data, augment=False), cfg.train.seed, "cpu").norm
+    """The normalisation the teacher sees: its checkpoint's, else the channel statistics of the training split it
+    was trained on (the run's own seed), as make_loaders computes them."""
+    if cfg.data.norm:
+        return cfg.data.norm
+    mean, std = channel_stats(ds.train_x[training_positions(ds, cfg.data, cfg.train.seed)[0]])
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def _same_key(saved, key):
