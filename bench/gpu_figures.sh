@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README's GPU figures measured again, each command with its wall time: the three ResNet-18 epoch-speed commands
 # and the r18_fast time-to-accuracy run, exactly as README prints them. Run from the repository root on a CUDA
-# machine; the outputs and wall times go to the terminal and to LOG (default runs/gpu_figures.log).
+# machine; the outputs and wall times go to the terminal and to LOG (default runs/gpu_figures.log). The last step
+# makes runs/gpu/r18_fast and, like any exercise1 run, refuses to replace one that exists.
 # Usage: bash bench/gpu_figures.sh CIFAR_JPEG_ROOT [LOG]   (packs the JPEG folder into cifar-packed/ if absent)
 # EXTRA_BENCH / EXTRA_RUN: flags appended to the benchmark / training commands (the later flag wins), for a short
 # trial run anywhere, e.g. EXTRA_BENCH="--subset 512 --repeats 1" EXTRA_RUN="--subset 512 --epochs 1 --save_dir /tmp/g"
@@ -9,6 +10,7 @@ set -euo pipefail
 ROOT=${1:?usage: bash bench/gpu_figures.sh CIFAR_JPEG_ROOT [LOG]}
 LOG=${2:-runs/gpu_figures.log}
 export PYTHONUNBUFFERED=1
+mkdir -p "$(dirname "$LOG")"
 read -r -a XB <<< "${EXTRA_BENCH:-}"
 read -r -a XR <<< "${EXTRA_RUN:-}"
 
